@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[train,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo
+
+test: $(STAMP)
+	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check lr2vq_jax tests benchmarks configs
+	$(BIN)/ruff format --check lr2vq_jax tests benchmarks configs
+
+format: $(STAMP)
+	$(BIN)/ruff format lr2vq_jax tests benchmarks configs
+
+clean:
+	rm -rf $(VENV) runs
