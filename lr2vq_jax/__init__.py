@@ -1,0 +1,48 @@
+"""LR²VQ: low-rank representation vector quantization for model compression, in JAX/Flax.
+
+Importing the library never imports TensorFlow or clu (only `lr2vq_jax.train` and the training
+entry point do).
+"""
+
+from lr2vq_jax import presets
+from lr2vq_jax.core import (
+  CompressedTensor,
+  DimEstimate,
+  LayerPlan,
+  Rule,
+  SizeReport,
+  SubvectorError,
+  clamp_k,
+  compress_tensor,
+  estimate_dim,
+  estimate_dim_model,
+  from_subvectors,
+  plan_layers,
+  size_report,
+  to_subvectors,
+)
+from lr2vq_jax.core.dkm import dkm
+from lr2vq_jax.core.kmeans import KMeansResult, kmeans
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "CompressedTensor",
+  "DimEstimate",
+  "KMeansResult",
+  "LayerPlan",
+  "Rule",
+  "SizeReport",
+  "SubvectorError",
+  "clamp_k",
+  "compress_tensor",
+  "dkm",
+  "estimate_dim",
+  "estimate_dim_model",
+  "from_subvectors",
+  "kmeans",
+  "plan_layers",
+  "presets",
+  "size_report",
+  "to_subvectors",
+]

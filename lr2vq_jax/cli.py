@@ -1,0 +1,174 @@
+"""The `lr2vq` command line (also `python -m lr2vq_jax`).
+
+Each subcommand is one function decorated with `@command(name, help, *arguments)`; `main` builds
+the parser from the registry. Errors print one line and a hint on stderr and exit with status 2
+(`--verbose` shows the traceback). Heavy imports (flax, models) happen inside the subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+MODELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50"}
+
+
+class CLIError(Exception):
+  """A user-facing error: one line of message, one line of hint."""
+
+  def __init__(self, message: str, hint: str | None = None):
+    super().__init__(message)
+    self.hint = hint
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+  name: str
+  help: str
+  arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+  run: Callable[[argparse.Namespace], int | None]
+
+
+_COMMANDS: dict[str, _Command] = {}
+
+
+def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict[str, Any]]:
+  """One `add_argument` call, declared next to its subcommand."""
+  return flags, kwargs
+
+
+def command(name: str, help: str, *arguments):  # noqa: A002 (argparse's own keyword)
+  """Register `fn(args) -> exit status | None` as subcommand `name`."""
+
+  def register(fn):
+    _COMMANDS[name] = _Command(name, help, tuple(arguments), fn)
+    return fn
+
+  return register
+
+
+def _model(name: str, num_classes: int):
+  from lr2vq_jax import models  # noqa: PLC0415 (flax only when needed)
+
+  return getattr(models, MODELS[name])(num_classes=num_classes)
+
+
+def _rules(model_name: str, preset: str | None, d: int | None):
+  from lr2vq_jax import presets  # noqa: PLC0415
+
+  preset = preset or f"{model_name}_large_blocks"
+  if preset not in presets.PRESETS:
+    raise CLIError(
+      f"unknown preset {preset!r}", f"choose one of: {', '.join(presets.PRESETS)}"
+    )
+  if not preset.startswith(model_name + "_"):
+    print(f"note: preset {preset} was written for another model than {model_name}", file=sys.stderr)
+  rules = presets.get_preset(preset)
+  return preset, (rules if d is None else presets.with_d(rules, d))
+
+
+def _model_args():
+  return (
+    arg("--model", choices=sorted(MODELS), default="resnet18", help="architecture"),
+    arg("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)"),
+    arg("--preset", default=None, help="rule preset (default: <model>_large_blocks)"),
+    arg("--d", type=int, default=None, help="set d̃ on every compressed layer (capped at m)"),
+  )
+
+
+@command(
+  "report",
+  "print the per-layer size table (PQF/BGD convention) from shapes alone",
+  *_model_args(),
+  arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
+)
+def report(args: argparse.Namespace) -> int:
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from lr2vq_jax.core.accounting import size_report  # noqa: PLC0415
+
+  preset, rules = _rules(args.model, args.preset, args.d)
+  model = _model(args.model, args.num_classes)
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda key, x: model.init(key, x, train=False), jax.random.key(0), x)
+  rep = size_report(shapes, rules, store=args.store)
+  print(f"model {args.model}, preset {preset}, store {args.store}")
+  print(rep.table())
+  return 0
+
+
+@command(
+  "estimate-dim",
+  "low-rank + k-means error per candidate d̃ on a freshly initialised model's kernels",
+  *_model_args(),
+  arg("--layer", default=None, help="only layers whose path re.search-es this regex"),
+  arg("--seed", type=int, default=0, help="init and k-means seed"),
+  arg("--iters", type=int, default=25, help="Lloyd iterations per k-means"),
+  arg("--candidates", default=None, help="comma-separated d̃ values (default 1..m)"),
+  arg("--max-rows", type=int, default=None, help="k-means on at most this many subvectors"),
+)
+def estimate_dim(args: argparse.Namespace) -> int:
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from lr2vq_jax.core.dimension import estimate_dim_model  # noqa: PLC0415
+
+  preset, rules = _rules(args.model, args.preset, args.d)
+  try:
+    cands = None if args.candidates is None else [int(c) for c in args.candidates.split(",")]
+  except ValueError:
+    raise CLIError(f"bad --candidates {args.candidates!r}", "write e.g. --candidates 1,2,4,8") from None
+  model = _model(args.model, args.num_classes)
+  key = jax.random.key(args.seed)
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))
+  est = estimate_dim_model(
+    init(key),
+    rules,
+    layers=args.layer,
+    candidates=cands,
+    key=key,
+    iters=args.iters,
+    max_rows=args.max_rows,
+  )
+  print(f"model {args.model} (random init, seed {args.seed}), preset {preset}")
+  for path, e in est.layers.items():
+    print(f"\n{path}\n{e.table()}")
+  if len(est.layers) > 1:
+    print()
+    print(est.table())
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="lr2vq", description="LR²VQ model compression: sizes, d̃ estimation, (train, export)."
+  )
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  for cmd in _COMMANDS.values():
+    p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common])
+    for flags, kwargs in cmd.arguments:
+      p.add_argument(*flags, **kwargs)
+    p.set_defaults(run=cmd.run)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the `lr2vq` console script; returns the exit status."""
+  args = build_parser().parse_args(argv)
+  try:
+    return int(args.run(args) or 0)
+  except (CLIError, ValueError, KeyError, TypeError, OSError) as e:
+    if args.verbose:
+      traceback.print_exc()
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    hint = getattr(e, "hint", None) or f"see `lr2vq {args.command} --help` (add --verbose for details)"
+    print(f"lr2vq {args.command}: error: {message}", file=sys.stderr)
+    print(f"hint: {hint}", file=sys.stderr)
+    return 2

@@ -1,0 +1,200 @@
+"""Stage conversions as pure variables → variables functions.
+
+`variables` is a flax variable dict ({"params", "batch_stats", "quant", ...}); only the layers the
+rules select change, everything else passes through untouched, so the result plugs straight into
+`quantize_model(model, rules, stage=...)`.
+
+  float_to_lowrank     kernel → z, projection (truncated SVD)            (LR²VQ stage 2)
+  lowrank_to_quantize  + codebook (k-means++ / Lloyd on Z), τ per layer  (LR²VQ stage 3)
+  quantize_to_frozen   hard codes from the DKM-refined codebook          (export / PQ-style tuning)
+  float_to_pq          k-means on raw subvectors, codes frozen           (PQ / BGD / PQF baseline)
+  float_to_dkm         z = X, projection = I, codebook by k-means        (vanilla DKM, d̃ = m)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from lr2vq_jax.core import codec, lowrank, subvectors
+from lr2vq_jax.core import kmeans as kmeans_lib
+from lr2vq_jax.core.rules import Rule, resolve
+from lr2vq_jax.nn.kernel import QUANT, LayerGeometry, QuantConfig, refined_codebook, temperature
+
+Variables = Mapping[str, Any]
+Plan = Mapping[str, LayerGeometry]
+Path = tuple[str, ...]
+
+
+def vanilla(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+  """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
+  return tuple(dataclasses.replace(r, d=None) for r in rules)
+
+
+def plan_from_params(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerGeometry]:
+  """Geometry of every rule-selected kernel; 2-D kernels are dense, others conv (HWIO).
+
+  For DenseGeneral kernels with several in/out axes use `lr2vq_jax.nn.plan_model` instead.
+  A rule that matches no kernel is an error.
+  """
+  flat = traverse_util.flatten_dict(dict(params))
+  plan, used = {}, set()
+  for key, value in flat.items():
+    if key[-1] != "kernel" or len(value.shape) < 2:
+      continue
+    path = "/".join(key[:-1])
+    rule = resolve(rules, path)
+    if rule is None:
+      continue
+    used.add(rule)
+    if not rule.skip:
+      n_out = 1 if len(value.shape) == 2 else None
+      plan[path] = LayerGeometry.create(value.shape, rule, n_out_dims=n_out)
+  unused = [r for r in rules if r not in used]
+  if unused:
+    raise ValueError(
+      f"rule {unused[0]!r} matches no layer; layers are: {sorted(_kernel_paths(flat))}"
+    )
+  return plan
+
+
+def _kernel_paths(flat) -> set[str]:
+  return {"/".join(k[:-1]) for k in flat if k[-1] == "kernel"}
+
+
+def _split(variables: Variables):
+  """Flat copies of the params and quant collections, plus the untouched rest."""
+  params = traverse_util.flatten_dict(dict(variables["params"]))
+  quant = traverse_util.flatten_dict(dict(variables.get(QUANT, {})))
+  rest = {c: v for c, v in variables.items() if c not in ("params", QUANT)}
+  return params, quant, rest
+
+
+def _join(params, quant, rest) -> dict:
+  out = dict(rest)
+  out["params"] = traverse_util.unflatten_dict(params)
+  if quant:
+    out[QUANT] = traverse_util.unflatten_dict(quant)
+  return out
+
+
+def _shapes(quant: dict, key: Path, geo: LayerGeometry) -> None:
+  quant[key + ("shape",)] = jnp.asarray(geo.shape, jnp.int32)
+  quant[key + ("view_shape",)] = jnp.asarray(geo.view_shape, jnp.int32)
+
+
+def _layers_with(params: dict, leaf: str) -> list[Path]:
+  return sorted({k[:-1] for k in params if k[-1] == leaf})
+
+
+@functools.partial(jax.jit, static_argnames=("d",))
+def _svd(x, d):
+  return lowrank.svd_init(x.astype(jnp.float32), d)
+
+
+def _kmeans(x, k: int, key, iters: int):
+  return kmeans_lib.kmeans(x.astype(jnp.float32), k, key=key, iters=iters)
+
+
+def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None):
+  """Flat params/quant/rest with the selected kernels removed, and (key, geometry, rows) per layer."""
+  params, quant, rest = _split(variables)
+  plan = plan if plan is not None else plan_from_params(variables["params"], rules)
+  layers = []
+  for path, geo in sorted(plan.items()):
+    key = tuple(path.split("/"))
+    kernel = params.pop(key + ("kernel",))
+    _shapes(quant, key, geo)
+    layers.append((key, geo, geo.to_rows(jnp.asarray(kernel, jnp.float32))))
+  return params, quant, rest, layers
+
+
+def float_to_lowrank(
+  variables: Variables, rules: Sequence[Rule], *, plan: Plan | None = None
+) -> dict:
+  """Replaces selected kernels by their rank-d̃ factors Z·P (truncated SVD, exact at d̃ = m)."""
+  params, quant, rest, layers = _float_layers(variables, rules, plan)
+  for key, geo, rows in layers:
+    params[key + ("z",)], params[key + ("projection",)] = _svd(rows, geo.d)
+  return _join(params, quant, rest)
+
+
+def lowrank_to_quantize(
+  variables: Variables,
+  rules: Sequence[Rule],
+  *,
+  key: jax.Array,
+  kmeans_iters: int = 25,
+  tau_alpha: float = 0.03,
+) -> dict:
+  """Adds a k-means++/Lloyd codebook on Z and the DKM temperature τ to every low-rank layer."""
+  params, quant, rest = _split(variables)
+  for i, layer in enumerate(_layers_with(params, "z")):
+    rule = resolve(rules, "/".join(layer))
+    if rule is None or rule.skip:
+      raise ValueError(f"low-rank layer {'/'.join(layer)!r} matches no quantizing rule")
+    z = params[layer + ("z",)]
+    k = subvectors.clamp_k(rule.k, z.shape[0])
+    result = _kmeans(z, k, jax.random.fold_in(key, i), kmeans_iters)
+    params[layer + ("codebook",)] = result.centroids
+    quant[layer + ("tau",)] = temperature(z, result.centroids, tau_alpha)
+  return _join(params, quant, rest)
+
+
+def quantize_to_frozen(variables: Variables, config: QuantConfig | None = None) -> dict:
+  """Fixes hard codes from the DKM-refined codebook, exactly as evaluation does; drops Z."""
+  config = config or QuantConfig()
+  params, quant, rest = _split(variables)
+  for layer in _layers_with(params, "z"):
+    z = params.pop(layer + ("z",))
+    tau = quant.pop(layer + ("tau",))
+    centroids = refined_codebook(
+      z, params[layer + ("codebook",)], tau, iters=config.dkm_iters, chunk_size=config.chunk_size
+    )
+    params[layer + ("codebook",)] = centroids
+    quant[layer + ("codes",)] = codec.encode(z.astype(jnp.float32), centroids).astype(jnp.int32)
+  return _join(params, quant, rest)
+
+
+def float_to_pq(
+  variables: Variables,
+  rules: Sequence[Rule],
+  *,
+  key: jax.Array,
+  kmeans_iters: int = 25,
+  plan: Plan | None = None,
+) -> dict:
+  """Product quantization of the raw subvectors (d̃ = m): codebook k×m, projection I, codes fixed."""
+  params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
+  for i, (layer, geo, rows) in enumerate(layers):
+    result = _kmeans(rows, geo.k, jax.random.fold_in(key, i), kmeans_iters)
+    params[layer + ("codebook",)] = result.centroids
+    params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
+    quant[layer + ("codes",)] = result.codes.astype(jnp.int32)
+  return _join(params, quant, rest)
+
+
+def float_to_dkm(
+  variables: Variables,
+  rules: Sequence[Rule],
+  *,
+  key: jax.Array,
+  kmeans_iters: int = 25,
+  tau_alpha: float = 0.03,
+  plan: Plan | None = None,
+) -> dict:
+  """Vanilla DKM: quantize stage with Z = X and P = I (d̃ = m, no low-rank representation)."""
+  params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
+  for layer, geo, rows in layers:
+    params[layer + ("z",)] = rows
+    params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
+  lowrank_vars = _join(params, quant, rest)
+  return lowrank_to_quantize(
+    lowrank_vars, vanilla(rules), key=key, kmeans_iters=kmeans_iters, tau_alpha=tau_alpha
+  )

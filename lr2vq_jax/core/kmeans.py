@@ -1,0 +1,200 @@
+"""Chunked, jittable k-means: greedy k-means++ seeding, Lloyd iterations, empty-cluster repair.
+
+Distances are computed over chunks of rows (padded, with the padding masked), so memory is
+O(chunk * k + n * d) and never n x k at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lr2vq_jax.core.distances import sq_distances
+
+
+class KMeansResult(NamedTuple):
+  """Result of `kmeans`: centroids (k, d) f32, codes (n,) int32, sse () f32 of the final codes."""
+
+  centroids: jax.Array
+  codes: jax.Array
+  sse: jax.Array
+
+
+def chunk_layout(n: int, chunk_size: int) -> tuple[int, int]:
+  """Return (num_chunks, chunk) with num_chunks * chunk >= n and the least padding."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  num = max(1, -(-n // chunk_size))
+  return num, -(-n // num)
+
+
+def chunk_rows(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """Zero-pad x (n, d) to (num_chunks, chunk, d); also return the (num_chunks, chunk) valid mask."""
+  n = x.shape[0]
+  num, chunk = chunk_layout(n, chunk_size)
+  xp = jnp.pad(x, ((0, num * chunk - n), (0, 0)))
+  valid = (jnp.arange(num * chunk) < n).reshape(num, chunk)
+  return xp.reshape(num, chunk, x.shape[1]), valid
+
+
+def _check(x: jax.Array, k: int) -> None:
+  if x.ndim != 2:
+    raise ValueError(f"k-means expects x of shape (n, d), got {x.shape}")
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  if x.shape[0] < k:
+    raise ValueError(f"k-means needs at least k points: n={x.shape[0]} < k={k}")
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = 65536):
+  """Nearest centroid per row, chunked: returns (codes (n,) int32, min squared distance (n,))."""
+  n = x.shape[0]
+  xs, _ = chunk_rows(jnp.asarray(x, jnp.float32), chunk_size)
+
+  def one(xb):
+    dist = sq_distances(xb, centroids)
+    return jnp.argmin(dist, axis=1).astype(jnp.int32), jnp.min(dist, axis=1)
+
+  codes, mind = lax.map(one, xs)
+  return codes.reshape(-1)[:n], mind.reshape(-1)[:n]
+
+
+def _exact_sse(x: jax.Array, centroids: jax.Array, codes: jax.Array) -> jax.Array:
+  diff = x - jnp.take(centroids, codes, axis=0)
+  return jnp.sum(diff * diff)
+
+
+def _step(x, xs, valid, centroids):
+  """One Lloyd step on centered x; returns (new centroids, codes, sse of codes under centroids)."""
+  n = x.shape[0]
+  k, d = centroids.shape
+
+  def body(carry, inp):
+    sums, counts = carry
+    xb, vb = inp
+    dist = sq_distances(xb, centroids)
+    code = jnp.argmin(dist, axis=1).astype(jnp.int32)
+    onehot = ((code[:, None] == jnp.arange(k)[None, :]) & vb[:, None]).astype(jnp.float32)
+    sums = sums + jnp.matmul(onehot.T, xb, precision=lax.Precision.HIGHEST)
+    counts = counts + jnp.sum(onehot, axis=0)
+    return (sums, counts), (code, jnp.min(dist, axis=1))
+
+  init = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32))
+  (sums, counts), (codes, mind) = lax.scan(body, init, (xs, valid))
+  codes, mind = codes.reshape(-1)[:n], mind.reshape(-1)[:n]
+  # Repair: the r-th empty cluster is re-seeded at the r-th farthest point (distinct points). Those
+  # points then cost 0, and means only lower the cost of non-empty clusters, so SSE never rises.
+  empty = counts == 0
+  _, far = lax.top_k(mind, k)
+  rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
+  means = sums / jnp.maximum(counts, 1.0)[:, None]
+  new = jnp.where(empty[:, None], jnp.take(x, far[rank], axis=0), means)
+  return new, codes, _exact_sse(x, centroids, codes)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def lloyd_step(x: jax.Array, centroids: jax.Array, *, chunk_size: int = 65536):
+  """One Lloyd step with empty-cluster repair: (new_centroids, codes, sse) for the input centroids."""
+  x = jnp.asarray(x, jnp.float32)
+  centroids = jnp.asarray(centroids, jnp.float32)
+  _check(x, centroids.shape[0])
+  mean = jnp.mean(x, axis=0)
+  xc = x - mean
+  xs, valid = chunk_rows(xc, chunk_size)
+  new, codes, sse = _step(xc, xs, valid, centroids - mean)
+  return new + mean, codes, sse
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk_size", "n_candidates"))
+def kmeans_plusplus(
+  x: jax.Array,
+  k: int,
+  *,
+  key: jax.Array,
+  chunk_size: int = 65536,
+  n_candidates: int | None = None,
+) -> jax.Array:
+  """Greedy k-means++ seeding (D^2 sampling of `n_candidates` points, keep the best); (k, d) f32.
+
+  n_candidates defaults to 2 + floor(ln k); 1 gives plain k-means++.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  _check(x, k)
+  n, d = x.shape
+  num_cand = n_candidates if n_candidates is not None else 2 + int(math.log(k))
+  xs, valid = chunk_rows(x, chunk_size)
+  validf = valid.astype(jnp.float32)
+
+  def dist_to(c):  # (num, chunk) squared distances to one point, exact (no cancellation)
+    diff = xs - c
+    return jnp.sum(diff * diff, axis=-1) * validf
+
+  key0, key = jax.random.split(key)
+  first = x[jax.random.randint(key0, (), 0, n)]
+  d2 = dist_to(first)
+  cents = jnp.zeros((k, d), jnp.float32).at[0].set(first)
+
+  def add_one(i, state):
+    cents, d2 = state
+    cs = jnp.cumsum(d2.reshape(-1))
+    u = jax.random.uniform(jax.random.fold_in(key, i), (num_cand,)) * cs[-1]
+    idx = jnp.minimum(jnp.searchsorted(cs, u, side="right"), n - 1)
+    cand = jnp.take(x, idx, axis=0)
+
+    def pot(acc, inp):
+      xb, db, vb = inp
+      diff = xb[:, None, :] - cand[None, :, :]
+      dist = jnp.minimum(jnp.sum(diff * diff, axis=-1), db[:, None]) * vb[:, None]
+      return acc + jnp.sum(dist, axis=0), None
+
+    pots, _ = lax.scan(pot, jnp.zeros((num_cand,), jnp.float32), (xs, d2, validf))
+    best = cand[jnp.argmin(pots)]
+    return cents.at[i].set(best), jnp.minimum(d2, dist_to(best))
+
+  cents, _ = lax.fori_loop(1, k, add_one, (cents, d2))
+  return cents
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "chunk_size", "return_history"))
+def kmeans(
+  x: jax.Array,
+  k: int,
+  *,
+  key: jax.Array,
+  iters: int = 25,
+  chunk_size: int = 65536,
+  init: jax.Array | None = None,
+  return_history: bool = False,
+):
+  """k-means++ init (or `init` (k, d)), `iters` Lloyd steps with empty-cluster repair.
+
+  Returns KMeansResult, or (KMeansResult, sse_history (iters + 1,)) when return_history: entry t is
+  the SSE of the assignment to the centroids after t steps (non-increasing); the last is `sse`.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  _check(x, k)
+  mean = jnp.mean(x, axis=0)  # center for a better-conditioned ||x||^2 - 2x.c + ||c||^2
+  xc = x - mean
+  if init is None:
+    c0 = kmeans_plusplus(xc, k, key=key, chunk_size=chunk_size)
+  else:
+    c0 = jnp.asarray(init, jnp.float32) - mean
+  xs, valid = chunk_rows(xc, chunk_size)
+
+  def body(c, _):
+    new, _, sse = _step(xc, xs, valid, c)
+    return new, sse
+
+  c, history = lax.scan(body, c0, None, length=iters)
+  codes, _ = assign(xc, c, chunk_size=chunk_size)
+  sse = _exact_sse(xc, c, codes)
+  result = KMeansResult(c + mean, codes, sse)
+  if return_history:
+    return result, jnp.concatenate([history, sse[None]])
+  return result

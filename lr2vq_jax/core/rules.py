@@ -1,0 +1,158 @@
+"""Compression rules: regex on a layer's module path -> (k, m, d̃) or skip. First match wins.
+
+A layer's path is its module path joined by "/" (e.g. "conv1", "layer1_0/conv1", "fc"), matched
+with `re.search`, so anchor patterns ("^conv1$") when a bare name would also match deeper layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from lr2vq_jax.core import subvectors
+
+MAX_K = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Compress layers whose path matches `pattern` with k centroids of subvector length m and d̃ = d.
+
+  `d=None` means d̃ = m (plain product quantization, no low rank). `skip=True` keeps matching layers
+  in float (and takes no k/m/d). Validated on construction; d ≤ m is checked again per layer.
+  """
+
+  pattern: str
+  k: int | None = None
+  m: int | None = None
+  d: int | None = None
+  skip: bool = False
+
+  def __post_init__(self):
+    if not isinstance(self.pattern, str):
+      raise TypeError(f"Rule pattern must be a str, got {type(self.pattern).__name__}")
+    try:
+      re.compile(self.pattern)
+    except re.error as e:
+      raise ValueError(f"Rule pattern {self.pattern!r} is not a valid regex: {e}") from None
+    if self.skip:
+      if (self.k, self.m, self.d) != (None, None, None):
+        raise ValueError(f"{self!r}: a skip rule takes no k, m or d")
+      return
+    if self.k is None or self.m is None:
+      raise ValueError(f"{self!r}: k and m are required unless skip=True")
+    for name in ("k", "m", "d"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or int(value) != value):
+        raise ValueError(f"{self!r}: {name} must be an integer, got {value!r}")
+    if not 2 <= self.k <= MAX_K:
+      raise ValueError(f"{self!r}: k must be in [2, {MAX_K}]")
+    if self.m < 1:
+      raise ValueError(f"{self!r}: m must be >= 1")
+    if self.d is not None and not 1 <= self.d <= self.m:
+      raise ValueError(f"{self!r}: d must be between 1 and m={self.m}")
+
+  def matches(self, path: str) -> bool:
+    return re.search(self.pattern, path) is not None
+
+  def __repr__(self) -> str:
+    if self.skip:
+      return f"Rule({self.pattern!r}, skip)"
+    d = "" if self.d is None else f", d={self.d}"
+    return f"Rule({self.pattern!r}, k={self.k}, m={self.m}{d})"
+
+
+def resolve(rules: Sequence[Rule], path: str) -> Rule | None:
+  """The first rule whose pattern `re.search`es `path`, or None."""
+  for rule in rules:
+    if rule.matches(path):
+      return rule
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+  """How one kernel is compressed: n subvectors of length m, k centroids (after clamp), d̃ = d."""
+
+  path: str
+  shape: tuple[int, ...]
+  n: int
+  k: int
+  m: int
+  d: int
+  rule_index: int
+
+  @property
+  def bits_per_code(self) -> int:
+    return max(1, (self.k - 1).bit_length())  # ceil(log2 k)
+
+  @property
+  def code_bits(self) -> int:
+    return self.n * self.bits_per_code
+
+
+def params_collection(params: Mapping) -> Mapping:
+  """Accept either a params tree or a variables dict: {'params': ..., 'batch_stats': ...}."""
+  inner = params.get("params") if isinstance(params, Mapping) else None
+  return inner if isinstance(inner, Mapping) else params
+
+
+def iter_leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+  """(keys, leaf) for every leaf of a nested mapping, in insertion order."""
+  for key, value in tree.items():
+    keys = (*prefix, str(key))
+    if isinstance(value, Mapping):
+      yield from iter_leaves(value, keys)
+    else:
+      yield keys, value
+
+
+def iter_layers(params: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
+  """(path, kernel shape) of every dict holding a `kernel` leaf with ndim >= 2."""
+  for keys, leaf in iter_leaves(params_collection(params)):
+    shape = tuple(int(s) for s in getattr(leaf, "shape", ()))
+    if keys[-1] == "kernel" and len(shape) >= 2:
+      yield "/".join(keys[:-1]), shape
+
+
+def plan_layer(path: str, shape: Sequence[int], rule: Rule, rule_index: int = 0) -> LayerPlan:
+  """The LayerPlan of one kernel under a non-skip rule; errors name the layer and the rule."""
+  shape = tuple(int(s) for s in shape)
+  m = int(rule.m)
+  d = m if rule.d is None else int(rule.d)
+  if not 1 <= d <= m:
+    raise ValueError(f"layer {path!r}, {rule!r}: d={d} must be between 1 and m={m}")
+  try:
+    n = subvectors.num_subvectors(shape, m)
+    k = subvectors.clamp_k(int(rule.k), n)
+  except ValueError as e:
+    raise type(e)(f"layer {path!r}, {rule!r}: {e}") from None
+  return LayerPlan(path, shape, n, k, m, d, rule_index)
+
+
+def plan_layers(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerPlan]:
+  """LayerPlan per compressed kernel (skip/unmatched layers are absent), from arrays or shapes.
+
+  `params` is a nested dict of arrays or jax.ShapeDtypeStruct (or a variables dict, whose
+  'params' is used). Raises ValueError naming any rule that matches no layer at all.
+  """
+  rules = tuple(rules)
+  for rule in rules:
+    if not isinstance(rule, Rule):
+      raise TypeError(f"rules must be Rule instances, got {rule!r}")
+  layers = list(iter_layers(params))
+  for rule in rules:
+    if not any(rule.matches(path) for path, _ in layers):
+      sample = ", ".join(path for path, _ in layers[:6])
+      raise ValueError(
+        f"{rule!r} matches no layer (layer paths look like: {sample}{', ...' if len(layers) > 6 else ''})"
+      )
+  plans = {}
+  for path, shape in layers:
+    rule = resolve(rules, path)
+    if rule is None or rule.skip:
+      continue
+    plans[path] = plan_layer(path, shape, rule, rules.index(rule))
+  return plans

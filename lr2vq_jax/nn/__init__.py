@@ -1,0 +1,20 @@
+"""Flax linen layers and the model transform for LR²VQ."""
+
+from lr2vq_jax.nn.kernel import LOSSES, QUANT, STAGES, QuantConfig
+from lr2vq_jax.nn.layers import Conv, Dense, DenseGeneral, n_out_dims
+from lr2vq_jax.nn.transform import QuantizedModel, module_path, plan_model, quantize_model
+
+__all__ = [
+  "LOSSES",
+  "QUANT",
+  "STAGES",
+  "Conv",
+  "Dense",
+  "DenseGeneral",
+  "QuantConfig",
+  "QuantizedModel",
+  "module_path",
+  "n_out_dims",
+  "plan_model",
+  "quantize_model",
+]

@@ -1,0 +1,229 @@
+"""A layer's kernel as a function of its LR²VQ variables, for every stage of the pipeline.
+
+The variables live in the calling layer's own scope (big_vision `StdConv` style: the kernel is
+computed from other params), so a quantized layer has the same path as the float layer it replaces.
+
+  stage      params                         'quant' collection   kernel
+  float      kernel                         -                     kernel
+  lowrank    z (n,d̃), projection (d̃,m)      shapes                Z·P
+  quantize   z, projection, codebook (k,d̃)  shapes, tau           train: DKM(Z)·P; eval: hard codes
+  frozen     codebook, projection           shapes, codes (n,)    C[a]·P
+
+"shapes" are `shape` (the kernel's) and `view_shape` (what is cut into subvectors), kept so that
+an export or a later stage needs nothing but the variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lr2vq_jax.core import codec, lowrank, subvectors
+from lr2vq_jax.core import dkm as dkm_lib
+from lr2vq_jax.core.rules import Rule
+
+STAGES = ("float", "lowrank", "quantize", "frozen")
+STORES = ("codebook", "factored")
+QUANT = "quant"  # non-trainable collection: kernel shape, DKM temperature, frozen codes
+LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+  """Stage-independent knobs of the quantized layers (one per model, hashable)."""
+
+  tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
+  dkm_iters: int = 3  # centroid updates per training forward pass
+  commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
+  store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
+  chunk_size: int = 16384  # rows of Z per DKM/assignment chunk (memory bound)
+
+  def __post_init__(self):
+    if self.store not in STORES:
+      raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
+    if self.dkm_iters < 0:
+      raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
+    if self.tau_alpha <= 0:
+      raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGeometry:
+  """Shapes of one quantized layer: kernel shape, its subvector view and (n, k, m, d̃)."""
+
+  shape: tuple[int, ...]
+  view_shape: tuple[int, ...]  # conv: the kernel shape itself; dense: (prod in, prod out)
+  n: int
+  k: int
+  m: int
+  d: int
+
+  @classmethod
+  def create(cls, shape: Sequence[int], rule: Rule, *, n_out_dims: int | None) -> LayerGeometry:
+    """`n_out_dims` is the number of output axes of a dense kernel; None for a conv kernel."""
+    shape = tuple(int(s) for s in shape)
+    if n_out_dims is None:
+      view_shape = shape
+    else:
+      split = len(shape) - n_out_dims
+      view_shape = (math.prod(shape[:split]), math.prod(shape[split:]))
+    m = int(rule.m)
+    n = subvectors.num_subvectors(view_shape, m)
+    d = m if rule.d is None else int(rule.d)
+    if not 1 <= d <= m:
+      raise ValueError(f"rule {rule.pattern!r}: d={d} must be between 1 and m={m}")
+    return cls(shape, view_shape, n, subvectors.clamp_k(int(rule.k), n), m, d)
+
+  def to_rows(self, kernel: jax.Array) -> jax.Array:
+    return subvectors.to_subvectors(jnp.reshape(kernel, self.view_shape), self.m)
+
+  def to_kernel(self, x: jax.Array) -> jax.Array:
+    return jnp.reshape(subvectors.from_subvectors(x, self.view_shape), self.shape)
+
+
+def fp16_round(x: jax.Array) -> jax.Array:
+  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
+  return x.astype(jnp.float16).astype(jnp.float32)
+
+
+def refined_codebook(z, codebook, tau, *, iters: int, chunk_size: int) -> jax.Array:
+  """DKM-refined centroids from the current Z: the centroids training ends its forward pass with."""
+  _, centroids = dkm_lib.dkm(
+    jax.lax.stop_gradient(z).astype(jnp.float32),
+    jax.lax.stop_gradient(codebook).astype(jnp.float32),
+    tau=jax.lax.stop_gradient(tau),
+    iters=iters,
+    chunk_size=chunk_size,
+  )
+  return centroids
+
+
+def hard_tables(z, codebook, projection, tau, config: QuantConfig):
+  """Hard codes and the fp16-rounded tables that evaluation and export share.
+
+  Returns (codes, tables) where tables is (C·P,) for store="codebook" or (C, P) for "factored".
+  """
+  centroids = refined_codebook(
+    z, codebook, tau, iters=config.dkm_iters, chunk_size=config.chunk_size
+  )
+  codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
+  return codes, frozen_tables(centroids, projection, config.store)
+
+
+def frozen_tables(codebook, projection, store: str):
+  """fp16-rounded decode tables of a frozen layer, in the layout the export stores."""
+  codebook = codebook.astype(jnp.float32)
+  projection = projection.astype(jnp.float32)
+  if store == "codebook":
+    return (fp16_round(codebook @ projection),)
+  return (fp16_round(codebook), fp16_round(projection))
+
+
+def decode_rows(codes, tables) -> jax.Array:
+  """X̂ = (C·P)[a] or C[a]·P from the tables of `frozen_tables`."""
+  if len(tables) == 1:
+    return jnp.take(tables[0], codes, axis=0)
+  return jnp.take(tables[0], codes, axis=0) @ tables[1]
+
+
+def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array:
+  """τ = α · mean squared distance from each row of Z to its nearest centroid."""
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  codes = codec.encode(z, codebook, chunk_size=chunk_size)
+  err = jnp.sum((z - codebook[codes]) ** 2, axis=-1)
+  return jnp.maximum(alpha * jnp.mean(err), 1e-12)
+
+
+def _init_rows(mdl, init_fn: Callable, geo: LayerGeometry, param_dtype) -> jax.Array:
+  kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
+  return geo.to_rows(jnp.asarray(kernel, jnp.float32))
+
+
+def quantized_kernel(
+  mdl: Any,
+  *,
+  init_fn: Callable,
+  shape: Sequence[int],
+  param_dtype: Any,
+  rule: Rule,
+  stage: str,
+  train: bool,
+  config: QuantConfig,
+  n_out_dims: int | None,
+) -> jax.Array:
+  """Creates/reads the stage's variables in `mdl`'s scope and returns the kernel (param_dtype)."""
+  if stage not in STAGES:
+    raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+  geo = LayerGeometry.create(shape, rule, n_out_dims=n_out_dims)
+  mdl.variable(QUANT, "shape", lambda: jnp.asarray(geo.shape, jnp.int32))
+  mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
+  initializing = mdl.is_initializing()
+  rows0 = _init_rows(mdl, init_fn, geo, param_dtype) if initializing else None
+  z0 = p0 = None
+  if initializing and stage != "frozen":
+    z0, p0 = lowrank.svd_init(rows0, geo.d)
+
+  if stage == "lowrank":
+    z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
+    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+    return geo.to_kernel(z.astype(jnp.float32) @ p.astype(jnp.float32)).astype(param_dtype)
+
+  if stage == "quantize":
+    z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
+    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+    c0 = _random_rows(mdl, z0, geo.k) if initializing else None
+    c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
+    tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
+    if not train:
+      codes, tables = hard_tables(z, c, p, tau, config)
+      return geo.to_kernel(decode_rows(codes, tables)).astype(param_dtype)
+    z32 = z.astype(jnp.float32)
+    z_soft, centroids = dkm_lib.dkm(
+      z32,
+      c.astype(jnp.float32),
+      tau=jax.lax.stop_gradient(tau),
+      iters=config.dkm_iters,
+      chunk_size=config.chunk_size,
+    )
+    if config.commitment > 0:
+      target = jax.lax.stop_gradient(centroids)
+      codes = codec.encode(jax.lax.stop_gradient(z32), target)
+      err = jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
+      mdl.sow(LOSSES, "commitment", config.commitment * err)
+    return geo.to_kernel(z_soft @ p.astype(jnp.float32)).astype(param_dtype)
+
+  if stage == "frozen":
+    codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
+    c0 = None
+    if initializing:
+      z0, p0 = (rows0, jnp.eye(geo.m)) if geo.d == geo.m else lowrank.svd_init(rows0, geo.d)
+      c0 = _random_rows(mdl, z0, geo.k)
+    c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
+    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+    if train:
+      tables = (c.astype(jnp.float32), p.astype(jnp.float32))
+    else:
+      tables = frozen_tables(c, p, config.store)
+    return geo.to_kernel(decode_rows(codes, tables)).astype(param_dtype)
+
+  raise ValueError(f"stage={stage!r} has no quantized kernel")  # "float" never gets here
+
+
+def _given(value, shape, dtype) -> Callable:
+  """A param initializer returning `value` (computed once for several params at init time).
+
+  Flax also calls initializers abstractly in `apply` to check shapes, where `value` is None.
+  """
+  return lambda *_: jnp.zeros(shape, dtype) if value is None else jnp.asarray(value, dtype)
+
+
+def _random_rows(mdl, x: jax.Array, k: int) -> jax.Array:
+  """k distinct rows of x: a cheap codebook for `init` (real codebooks come from convert)."""
+  idx = jax.random.choice(mdl.make_rng("params"), x.shape[0], (k,), replace=False)
+  return x[idx]

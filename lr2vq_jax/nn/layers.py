@@ -1,0 +1,73 @@
+"""Drop-in replacements for flax.linen Dense, DenseGeneral and Conv with LR²VQ kernels.
+
+Each layer takes the same constructor arguments and call semantics as its flax.linen parent,
+plus `rule` (k, m, d̃), `stage` and `train`. Only the kernel changes: it is computed from the
+stage's variables (see `kernel.py`); bias, strides, padding, dilation and groups are flax's own.
+With `stage="float"` or `rule=None` the layer is exactly its flax.linen parent.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from lr2vq_jax.core.rules import Rule
+from lr2vq_jax.nn.kernel import QuantConfig, quantized_kernel
+
+
+def n_out_dims(mdl: nn.Module) -> int | None:
+  """Output axes of a dense kernel (its subvector view is prod(in) × prod(out)); None for convs."""
+  if isinstance(mdl, nn.Conv):
+    return None
+  if isinstance(mdl, nn.DenseGeneral):
+    if mdl.batch_dims:
+      raise ValueError(f"{type(mdl).__name__}: quantizing kernels with batch_dims is unsupported")
+    return len(mdl.features) if isinstance(mdl.features, tuple | list) else 1
+  return 1
+
+
+class _QuantizedKernelMixin:
+  """Overrides `param("kernel", ...)` to return the LR²VQ kernel of the current stage."""
+
+  def param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
+    if name != "kernel" or self.rule is None or self.rule.skip or self.stage == "float":
+      return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+    shape = init_args[0]
+    param_dtype = init_args[1] if len(init_args) > 1 else self.param_dtype
+    return quantized_kernel(
+      self,
+      init_fn=init_fn,
+      shape=shape,
+      param_dtype=param_dtype,
+      rule=self.rule,
+      stage=self.stage,
+      train=self.train,
+      config=self.quant,
+      n_out_dims=n_out_dims(self),
+    )
+
+
+class Dense(_QuantizedKernelMixin, nn.Dense):
+  """`flax.linen.Dense` whose kernel is LR²VQ-quantized according to `rule` and `stage`."""
+
+  rule: Rule | None = None
+  stage: str = "float"
+  train: bool = False
+  quant: QuantConfig = QuantConfig()
+
+
+class DenseGeneral(_QuantizedKernelMixin, nn.DenseGeneral):
+  """`flax.linen.DenseGeneral` (no batch_dims) with an LR²VQ kernel; subvectors over prod(in)."""
+
+  rule: Rule | None = None
+  stage: str = "float"
+  train: bool = False
+  quant: QuantConfig = QuantConfig()
+
+
+class Conv(_QuantizedKernelMixin, nn.Conv):
+  """`flax.linen.Conv` whose kernel is LR²VQ-quantized; subvectors in PyTorch OIHW order."""
+
+  rule: Rule | None = None
+  stage: str = "float"
+  train: bool = False
+  quant: QuantConfig = QuantConfig()

@@ -1,0 +1,1 @@
+"""Training system: input, state, steps, checkpoints, metrics (imports TensorFlow and clu)."""

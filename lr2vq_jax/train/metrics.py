@@ -1,0 +1,136 @@
+"""Metric logging: clu writers (TensorBoard + console) and a resumable `metrics.jsonl`.
+
+Each JSONL row is `{"step": int, "stage": str | null, "scalars": {name: number}}`. Only the primary
+process writes files. After a resume, `truncate_after(step)` drops rows the interrupted run wrote
+past the restored step, so the file matches an uninterrupted run. (Imports TensorFlow via clu.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+JSONL_NAME = "metrics.jsonl"
+
+
+def _to_json_number(value: Any) -> int | float:
+  arr = np.asarray(value)
+  if arr.size != 1:
+    raise ValueError(f"scalar expected, got shape {arr.shape}")
+  item = arr.reshape(()).item()
+  if isinstance(item, bool | np.bool_):
+    return int(item)
+  return item if isinstance(item, int) else float(item)
+
+
+class MetricsLogger:
+  """Writes scalars to clu's default writer and appends them to `<workdir>/metrics.jsonl`."""
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    is_primary: bool | None = None,
+    stage: str | None = None,
+    asynchronous: bool = True,
+  ):
+    self.workdir = os.fspath(workdir)
+    self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
+    self.stage = stage
+    self.path = os.path.join(self.workdir, JSONL_NAME)
+    if self.is_primary:
+      os.makedirs(self.workdir, exist_ok=True)
+    self.writer = metric_writers.create_default_writer(
+      self.workdir if self.is_primary else None,
+      just_logging=not self.is_primary,
+      asynchronous=asynchronous,
+    )
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Logs `scalars` (numbers or 0-d/1-element arrays) at `step`."""
+    values = {k: _to_json_number(v) for k, v in scalars.items()}
+    self.writer.write_scalars(int(step), values)
+    if self.is_primary:
+      row = {"step": int(step), "stage": self.stage, "scalars": values}
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Records hyperparameters with the clu writer (TensorBoard HParams)."""
+    self.writer.write_hparams(dict(hparams))
+
+  def read_rows(self) -> list[dict[str, Any]]:
+    """All rows of the JSONL file (empty if none)."""
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, encoding="utf-8") as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+  def truncate_after(self, step: int) -> int:
+    """Drops this stage's rows with step > `step` (atomic rewrite); returns how many were dropped."""
+    if not self.is_primary or not os.path.exists(self.path):
+      return 0
+    rows = self.read_rows()
+    keep = [
+      r for r in rows if r["step"] <= step or (self.stage is not None and r["stage"] != self.stage)
+    ]
+    if len(keep) == len(rows):
+      return 0
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in keep)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path)
+    return len(rows) - len(keep)
+
+  def flush(self) -> None:
+    self.writer.flush()
+
+  def close(self) -> None:
+    self.writer.close()
+
+  def __enter__(self) -> MetricsLogger:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def periodic_hooks(
+  workdir: str | os.PathLike,
+  *,
+  num_train_steps: int,
+  writer: metric_writers.MetricWriter | None = None,
+  is_primary: bool | None = None,
+  progress_every_secs: float = 60.0,
+  profile: bool = True,
+  num_profile_steps: int = 5,
+  first_profile: int = 10,
+) -> list[periodic_actions.PeriodicAction]:
+  """ReportProgress (steps/s, ETA) and, on the primary process, a Profile of a few early steps.
+
+  Call each hook as `hook(step)` after every train step.
+  """
+  primary = jax.process_index() == 0 if is_primary is None else is_primary
+  hooks: list[periodic_actions.PeriodicAction] = [
+    periodic_actions.ReportProgress(
+      num_train_steps=num_train_steps, writer=writer, every_secs=progress_every_secs
+    )
+  ]
+  if primary and profile:
+    hooks.append(
+      periodic_actions.Profile(
+        logdir=os.fspath(workdir),
+        num_profile_steps=num_profile_steps,
+        first_profile=first_profile,
+      )
+    )
+  return hooks

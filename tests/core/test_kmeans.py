@@ -1,0 +1,131 @@
+"""Tests for chunked k-means, k-means++ and the squared-distance helper."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lr2vq_jax.core.distances import sq_distances
+from lr2vq_jax.core.kmeans import KMeansResult, assign, kmeans, kmeans_plusplus, lloyd_step
+
+
+def _mixture(seed, k=8, d=4, per=60, spread=10.0, noise=0.1):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(k, d)) * spread
+  truth = np.repeat(np.arange(k), per)
+  x = centers[truth] + rng.normal(size=(k * per, d)) * noise
+  perm = rng.permutation(len(x))
+  return x[perm].astype(np.float32), truth[perm], centers.astype(np.float32)
+
+
+def test_sq_distances_matches_direct_and_is_fp32():
+  rng = np.random.default_rng(0)
+  x, c = rng.normal(size=(37, 5)), rng.normal(size=(11, 5))
+  want = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+  got = sq_distances(jnp.asarray(x, jnp.bfloat16), jnp.asarray(c, jnp.bfloat16))
+  assert got.dtype == jnp.float32
+  got = sq_distances(x, c)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert float(sq_distances(x, x).min()) >= 0.0
+
+
+@pytest.mark.parametrize("chunk_size", [7, 65536])
+def test_kmeans_recovers_planted_clusters(chunk_size):
+  x, truth, centers = _mixture(0)
+  res = kmeans(x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size)
+  assert isinstance(res, KMeansResult)
+  assert res.centroids.shape == (8, 4) and res.codes.shape == (480,) and res.codes.dtype == jnp.int32
+  # Each true center has a found centroid close by, and codes agree with truth up to permutation.
+  dist = np.asarray(sq_distances(centers, res.centroids))
+  match = dist.argmin(1)
+  assert sorted(match.tolist()) == list(range(8))
+  assert np.sqrt(dist.min(1)).max() < 0.05
+  np.testing.assert_array_equal(match[truth], np.asarray(res.codes))
+  assert abs(float(res.sse) - float(((x - res.centroids[res.codes]) ** 2).sum())) < 1e-3
+
+
+def test_sse_never_rises_and_history_ends_with_sse():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(500, 3)).astype(np.float32)  # no structure: many Lloyd moves
+  res, hist = kmeans(x, 16, key=jax.random.key(0), iters=15, chunk_size=128, return_history=True)
+  hist = np.asarray(hist)
+  assert hist.shape == (16,)
+  assert np.all(np.diff(hist) <= 1e-5 * hist[0])
+  assert hist[-1] == pytest.approx(float(res.sse))
+  # Same with a bad init that forces repairs, stepping lloyd_step by hand.
+  c = jnp.asarray(np.vstack([x[:4], np.full((12, 3), 100.0, np.float32)]))
+  prev = np.inf
+  for _ in range(6):
+    c, _, sse = lloyd_step(x, c, chunk_size=100)
+    assert float(sse) <= prev * (1 + 1e-6)
+    prev = float(sse)
+
+
+def test_empty_clusters_are_repaired():
+  x, _, centers = _mixture(1, k=4, per=25)
+  init = jnp.asarray(np.vstack([centers[:3], np.full((2, 4), 1e3, np.float32)]))  # 2 far ones
+  new, codes, _ = lloyd_step(x, init, chunk_size=32)
+  assert np.bincount(np.asarray(codes), minlength=5)[3:].sum() == 0  # they got no points
+  codes_after, _ = assign(x, new)
+  assert np.all(np.bincount(np.asarray(codes_after), minlength=5) > 0)
+  # Re-seeded at distinct data points.
+  reseeded = np.asarray(new[3:])
+  assert not np.allclose(reseeded[0], reseeded[1])
+  assert all(np.any(np.all(np.isclose(x, r), axis=1)) for r in reseeded)
+  res = kmeans(x, 5, key=jax.random.key(0), init=init, iters=5)
+  assert np.abs(np.asarray(res.centroids)).max() <= np.abs(x).max()  # no centroid left far away
+
+
+def test_deterministic_for_a_key_and_key_matters():
+  x, _, _ = _mixture(2, k=6, per=30, spread=1.0, noise=1.0)
+  a = kmeans(x, 6, key=jax.random.key(5), iters=5)
+  b = kmeans(x, 6, key=jax.random.key(5), iters=5)
+  for u, v in zip(a, b, strict=True):
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+  p = kmeans_plusplus(x, 6, key=jax.random.key(5))
+  q = kmeans_plusplus(x, 6, key=jax.random.key(6))
+  assert not np.array_equal(np.asarray(p), np.asarray(q))
+
+
+def test_chunked_assignment_equals_unchunked():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(1001, 6)).astype(np.float32)
+  c = rng.normal(size=(33, 6)).astype(np.float32)
+  want = np.asarray(sq_distances(x, c))
+  ref_codes, ref_min = want.argmin(1), want.min(1)
+  for chunk in (1, 333, 1000, 5000):
+    codes, mind = assign(x, c, chunk_size=chunk)
+    np.testing.assert_array_equal(np.asarray(codes), ref_codes)
+    np.testing.assert_allclose(np.asarray(mind), ref_min, rtol=1e-5, atol=1e-6)
+  r1 = kmeans(x, 12, key=jax.random.key(0), iters=4, chunk_size=64)
+  r2 = kmeans(x, 12, key=jax.random.key(0), iters=4, chunk_size=4096)
+  np.testing.assert_array_equal(np.asarray(r1.codes), np.asarray(r2.codes))
+  np.testing.assert_allclose(np.asarray(r1.centroids), np.asarray(r2.centroids), atol=1e-5)
+
+
+def test_kmeans_plusplus_picks_distinct_data_points():
+  x, _, centers = _mixture(5, k=5, per=40)
+  c = np.asarray(kmeans_plusplus(x, 5, key=jax.random.key(0), chunk_size=50))
+  assert c.shape == (5, 4)
+  assert all(np.any(np.all(x == r, axis=1)) for r in c)
+  # Well-separated clusters: greedy D^2 seeding puts one seed in each cluster.
+  assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 5
+  for a, b in itertools.combinations(range(5), 2):
+    assert not np.array_equal(c[a], c[b])
+
+
+def test_n_less_than_k_raises():
+  x = np.zeros((3, 2), np.float32)
+  with pytest.raises(ValueError, match="at least k points"):
+    kmeans(x, 4, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="at least k points"):
+    kmeans_plusplus(x, 4, key=jax.random.key(0))
+
+
+def test_kmeans_handles_duplicate_points():
+  x = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)  # 3 distinct points, k = 5
+  res = kmeans(x, 5, key=jax.random.key(0), iters=3)
+  assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
+  assert np.all(np.isfinite(np.asarray(res.centroids)))

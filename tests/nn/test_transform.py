@@ -1,0 +1,88 @@
+"""Quantizing a model written with plain flax.linen layers, by rules, without editing it."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lr2vq_jax as lq
+from lr2vq_jax import convert
+
+
+class PlainNet(nn.Module):
+  """A user's model: only flax.linen layers, nothing from lr2vq_jax."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(8, (3, 3), use_bias=False, name="stem")(x))
+    x = nn.relu(nn.Conv(16, (3, 3), strides=2, name="body")(x))
+    x = nn.BatchNorm(use_running_average=not train, name="norm")(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.DenseGeneral((4, 4), name="proj")(x)  # kernel (16, 4, 4)
+    return nn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
+
+
+RULES = (
+  lq.Rule(r"^stem$", skip=True),
+  lq.Rule(r"body", k=16, m=8, d=3),
+  lq.Rule(r"proj", k=8, m=4, d=2),
+  lq.Rule(r"head", k=8, m=4),
+)
+X = jnp.ones((2, 8, 8, 3))
+
+
+def test_rules_place_quantized_variables_and_forward_runs():
+  model = lq.nn.quantize_model(PlainNet(), RULES, stage="quantize")
+  variables = model.init(jax.random.key(0), X)
+  params = variables["params"]
+  assert set(params["stem"]) == {"kernel"}
+  assert set(params["body"]) == {"z", "projection", "codebook", "bias"}
+  assert params["body"]["z"].shape == (16 * 8 * 9 // 8, 3)
+  assert set(params["proj"]) == {"z", "projection", "codebook", "bias"}
+  assert params["proj"]["z"].shape == (16 * 16 // 4, 2)  # DenseGeneral: prod(out) rows of prod(in)
+  assert params["head"]["z"].shape == (5 * 16 // 4, 4)
+  assert set(params["norm"]) == {"scale", "bias"}
+  out = model.apply(variables, X)
+  assert out.shape == (2, 5)
+  out_train, state = model.apply(variables, X, train=True, mutable=["batch_stats", "losses"])
+  assert out_train.shape == (2, 5)
+
+
+def test_plan_model_matches_the_variables_and_rejects_unused_rules():
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  assert sorted(plan) == ["body", "head", "proj"]
+  assert plan["proj"].view_shape == (16, 16) and plan["proj"].d == 2
+  assert plan["body"].k == 16 and plan["head"].k == 4  # clamp: n=20 → 2^floor(log2 5) = 4
+  with pytest.raises(ValueError, match="matches no layer"):
+    lq.nn.plan_model(PlainNet(), RULES + (lq.Rule("nonexistent", k=4, m=4),), X)
+
+
+def test_float_model_converts_to_every_stage_with_the_same_paths():
+  float_vars = PlainNet().init(jax.random.key(0), X)
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
+  quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=5)
+  frozen = convert.quantize_to_frozen(quant)
+  for stage, variables in [("lowrank", lowrank), ("quantize", quant), ("frozen", frozen)]:
+    model = lq.nn.quantize_model(PlainNet(), RULES, stage=stage)
+    expected = jax.tree.map(jnp.shape, model.init(jax.random.key(0), X))
+    assert jax.tree.map(jnp.shape, variables) == expected, stage
+    assert model.apply(variables, X).shape == (2, 5)
+  # Hard evaluation in the quantize stage is what the frozen stage computes.
+  q = lq.nn.quantize_model(PlainNet(), RULES, stage="quantize").apply(quant, X)
+  f = lq.nn.quantize_model(PlainNet(), RULES, stage="frozen").apply(frozen, X)
+  assert jnp.allclose(q, f, rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_conversions():
+  float_vars = PlainNet().init(jax.random.key(0), X)
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  pq = convert.float_to_pq(float_vars, RULES, key=jax.random.key(1), plan=plan)
+  assert pq["params"]["body"]["codebook"].shape == (16, 8)
+  assert jnp.array_equal(pq["params"]["body"]["projection"], jnp.eye(8))
+  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), stage="frozen")
+  assert model.apply(pq, X).shape == (2, 5)
+  dkm = convert.float_to_dkm(float_vars, RULES, key=jax.random.key(1), plan=plan)
+  assert dkm["params"]["body"]["z"].shape == (144, 8)
+  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), stage="quantize")
+  assert model.apply(dkm, X).shape == (2, 5)

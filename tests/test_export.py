@@ -1,0 +1,93 @@
+"""Export → load → decode gives the quantize stage's evaluation; bytes equal the accounting."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lr2vq_jax as lq
+from lr2vq_jax import convert
+from lr2vq_jax.models import ResNet18
+from tests.nn.test_transform import RULES, PlainNet, X
+
+
+def _rel_err(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def _quantized(model, rules, x, plan=None):
+  float_vars = model.init(jax.random.key(0), x, train=False)
+  lowrank = convert.float_to_lowrank(float_vars, rules, plan=plan)
+  return float_vars, convert.lowrank_to_quantize(
+    lowrank, rules, key=jax.random.key(1), kmeans_iters=3
+  )
+
+
+@pytest.mark.parametrize("store", ["codebook", "factored"])
+def test_plain_model_roundtrip(tmp_path, store):
+  config = lq.nn.QuantConfig(store=store)
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  _, variables = _quantized(PlainNet(), RULES, X, plan)
+  # Give BatchNorm non-trivial statistics so folding is exercised.
+  variables["batch_stats"] = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
+  evaluated = lq.nn.quantize_model(PlainNet(), RULES, "quantize", config).apply(variables, X)
+  manifest = lq.export(variables, RULES, tmp_path, config=config)
+  decoded = lq.load(tmp_path).decode()
+  assert "z" not in json.dumps(list(decoded["params"]["body"]))
+  logits = PlainNet().apply(decoded, X)
+  assert _rel_err(logits, evaluated) <= 1e-5
+  assert manifest["layers"]["proj"]["view_shape"] == [16, 16]
+
+
+def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
+  rules = tuple(
+    dataclasses.replace(r, d=max(1, r.m // 2)) if not r.skip else r
+    for r in lq.presets.resnet18_large_blocks
+  )
+  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+  model = ResNet18(num_classes=1000)
+  float_vars, variables = _quantized(model, rules, x)
+  evaluated = lq.nn.quantize_model(model, rules, "quantize").apply(variables, x, train=False)
+  manifest = lq.export(variables, rules, tmp_path)
+  artifact = lq.load(tmp_path)
+  logits = model.apply(artifact.decode(), x, train=False)
+  assert _rel_err(logits, evaluated) <= 1e-5
+
+  report = lq.size_report(float_vars["params"], rules)
+  payload = manifest["payload_bytes"]
+  assert payload["codes"] == report.code_bytes
+  assert payload["codebooks"] == report.codebook_bytes
+  assert payload["other"] == report.other_bytes
+  assert payload["total"] == report.compressed_bytes
+  # The container (npz headers, manifest) is reported apart from the payload.
+  overhead = manifest["arrays_bytes"] - payload["total"]
+  assert 0 < overhead < 0.05 * payload["total"]
+  assert os.path.getsize(tmp_path / "manifest.json") > 0
+  # No float kernel of a compressed layer is shipped.
+  assert not any(k.endswith("/kernel") and k != "conv1/kernel" for k in artifact.arrays)
+
+
+def test_export_rejects_lowrank_variables(tmp_path):
+  float_vars = PlainNet().init(jax.random.key(0), X)
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
+  with pytest.raises(ValueError, match="quantize- or frozen-stage"):
+    lq.export(lowrank, RULES, tmp_path)
+
+
+def test_load_rejects_corruption(tmp_path):
+  plan = lq.nn.plan_model(PlainNet(), RULES, X)
+  _, variables = _quantized(PlainNet(), RULES, X, plan)
+  lq.export(variables, RULES, tmp_path)
+  path = tmp_path / "arrays.npz"
+  blob = bytearray(path.read_bytes())
+  blob[len(blob) // 2] ^= 0xFF
+  path.write_bytes(bytes(blob))
+  with pytest.raises(lq.ArtifactError, match="sha256"):
+    lq.load(tmp_path)
+  path.write_bytes(bytes(blob[: len(blob) // 2]))
+  with pytest.raises(lq.ArtifactError):
+    lq.load(tmp_path)
