@@ -24,9 +24,16 @@ from lr2vq_jax.core import (
 from lr2vq_jax.core.dkm import dkm
 from lr2vq_jax.core.kmeans import KMeansResult, kmeans
 
+# Flax layers and the artifact format (lead's modules). Imported eagerly on purpose: binding
+# `export` here, after the submodule is loaded, keeps `lq.export` the function for good.
+from lr2vq_jax import nn  # noqa: E402  isort: skip
+from lr2vq_jax.export import Artifact, ArtifactError, export, load  # noqa: E402  isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [
+  "Artifact",
+  "ArtifactError",
   "CompressedTensor",
   "DimEstimate",
   "KMeansResult",
@@ -39,8 +46,11 @@ __all__ = [
   "dkm",
   "estimate_dim",
   "estimate_dim_model",
+  "export",
   "from_subvectors",
   "kmeans",
+  "load",
+  "nn",
   "plan_layers",
   "presets",
   "size_report",

@@ -70,11 +70,13 @@ def export(
   *,
   config: QuantConfig | None = None,
   bn_epsilon: float = 1e-5,
+  metadata: Mapping[str, Any] | None = None,
 ) -> dict:
   """Writes the artifact of quantize- or frozen-stage `variables` to directory `path`.
 
   Returns the manifest. `config.store` picks the codebook layout ("codebook": C·P as k×m fp16,
-  the PQF convention; "factored": C k×d̃ and P d̃×m fp16).
+  the PQF convention; "factored": C k×d̃ and P d̃×m fp16). `metadata` (JSON) is kept as is,
+  e.g. the model name and input shape that `lr2vq eval` needs.
   """
   config = config or QuantConfig()
   params = traverse_util.flatten_dict(dict(variables["params"]))
@@ -141,6 +143,7 @@ def export(
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
     "bn_epsilon": bn_epsilon,
+    "metadata": dict(metadata or {}),
     "layers": layers,
     "float": dense,
     "payload_bytes": payload,

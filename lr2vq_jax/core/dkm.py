@@ -71,7 +71,7 @@ def dkm(z: jax.Array, centroids: jax.Array, *, tau, iters: int = 3, chunk_size: 
 
   for t < iters: A = softmax(-D(z, c)/tau); c = A^T z / A^T 1 (kept where A^T 1 ~ 0);
   then z_soft = softmax(-D(z, c)/tau) @ c. Returns (z_soft (n, d), centroids (k, d)) in the input
-  dtypes; all math is fp32.
+  dtypes; all math is fp32 (fp64 for fp64 inputs).
   """
   z32, c, tau32 = _prepare(z, centroids, tau)
   n = z32.shape[0]

@@ -1,0 +1,36 @@
+"""Reading the experiment config: rules and per-stage sections, with one clear error each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from lr2vq_jax import convert, presets
+from lr2vq_jax.core.rules import Rule
+
+STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
+
+
+def config_rules(config: ml_collections.ConfigDict) -> tuple[Rule, ...]:
+  """`config.preset` with `config.d` (when set) as d̃ of every compressed layer (capped at m)."""
+  rules = presets.get_preset(config.preset)
+  d = config.get("d")
+  if d:
+    rules = tuple(r if r.skip else dataclasses.replace(r, d=min(int(d), r.m)) for r in rules)
+  return rules
+
+
+def stage_rules(config: ml_collections.ConfigDict, stage: str) -> tuple[Rule, ...]:
+  """LR²VQ stages use the configured d̃; the pq and dkm baselines use d̃ = m."""
+  rules = config_rules(config)
+  return convert.vanilla(rules) if stage in ("pq", "dkm") else rules
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The stage's section (`config.float`, `config.lowrank`, ...)."""
+  if stage not in STAGES:
+    raise ValueError(f"config.stages: unknown stage {stage!r}; expected some of {STAGES}")
+  if stage not in config:
+    raise ValueError(f"config has no section {stage!r}; add config.{stage} (see configs/default.py)")
+  return config[stage]

@@ -1,0 +1,120 @@
+"""The whole job: run the configured stages, export each compressed model, evaluate the artifact.
+
+"What you evaluate is what you ship": the reported top-1 of every compressed method is measured
+on the float model rebuilt from its exported artifact (`lq.load(dir).decode()`), on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+import lr2vq_jax as lq
+from lr2vq_jax.train import input_pipeline
+from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
+
+METHODS = {"float": "float", "quantize": "LR²VQ", "pq": "PQ", "dkm": "vanilla DKM"}
+COMPRESSED = ("quantize", "pq", "dkm")
+COLUMNS = ("method", "k", "m", "d", "exported_bytes", "ratio", "top1", "val_top1")
+
+
+def parse_stages(stages) -> list[str]:
+  if isinstance(stages, str):
+    return [s.strip() for s in stages.split(",") if s.strip()]
+  return list(stages)
+
+
+def artifact_metadata(config: ml_collections.ConfigDict, stage) -> dict:
+  return {
+    "model": config.model,
+    "num_classes": stage.info.num_classes,
+    "image_shape": list(stage.info.image_shape),
+    "stage": stage.name,
+    "data": config.data.to_dict(),
+  }
+
+
+def _rule_summary(rules) -> dict:
+  kept = [r for r in rules if not r.skip]
+  join = lambda xs: "/".join(dict.fromkeys(str(x) for x in xs))  # noqa: E731
+  return {"k": join(r.k for r in kept), "m": join(r.m for r in kept), "d": join(r.d or r.m for r in kept)}
+
+
+def _float_bytes(stage) -> int:
+  shapes = jax.eval_shape(
+    lambda: stage.float_model.init(jax.random.key(0), jax.numpy.zeros((1, *stage.info.image_shape)), train=False)
+  )
+  return lq.size_report(shapes["params"], stage.rules).uncompressed_bytes
+
+
+def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
+  """Exports stage `name`'s final variables and evaluates the decoded artifact on val and test."""
+  stage = build_stage(config, name, workdir)
+  directory = os.path.join(stage.workdir, "artifact")
+  manifest = lq.export(
+    jax.device_get(state.variables()),
+    stage.rules,
+    directory,
+    config=quant_config(config),
+    metadata=artifact_metadata(config, stage),
+  )
+  variables = lq.load(directory).decode()
+  return _record(config, stage, variables, manifest["payload_bytes"]["total"])
+
+
+def _record(config, stage, variables, payload: int) -> dict:
+  def split(name):
+    return evaluate(stage.float_model, variables, lambda: input_pipeline.build_input(config.data, split=name), stage.mesh)
+
+  test, val = split("test"), split("eval")
+  return {
+    "method": METHODS[stage.name],
+    "stage": stage.name,
+    **_rule_summary(stage.rules),
+    "exported_bytes": int(payload),
+    "ratio": round(_float_bytes(stage) / payload, 2),
+    "top1": round(test["top1"], 2),
+    "top5": round(test["top5"], 2),
+    "val_top1": round(val["top1"], 2),
+  }
+
+
+def format_table(records: list[dict]) -> str:
+  rows = [COLUMNS] + [tuple(str(r.get(c, "")) for c in COLUMNS) for r in records]
+  widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+  lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
+  """Runs `config.stages` in order; returns the results records (None if preempted)."""
+  records = []
+  for name in parse_stages(config.stages):
+    start = time.monotonic()
+    logging.info("=== stage %s ===", name)
+    state, results = run_stage(config, name, workdir)
+    if results.get("preempted"):
+      logging.warning("preempted during stage %s; rerun the same command to resume", name)
+      return None
+    if name == "float":
+      stage = build_stage(config, name, workdir)
+      record = _record(config, stage, jax.device_get(state.variables()), _float_bytes(stage))
+      record.update(k="-", m="-", d="-")
+    elif name in COMPRESSED:
+      record = export_and_evaluate(config, name, state, workdir)
+    else:
+      continue
+    record["wall_s"] = round(time.monotonic() - start, 1)
+    records.append(record)
+    print(f"[{name}] top-1 {record['top1']:.2f}%  bytes {record['exported_bytes']}", flush=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(records, f, indent=1)
+    print(format_table(records), flush=True)
+  return records

@@ -1,0 +1,161 @@
+"""Train state, optimizer and the jitted train / eval steps of one pipeline stage.
+
+Loss = cross-entropy + ½·wd·Σ‖W‖² (params with ndim > 1) + every term sown into `losses`
+(β·commitment of the quantized layers). Evaluation runs the hard-code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import traverse_util
+
+from lr2vq_jax.nn import LOSSES
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a stage's training needs to resume; a plain pytree for jit and Orbax."""
+
+  step: jax.Array
+  params: Any
+  model_state: Any  # non-trainable collections: batch_stats, quant (shapes, τ, frozen codes)
+  opt_state: Any
+  rng: jax.Array
+
+  def variables(self) -> dict:
+    return {"params": self.params, **self.model_state}
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warmup then `cfg.schedule` ("cosine" to cfg.lr·cfg.final_lr_factor, or "constant")."""
+  warmup = int(cfg.get("warmup_steps", 0))
+  if cfg.schedule == "cosine":
+    main = optax.cosine_decay_schedule(
+      cfg.lr, max(1, num_steps - warmup), alpha=cfg.get("final_lr_factor", 0.0)
+    )
+  elif cfg.schedule == "constant":
+    main = optax.constant_schedule(cfg.lr)
+  else:
+    raise ValueError(f"schedule={cfg.schedule!r}: expected 'cosine' or 'constant'")
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+
+
+def _mask(params: Mapping, patterns: tuple[str, ...]) -> Any:
+  """Pytree of bools: True where the param path ("a/b/kernel") matches one of `patterns`."""
+  flat = traverse_util.flatten_dict(dict(params))
+  hits = {k: any(re.search(p, "/".join(k)) for p in patterns) for k in flat}
+  return traverse_util.unflatten_dict(hits)
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mapping):
+  """optax optimizer from a stage config: adam/adamw/sgd, schedule, frozen params by regex."""
+  lr = learning_rate_schedule(cfg, num_steps)
+  if cfg.optimizer == "adam":
+    tx = optax.adam(lr)
+  elif cfg.optimizer == "sgd":
+    tx = optax.sgd(lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+  else:
+    raise ValueError(f"optimizer={cfg.optimizer!r}: expected 'adam' or 'sgd'")
+  if cfg.get("grad_clip", 0):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  frozen = tuple(cfg.get("freeze", ()) or ())
+  if frozen:
+    labels = jax.tree.map(lambda f: "frozen" if f else "train", _mask(params, frozen))
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+def weight_penalty(params: Mapping, exclude: tuple[str, ...] = ()) -> jax.Array:
+  """½·Σ‖p‖² over params with ndim > 1 (kernels, z, projections, codebooks) not excluded."""
+  flat = traverse_util.flatten_dict(dict(params))
+  terms = [
+    jnp.sum(jnp.square(v.astype(jnp.float32)))
+    for k, v in flat.items()
+    if v.ndim > 1 and not any(re.search(p, "/".join(k)) for p in exclude)
+  ]
+  return 0.5 * sum(terms) if terms else jnp.zeros(())
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make_train_step(model: nn.Module, cfg: ml_collections.ConfigDict, tx) -> Callable:
+  """(state, batch) → (state, metrics); metrics include `finite` (loss and params all finite)."""
+  wd = float(cfg.get("weight_decay", 0.0))
+  wd_exclude = tuple(cfg.get("weight_decay_exclude", ()) or ())
+  mutable = ["batch_stats", LOSSES]
+
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+      logits, new_state = model.apply(
+        variables,
+        batch["image"],
+        train=True,
+        mutable=mutable,
+        rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
+      )
+      ce = cross_entropy(logits, batch["label"])
+      aux = sum(jnp.sum(x) for x in jax.tree.leaves(new_state.get(LOSSES, {})))
+      aux = jnp.asarray(aux, jnp.float32)
+      loss = ce + aux + (wd * weight_penalty(params, wd_exclude) if wd else 0.0)
+      return loss, (logits, new_state, ce, aux)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, new_state, ce, aux)), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    model_state = dict(state.model_state)
+    if "batch_stats" in new_state:
+      model_state["batch_stats"] = new_state["batch_stats"]
+    finite = jnp.isfinite(loss) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+    )
+    metrics = {
+      "loss": loss,
+      "cross_entropy": ce,
+      "aux_loss": aux,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.global_norm(grads),
+      "finite": finite,
+    }
+    new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """(variables, batch) → summed top-1 / top-5 hits, loss and count over the masked batch."""
+
+  def eval_step(variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)
+    mask = batch.get("mask", jnp.ones(batch["label"].shape, bool)).astype(jnp.float32)
+    labels = batch["label"]
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+      "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+      "loss": jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
+      "count": jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def nonfinite_params(params: Mapping) -> list[str]:
+  """Paths of params holding NaN or Inf (for the error message when a step goes bad)."""
+  flat = traverse_util.flatten_dict(dict(jax.device_get(params)))
+  return ["/".join(k) for k, v in flat.items() if not bool(jnp.all(jnp.isfinite(v)))]

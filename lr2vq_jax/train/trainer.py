@@ -1,0 +1,289 @@
+"""Runs one pipeline stage: build → initialise or resume → jitted, sharded steps → evaluate.
+
+Stages: float, lowrank, quantize (LR²VQ) and the baselines pq (codes frozen, codebooks tuned) and
+dkm (vanilla DKM, d̃ = m). Every stage but float starts from the previous stage's last checkpoint
+(`<workdir>/<previous>` or the stage's `init_from`) converted by `lr2vq_jax.convert`; every stage
+resumes automatically from its own checkpoints. Data order and RNG are keyed by step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lr2vq_jax import convert
+from lr2vq_jax.models import create_model
+from lr2vq_jax.models.torch_import import load_torchvision
+from lr2vq_jax.nn import QUANT, QuantConfig, plan_model, quantize_model
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
+from lr2vq_jax.train.config import stage_config, stage_rules
+from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
+from lr2vq_jax.train.step import (
+  TrainState,
+  create_optimizer,
+  make_eval_step,
+  make_train_step,
+  nonfinite_params,
+)
+
+STAGE_KIND = {"float": "float", "lowrank": "lowrank", "quantize": "quantize", "pq": "frozen", "dkm": "quantize"}
+PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced NaN/Inf; the last good checkpoint is kept and nothing bad is saved."""
+
+
+@dataclasses.dataclass
+class Stage:
+  """Everything about one stage that does not depend on its weights."""
+
+  name: str
+  config: ml_collections.ConfigDict  # the whole experiment config
+  cfg: ml_collections.ConfigDict  # this stage's section
+  workdir: str
+  model: Any  # QuantizedModel for this stage
+  float_model: Any
+  rules: tuple
+  num_steps: int
+  info: Any
+  mesh: Any
+
+  @property
+  def quant(self) -> QuantConfig:
+    return quant_config(self.config, self.name)
+
+
+def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) -> QuantConfig:
+  """The layers' knobs from `config.quant`; a stage's own `tau_alpha` (> 0) takes precedence."""
+  q = config.quant
+  tau_alpha = q.tau_alpha
+  if stage is not None and config[stage].get("tau_alpha", 0) > 0:
+    tau_alpha = config[stage].tau_alpha
+  return QuantConfig(
+    tau_alpha=tau_alpha, dkm_iters=q.dkm_iters, commitment=q.commitment, store=q.store, chunk_size=q.chunk_size
+  )
+
+
+def build_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> Stage:
+  if name not in STAGE_KIND:
+    raise ValueError(f"stage {name!r}: expected one of {sorted(STAGE_KIND)}")
+  info = input_pipeline.dataset_info(config.data)
+  float_model = create_model(config.model, num_classes=info.num_classes, dtype=config.get("dtype", "float32"))
+  rules = stage_rules(config, name)
+  model = quantize_model(float_model, rules, STAGE_KIND[name], quant_config(config, name))
+  cfg = stage_config(config, name)
+  steps = cfg.num_steps or max(1, int(cfg.num_epochs * info.num_train_examples) // config.data.batch_size)
+  return Stage(
+    name, config, cfg, os.path.join(workdir, name), model, float_model, rules, int(steps), info, partitioning.make_mesh()
+  )
+
+
+def _sample_input(stage: Stage) -> jax.ShapeDtypeStruct:
+  return jnp.zeros((1, *stage.info.image_shape), jnp.float32)
+
+
+def _state_from_variables(stage: Stage, variables: dict, rng) -> TrainState:
+  variables = {c: v for c, v in variables.items() if c != "losses"}
+  params = variables.pop("params")
+  tx = create_optimizer(stage.cfg, stage.num_steps, params)
+  return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), rng)
+
+
+def abstract_state(stage: Stage) -> TrainState:
+  """Shapes, dtypes and target shardings of the stage's state, computed without any weights."""
+
+  def init(rng):
+    variables = stage.model.init(rng, _sample_input(stage), train=False)
+    return _state_from_variables(stage, dict(variables), rng)
+
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  return partitioning.with_state_shardings(shapes, stage.mesh, stage.config)
+
+
+def _initial_variables(stage: Stage, key) -> dict | None:
+  """Variables converted from the previous stage (or a torchvision state dict); None: random init."""
+  init_from = stage.cfg.get("init_from") or ""
+  if stage.name == "float":
+    return load_torchvision(init_from) if init_from else None
+  prev = build_stage(stage.config, PREVIOUS[stage.name], os.path.dirname(stage.workdir))
+  directory = init_from or prev.workdir
+  prev_state = restore_final(prev, directory)
+  variables = jax.device_get(prev_state.variables())
+  plan = plan_model(stage.float_model, stage.rules, _sample_input(stage), train=False)
+  q, tau_alpha = stage.config.quant, stage.quant.tau_alpha
+  if stage.name == "lowrank":
+    return convert.float_to_lowrank(variables, stage.rules, plan=plan)
+  if stage.name == "quantize":
+    return convert.lowrank_to_quantize(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha)
+  if stage.name == "pq":
+    return convert.float_to_pq(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan)
+  return convert.float_to_dkm(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha, plan=plan)
+
+
+def restore_final(stage: Stage, directory: str) -> TrainState:
+  """The last checkpoint of a finished stage, checked to be that stage of the same model."""
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(directory))
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+      f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
+      f"(--config.stages={stage.name}) or set init_from"
+    )
+  meta = ckpt.restore_meta(step)
+  if meta.get("stage") != stage.name or meta.get("model") != stage.config.model:
+    raise ValueError(
+      f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
+      f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
+    )
+  state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
+  ckpt.close()
+  return state
+
+
+def _meta(stage: Stage, step: int) -> dict:
+  return {"stage": stage.name, "model": stage.config.model, "step": step, "num_steps": stage.num_steps}
+
+
+def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
+  """Top-1/top-5 (%) and loss over one pass of a split, each example counted once."""
+  eval_step = jax.jit(make_eval_step(model))
+  totals: dict[str, float] = {}
+  for batch in make_iter():
+    out = jax.device_get(eval_step(variables, partitioning.global_batch(batch, mesh)))
+    for key, value in out.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  count = max(totals.get("count", 0.0), 1.0)
+  return {"top1": 100 * totals["top1"] / count, "top5": 100 * totals["top5"] / count, "loss": totals["loss"] / count}
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop checkpoints at the current step and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def run_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> tuple[TrainState, dict]:
+  """Trains stage `name` to its last step (resuming if possible); returns (state, eval metrics).
+
+  Returns early with `preempted=True` in the metrics when SIGTERM arrived (state checkpointed).
+  """
+  stage = build_stage(config, name, workdir)
+  os.makedirs(stage.workdir, exist_ok=True)
+  target = abstract_state(stage)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(stage.workdir), max_to_keep=2)
+  logger = MetricsLogger(stage.workdir, stage=name)
+  start = ckpt.latest_step()
+  key = jax.random.fold_in(jax.random.key(config.seed), sorted(STAGE_KIND).index(name))
+  if start is not None:
+    state, _ = ckpt.restore(start, abstract_state=target)
+    logger.truncate_after(start)
+    logging.info("stage %s: resumed at step %d of %d", name, start, stage.num_steps)
+  else:
+    start = 0
+    variables = _initial_variables(stage, key)
+    state = partitioning.init_state(stage, target, variables, key, _state_from_variables, _sample_input)
+    ckpt.save(0, state, _meta(stage, 0), force=True)
+  train_step = partitioning.jit_train_step(make_train_step(stage.model, stage.cfg, _tx(stage, state)), target, stage.mesh)
+  train_iter = input_pipeline.build_input(config.data, split="train", start_step=start)
+  hooks = periodic_hooks(stage.workdir, num_train_steps=stage.num_steps, writer=logger.writer, profile=False)
+  state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start)
+  results = {}
+  if int(state.step) >= stage.num_steps:
+    results = evaluate(stage.model, state.variables(), lambda: input_pipeline.build_input(config.data, split="eval"), stage.mesh)
+    logger.write_scalars(stage.num_steps, {f"eval_{k}": v for k, v in results.items()})
+  else:
+    results["preempted"] = True
+  ckpt.wait()
+  ckpt.close()
+  logger.close()
+  return state, results
+
+
+def _tx(stage: Stage, state: TrainState):
+  return create_optimizer(stage.cfg, stage.num_steps, state.params)
+
+
+def _loop(stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int) -> TrainState:
+  log_every = max(1, int(stage.cfg.get("log_every", 50)))
+  ckpt_every = max(1, int(stage.cfg.get("checkpoint_every", 500)))
+  stop_at = int(stage.cfg.get("stop_after_steps", 0) or 0)  # for tests: simulate an interruption
+  last_good = start
+  with _Preemption() as preempt:
+    window: list[dict] = []
+    for step in range(start, stage.num_steps):
+      batch = partitioning.global_batch(next(train_iter), stage.mesh)
+      state, metrics = train_step(state, batch)
+      window.append(metrics)
+      done = step + 1
+      for hook in hooks:
+        hook(done)
+      boundary = done % log_every == 0 or done == stage.num_steps
+      saving = done % ckpt_every == 0 or done == stage.num_steps or preempt.requested
+      if boundary or saving:
+        host = jax.device_get(window)
+        window = []
+        bad = [i for i, m in enumerate(host) if not bool(m["finite"])]
+        if bad:
+          first = done - len(host) + bad[0] + 1
+          layers = nonfinite_params(state.params)
+          raise NonFiniteError(
+            f"stage {stage.name}: non-finite loss or params at step {first}"
+            + (f" (layers: {', '.join(layers[:5])})" if layers else "")
+            + f"; last good checkpoint: step {last_good}"
+          )
+        if boundary:
+          means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+          means["learning_rate"] = float(_lr(stage)(done - 1))
+          logger.write_scalars(done, means)
+      if saving:
+        ckpt.save(done, state, _meta(stage, done), force=True)
+        last_good = done
+      if preempt.requested or (stop_at and done >= stop_at):
+        logging.warning("stage %s: stopping at step %d (checkpoint saved)", stage.name, done)
+        break
+  return state
+
+
+def _lr(stage: Stage):
+  from lr2vq_jax.train.step import learning_rate_schedule
+
+  return learning_rate_schedule(stage.cfg, stage.num_steps)
+
+
+def final_variables(state: TrainState) -> dict:
+  """Host copies of the variables (for export and conversion)."""
+  return jax.device_get(state.variables())
+
+
+def wall_clock() -> float:
+  return time.monotonic()
+
+
+__all__ = ["QUANT", "NonFiniteError", "abstract_state", "build_stage", "evaluate", "run_stage"]

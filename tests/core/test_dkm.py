@@ -1,0 +1,116 @@
+"""Bounded-memory DKM equals the naive reference in value and gradient; gradients are right."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from lr2vq_jax.core.dkm import dkm, dkm_naive
+
+
+def _inputs(seed, n, d, k):
+  kz, kc, kw = jax.random.split(jax.random.key(seed), 3)
+  z = jax.random.normal(kz, (n, d))
+  c = z[:k] + 0.1 * jax.random.normal(kc, (k, d))
+  w = jax.random.normal(kw, (n, d))
+  return z, c, w
+
+
+def _loss(fn, w, iters, **kw):
+  def loss(z, c, tau):
+    z_soft, c_out = fn(z, c, tau=tau, iters=iters, **kw)
+    return jnp.sum(z_soft * w) + jnp.sum(c_out**2)
+
+  return loss
+
+
+@pytest.mark.parametrize(
+  "n,d,k,chunk,iters",
+  [
+    (203, 4, 16, 64, 3),  # n not divisible by the chunk
+    (50, 8, 32, 1000, 3),  # one chunk, k close to n
+    (97, 2, 5, 7, 0),  # no centroid update, many tiny chunks
+  ],
+)
+def test_bounded_equals_naive_value_and_grad(n, d, k, chunk, iters):
+  z, c, w = _inputs(n, n, d, k)
+  tau = jnp.float32(0.3)
+
+  def run(fn, **kw):
+    def loss(z, c, tau):
+      z_soft, c_out = fn(z, c, tau=tau, iters=iters, **kw)
+      return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(z, c, tau)
+
+  (_, (zs_b, c_b)), gb = run(dkm, chunk_size=chunk)
+  (_, (zs_n, c_n)), gn = run(dkm_naive)
+  assert zs_b.shape == (n, d) and c_b.shape == (k, d)
+  np.testing.assert_allclose(zs_b, zs_n, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_b, c_n, rtol=1e-5, atol=1e-5)
+  for a, b in zip(gb, gn, strict=True):
+    scale = float(jnp.max(jnp.abs(b))) + 1e-6
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+def test_dkm_is_soft_kmeans():
+  # Small tau: hard assignment, centroid updates equal Lloyd means, z_soft equals the codewords.
+  z = jnp.asarray([[0.0, 0.0], [0.2, 0.0], [5.0, 5.0], [5.0, 5.4]])
+  c = jnp.asarray([[0.5, 0.5], [4.0, 4.0]])
+  zs, c_out = dkm(z, c, tau=1e-3, iters=2, chunk_size=3)
+  np.testing.assert_allclose(c_out, [[0.1, 0.0], [5.0, 5.2]], atol=1e-5)
+  np.testing.assert_allclose(zs, c_out[jnp.asarray([0, 0, 1, 1])], atol=1e-5)
+
+
+def test_gradients_match_finite_differences():
+  with jax.enable_x64(True):
+    z, c, _ = _inputs(1, 11, 3, 4)
+    z, c = z.astype(jnp.float64), c.astype(jnp.float64)
+    w = jnp.linspace(-1.0, 1.0, 33, dtype=jnp.float64).reshape(11, 3)
+    tau = jnp.float64(0.7)
+    loss = _loss(dkm, w, 2, chunk_size=4)
+    assert loss(z, c, tau).dtype == jnp.float64
+    check_grads(loss, (z, c, tau), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    check_grads(_loss(dkm_naive, w, 2), (z, c, tau), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_empty_cluster_keeps_previous_centroid_and_finite_grads():
+  z, c, w = _inputs(2, 40, 2, 4)
+  far = jnp.asarray([[1e3, -1e3]])
+  c = jnp.concatenate([c, far])  # no attention mass reaches it: A^T 1 underflows to 0
+  for fn, kw in ((dkm, {"chunk_size": 16}), (dkm_naive, {})):
+    _, c_out = fn(z, c, tau=0.1, iters=3, **kw)
+    np.testing.assert_array_equal(c_out[-1], far[0])
+    grads = jax.grad(_loss(fn, w, 3, **kw), argnums=(0, 1, 2))(z, c, jnp.float32(0.1))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_softmax_is_safe_for_tiny_tau():
+  z, c, _ = _inputs(3, 30, 4, 6)
+  z_soft, c_out = dkm(z * 100.0, c * 100.0, tau=1e-4, iters=2, chunk_size=8)
+  assert bool(jnp.all(jnp.isfinite(z_soft))) and bool(jnp.all(jnp.isfinite(c_out)))
+
+
+def test_bf16_inputs_return_input_dtypes():
+  z, c, _ = _inputs(4, 33, 4, 5)
+  zs, c_out = dkm(z.astype(jnp.bfloat16), c.astype(jnp.bfloat16), tau=0.5, iters=1, chunk_size=8)
+  assert zs.dtype == jnp.bfloat16 and c_out.dtype == jnp.bfloat16
+  ref, _ = dkm_naive(z.astype(jnp.bfloat16).astype(jnp.float32), c, tau=0.5, iters=1)
+  np.testing.assert_allclose(zs.astype(jnp.float32), ref, atol=0.05)
+
+
+def test_bounded_memory_grows_like_n_d_not_n_k():
+  d, k, iters = 2, 512, 3
+  c = jnp.zeros((k, d))
+
+  def temp_bytes(fn, n, **kw):
+    f = jax.jit(jax.grad(lambda z: jnp.sum(fn(z, c, tau=1.0, iters=iters, **kw)[0] ** 2)))
+    return f.lower(jnp.zeros((n, d))).compile().memory_analysis().temp_size_in_bytes
+
+  def per_row(fn, **kw):  # XLA temp bytes added per extra row of z
+    return (temp_bytes(fn, 40_000, **kw) - temp_bytes(fn, 20_000, **kw)) / 20_000
+
+  attention_row = k * 4
+  assert per_row(dkm, chunk_size=2048) < attention_row / 8
+  assert per_row(dkm_naive) > iters * attention_row
