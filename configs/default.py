@@ -13,32 +13,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-
-
-def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
-  """One stage's training section: Adam, cosine schedule, L2 weight decay in the loss."""
-  cfg = ml_collections.ConfigDict(
-    dict(
-      num_epochs=num_epochs,
-      num_steps=0,  # > 0 overrides num_epochs
-      optimizer="adam",
-      lr=lr,
-      schedule="cosine",
-      warmup_steps=0,
-      final_lr_factor=0.0,
-      weight_decay=1e-4,
-      weight_decay_exclude=("codebook",),
-      freeze=(),
-      grad_clip=0.0,
-      log_every=50,
-      checkpoint_every=200,
-      init_from="",
-      tau_alpha=0.0,  # > 0 overrides config.quant.tau_alpha for this stage
-      stop_after_steps=0,
-    )
-  )
-  cfg.update(kw)
-  return cfg
+from lr2vq_jax.train.recipes import stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,13 +28,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.d = 3  # d̃ of the compressed layers (capped at m)
   config.stages = "float,lowrank,quantize,pq,dkm"
   config.quant = ml_collections.ConfigDict(
-    dict(tau_alpha=0.03, dkm_iters=3, commitment=0.0, store="codebook", chunk_size=16384, kmeans_iters=25)
+    dict(tau_alpha=0.03, dkm_iters=3, commitment=0.0, store="codebook", chunk_size=4096, kmeans_iters=25)
   )
-  config.float = stage(40, 2e-3)
-  config.lowrank = stage(10, 1e-3)
-  config.quantize = stage(20, 1e-3)
-  config.pq = stage(20, 1e-3)
-  config.dkm = stage(20, 1e-3, tau_alpha=0.01, freeze=("projection",))
+  config.float = stage(40, 2e-3, weight_decay=1e-4, log_every=50, checkpoint_every=200)
+  short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)
+  config.lowrank = stage(10, 1e-3, **short)
+  config.quantize = stage(20, 1e-3, **short)
+  config.pq = stage(20, 1e-3, **short)
+  config.dkm = stage(20, 1e-3, tau_alpha=0.01, freeze=("projection",), **short)
   if arg == "quick":
     for name in ("float", "lowrank", "quantize", "pq", "dkm"):
       config[name].num_steps = 6

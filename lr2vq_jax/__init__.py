@@ -4,7 +4,7 @@ Importing the library never imports TensorFlow or clu (only `lr2vq_jax.train` an
 entry point do).
 """
 
-from lr2vq_jax import presets
+from lr2vq_jax import convert, nn, presets
 from lr2vq_jax.core import (
   CompressedTensor,
   DimEstimate,
@@ -23,11 +23,11 @@ from lr2vq_jax.core import (
 )
 from lr2vq_jax.core.dkm import dkm
 from lr2vq_jax.core.kmeans import KMeansResult, kmeans
+from lr2vq_jax.export import Artifact, ArtifactError, export, load
+from lr2vq_jax.nn import QuantConfig, quantize_model
 
-# Flax layers and the artifact format (lead's modules). Imported eagerly on purpose: binding
-# `export` here, after the submodule is loaded, keeps `lq.export` the function for good.
-from lr2vq_jax import nn  # noqa: E402  isort: skip
-from lr2vq_jax.export import Artifact, ArtifactError, export, load  # noqa: E402  isort: skip
+# `export` is imported eagerly on purpose: binding the function here, after the submodule
+# `lr2vq_jax.export` is loaded, keeps `lq.export` the function for good.
 
 __version__ = "0.1.0"
 
@@ -38,11 +38,13 @@ __all__ = [
   "DimEstimate",
   "KMeansResult",
   "LayerPlan",
+  "QuantConfig",
   "Rule",
   "SizeReport",
   "SubvectorError",
   "clamp_k",
   "compress_tensor",
+  "convert",
   "dkm",
   "estimate_dim",
   "estimate_dim_model",
@@ -53,6 +55,7 @@ __all__ = [
   "nn",
   "plan_layers",
   "presets",
+  "quantize_model",
   "size_report",
   "to_subvectors",
 ]

@@ -108,7 +108,7 @@ def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None
   plan = plan if plan is not None else plan_from_params(variables["params"], rules)
   layers = []
   for path, geo in sorted(plan.items()):
-    key = tuple(path.split("/"))
+    key = tuple(path.split("/")) if path else ()
     kernel = params.pop(key + ("kernel",))
     _shapes(quant, key, geo)
     layers.append((key, geo, geo.to_rows(jnp.asarray(kernel, jnp.float32))))

@@ -117,7 +117,7 @@ def export(
     for part, table in zip(names, tables, strict=True):
       entry["arrays"][part] = _entry(arrays, f"{name}/{part}", np.asarray(table, np.float16))
     layers[name] = entry
-    consumed.update(k for k in params if k[:-1] == layer)
+    consumed.update(layer + (leaf,) for leaf in ("z", "projection", "codebook"))
 
   dense: dict[str, dict] = {}
   for layer in _bn_layers(params, stats):

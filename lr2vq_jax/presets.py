@@ -38,11 +38,18 @@ resnet18_large_blocks = _resnet18(18)
 resnet50_small_blocks = _resnet50(9, 4)
 resnet50_large_blocks = _resnet50(18, 8)
 
+# The embedded default (DigitsCNN on the 8×8 digits): conv2 and conv3 hold 98% of the weights;
+# k = 16 separates the methods (at k = 64 even plain PQ is within a point of float).
+digits_small_blocks = (Rule(r"^conv[23]$", k=16, m=9),)
+digits_large_blocks = (Rule(r"^conv[23]$", k=16, m=18),)
+
 PRESETS: dict[str, tuple[Rule, ...]] = {
   "resnet18_small_blocks": resnet18_small_blocks,
   "resnet18_large_blocks": resnet18_large_blocks,
   "resnet50_small_blocks": resnet50_small_blocks,
   "resnet50_large_blocks": resnet50_large_blocks,
+  "digits_small_blocks": digits_small_blocks,
+  "digits_large_blocks": digits_large_blocks,
 }
 
 

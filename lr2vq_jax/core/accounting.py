@@ -88,7 +88,9 @@ class SizeReport:
 
   def table(self) -> str:
     """Printable per-layer table and the totals line."""
-    head = f"{'layer':<28} {'shape':<18} {'n':>8} {'k':>6} {'m':>3} {'d':>3} {'bits':>4} {'bytes':>10}"
+    head = (
+      f"{'layer':<28} {'shape':<18} {'n':>8} {'k':>6} {'m':>3} {'d':>3} {'bits':>4} {'bytes':>10}"
+    )
     lines = [head, "-" * len(head)]
     rows = [(r.path, r) for r in self.layers] + [(p, s) for p, s in self.float_layers]
     for path, r in sorted(rows, key=lambda row: _natural_key(row[0])):

@@ -162,14 +162,15 @@ class ModelDimEstimate:
 
   def table(self) -> str:
     """One line per layer (best d̃, error at best vs at d̃ = m) and the global choice per m."""
-    head = f"{'layer':<28} {'n':>8} {'k':>6} {'m':>3} {'best d':>6} {'err(best)':>10} {'err(d=m)':>10}"
+    head = (
+      f"{'layer':<28} {'n':>8} {'k':>6} {'m':>3} {'best d':>6} {'err(best)':>10} {'err(d=m)':>10}"
+    )
     lines = [head, "-" * len(head)]
     for path, e in self.layers.items():
       energy = e.energy if e.energy > 0 else 1.0
       at_m = f"{e.total[-1] / energy:>10.4f}" if int(e.candidates[-1]) == e.m else f"{'-':>10}"
       lines.append(
-        f"{path:<28} {e.n:>8} {e.k:>6} {e.m:>3} {e.best:>6} "
-        f"{e.total.min() / energy:>10.4f} {at_m}"
+        f"{path:<28} {e.n:>8} {e.k:>6} {e.m:>3} {e.best:>6} {e.total.min() / energy:>10.4f} {at_m}"
       )
     best = ", ".join(f"m={m}: d={d}" for m, d in self.global_best().items())
     lines.append(f"global best d per m: {best}  (errors relative to ||X||^2)")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 def svd_init(x: jax.Array, d: int) -> tuple[jax.Array, jax.Array]:
   """(Z (n, d), P (d, m)) with Z = U_d Σ_d, P = V_dᵀ: Z·P is the best rank-d approximation of x.
 
-  P has orthonormal rows; when d exceeds rank bound min(n, m) the extra rows of P still complete an
+  P has orthonormal rows; when d exceeds min(n, m) (the largest possible rank) the extra rows of P still complete an
   orthonormal set and the matching columns of Z are zero. Computed in float32.
   """
   x = jnp.asarray(x, jnp.float32)

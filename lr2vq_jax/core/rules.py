@@ -99,7 +99,9 @@ def params_collection(params: Mapping) -> Mapping:
   return inner if isinstance(inner, Mapping) else params
 
 
-def iter_leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def iter_leaves(
+  tree: Mapping, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
   """(keys, leaf) for every leaf of a nested mapping, in insertion order."""
   for key, value in tree.items():
     keys = (*prefix, str(key))

@@ -41,7 +41,7 @@ class QuantConfig:
   dkm_iters: int = 3  # centroid updates per training forward pass
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
-  chunk_size: int = 16384  # rows of Z per DKM/assignment chunk (memory bound)
+  chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
 
   def __post_init__(self):
     if self.store not in STORES:

@@ -83,7 +83,7 @@ def build_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> S
   rules = stage_rules(config, name)
   model = quantize_model(float_model, rules, STAGE_KIND[name], quant_config(config, name))
   cfg = stage_config(config, name)
-  steps = cfg.num_steps or max(1, int(cfg.num_epochs * info.num_train_examples) // config.data.batch_size)
+  steps = cfg.num_steps or int(cfg.num_epochs * info.num_train_examples) // config.data.batch_size
   return Stage(
     name, config, cfg, os.path.join(workdir, name), model, float_model, rules, int(steps), info, partitioning.make_mesh()
   )

@@ -23,7 +23,9 @@ def test_encode_is_nearest_and_decode_gathers():
   np.testing.assert_array_equal(encode(cb, cb), np.arange(17))
 
 
-@pytest.mark.parametrize(("k", "bits"), [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (256, 8), (257, 9)])
+@pytest.mark.parametrize(
+  ("k", "bits"), [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (256, 8), (257, 9)]
+)
 def test_bits_per_code(k, bits):
   assert bits_per_code(k) == bits
 

@@ -72,7 +72,6 @@ def test_gradients_match_finite_differences():
     loss = _loss(dkm, w, 2, chunk_size=4)
     assert loss(z, c, tau).dtype == jnp.float64
     check_grads(loss, (z, c, tau), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
-    check_grads(_loss(dkm_naive, w, 2), (z, c, tau), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 def test_empty_cluster_keeps_previous_centroid_and_finite_grads():
@@ -80,9 +79,15 @@ def test_empty_cluster_keeps_previous_centroid_and_finite_grads():
   far = jnp.asarray([[1e3, -1e3]])
   c = jnp.concatenate([c, far])  # no attention mass reaches it: A^T 1 underflows to 0
   for fn, kw in ((dkm, {"chunk_size": 16}), (dkm_naive, {})):
-    _, c_out = fn(z, c, tau=0.1, iters=3, **kw)
+
+    def loss(z, c, tau, fn=fn, kw=kw):
+      z_soft, c_out = fn(z, c, tau=tau, iters=2, **kw)
+      return jnp.sum(z_soft * w) + jnp.sum(c_out[:-1] ** 2), c_out
+
+    (_, c_out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+      z, c, jnp.float32(0.1)
+    )
     np.testing.assert_array_equal(c_out[-1], far[0])
-    grads = jax.grad(_loss(fn, w, 3, **kw), argnums=(0, 1, 2))(z, c, jnp.float32(0.1))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 

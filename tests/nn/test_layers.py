@@ -14,7 +14,8 @@ CONV_CASES = [
   dict(features=8, kernel_size=(3, 3), strides=(2, 2), padding="VALID"),
   dict(features=6, kernel_size=(3, 3), padding="CIRCULAR", use_bias=False),
   dict(features=8, kernel_size=(3, 3), padding=((1, 2), (0, 1)), kernel_dilation=(2, 1)),
-  dict(features=8, kernel_size=(3, 3), feature_group_count=2, input_dilation=(1, 2)),
+  dict(features=8, kernel_size=(3, 3), feature_group_count=2),
+  dict(features=8, kernel_size=(2, 2), padding=((1, 1), (1, 1)), input_dilation=(1, 2)),
   dict(features=4, kernel_size=(1, 1), strides=2),
   dict(features=5, kernel_size=(3,), padding="SAME"),
 ]

@@ -1,0 +1,16 @@
+"""PQ (PQF-style, without the permutation search): resnet50 on ImageNet, large blocks (30.6×, 3.185 MiB in the PQF/BGD accounting).
+
+Run:       lr2vq train --config configs/imagenet_resnet50_large_pq.py --workdir gs://BUCKET/imagenet_resnet50_large_pq \
+             --config.float.init_from=/path/resnet50_torchvision.safetensors \
+             --config.data.data_dir=/path/tensorflow_datasets
+           (see launch/ for TPU pods and GPU clusters)
+Smoke:     --config configs/imagenet_resnet50_large_pq.py:runlocal  (CPU, tiny images, 2 steps per stage)
+Hardware:  a TPU v3-64 pod slice or 16×A100/H100 (global batch 1024, bf16).
+Expected:  top-1 72.18 (PQF, published); uncompressed torchvision resnet50: 76.15.
+"""
+
+from lr2vq_jax.train.recipes import imagenet
+
+
+def get_config(arg=None):
+  return imagenet("resnet50", "large", "pq", arg)

@@ -1,0 +1,28 @@
+"""`import lr2vq_jax` is light: no TensorFlow, no clu; the public API is there."""
+
+import subprocess
+import sys
+
+CHECK = """
+import sys
+import lr2vq_jax as lq
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
+assert not heavy, heavy
+for name in ["to_subvectors", "from_subvectors", "kmeans", "dkm", "compress_tensor",
+             "CompressedTensor", "estimate_dim", "DimEstimate", "Rule", "size_report",
+             "SizeReport"]:
+  assert callable(getattr(lq, name)), name
+assert len(lq.presets.resnet18_large_blocks) == 4
+import lr2vq_jax.core.dkm, lr2vq_jax.core.kmeans
+from lr2vq_jax.core import dkm, kmeans
+assert hasattr(dkm, "dkm_naive") and hasattr(kmeans, "kmeans_plusplus")  # modules, not shadowed
+print("ok")
+"""
+
+
+def test_import_is_light_and_complete():
+  result = subprocess.run(
+    [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "ok"
