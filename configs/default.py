@@ -28,7 +28,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.d = 3  # d̃ of the compressed layers (capped at m)
   config.stages = "float,lowrank,quantize,pq,dkm"
   config.quant = ml_collections.ConfigDict(
-    dict(tau_alpha=0.03, dkm_iters=3, commitment=0.0, store="codebook", chunk_size=4096, kmeans_iters=25)
+    dict(
+      tau_alpha=0.03,
+      dkm_iters=3,
+      commitment=0.0,
+      store="codebook",
+      chunk_size=4096,
+      kmeans_iters=25,
+    )
   )
   config.float = stage(40, 2e-3, weight_decay=1e-4, log_every=50, checkpoint_every=200)
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)

@@ -146,6 +146,92 @@ def estimate_dim(args: argparse.Namespace) -> int:
   return 0
 
 
+@command(
+  "train",
+  "run a config's pipeline stages (absl flags: --config FILE[:arg] --workdir DIR --config.x=y)",
+)
+def train(args: argparse.Namespace) -> int:  # dispatched in `main` before argparse sees the flags
+  raise CLIError(
+    "train takes absl flags", "lr2vq train --config configs/default.py --workdir runs/x"
+  )
+
+
+@command(
+  "export",
+  "write the shipped artifact of a finished stage (quantize, pq or dkm) from its checkpoint",
+  arg("--config", required=True, help="experiment config file, optionally FILE:arg"),
+  arg("--workdir", required=True, help="the run's workdir (holds <stage>/checkpoints)"),
+  arg("--stage", default="quantize", choices=("quantize", "pq", "dkm"), help="which stage"),
+  arg("--out", default=None, help="artifact directory (default <workdir>/<stage>/artifact)"),
+)
+def export(args: argparse.Namespace) -> int:
+  import os
+
+  import lr2vq_jax as lq
+  from lr2vq_jax.train.config import load_config
+  from lr2vq_jax.train.pipeline import artifact_metadata
+  from lr2vq_jax.train.trainer import build_stage, quant_config, restore_final
+
+  config = load_config(args.config)
+  stage = build_stage(config, args.stage, args.workdir)
+  state = restore_final(stage, stage.workdir)
+  out = args.out or os.path.join(stage.workdir, "artifact")
+  manifest = lq.export(
+    state.variables(),
+    stage.rules,
+    out,
+    config=quant_config(config, args.stage),
+    metadata=artifact_metadata(config, stage),
+  )
+  payload = manifest["payload_bytes"]
+  print(
+    f"wrote {out}: {len(manifest['layers'])} quantized layers, payload {payload['total']} bytes "
+    f"(codes {payload['codes']}, codebooks {payload['codebooks']}, other {payload['other']}), "
+    f"file {manifest['arrays_bytes']} bytes"
+  )
+  return 0
+
+
+@command(
+  "eval",
+  "evaluate an exported artifact (decoded into the float model) on a split of its dataset",
+  arg("--artifact", required=True, help="artifact directory (manifest.json + arrays.npz)"),
+  arg("--config", default=None, help="config whose model/data to use (default: the artifact's)"),
+  arg("--split", default="test", choices=("eval", "test"), help="which split (default test)"),
+)
+def evaluate(args: argparse.Namespace) -> int:
+  import ml_collections
+
+  import lr2vq_jax as lq
+  from lr2vq_jax.models import create_model
+  from lr2vq_jax.train import input_pipeline, partitioning
+  from lr2vq_jax.train.config import load_config
+  from lr2vq_jax.train.trainer import evaluate as run_eval
+
+  artifact = lq.load(args.artifact)
+  meta = artifact.manifest.get("metadata", {})
+  if args.config:
+    config = load_config(args.config)
+    model_name, data = config.model, config.data
+  else:
+    if "model" not in meta or "data" not in meta:
+      raise CLIError(f"{args.artifact} does not name its model and data", "pass --config FILE")
+    model_name, data = meta["model"], ml_collections.ConfigDict(meta["data"])
+  info = input_pipeline.dataset_info(data)
+  model = create_model(model_name, num_classes=info.num_classes)
+  result = run_eval(
+    model,
+    artifact.decode(),
+    lambda: input_pipeline.build_input(data, split=args.split),
+    partitioning.make_mesh(),
+  )
+  print(
+    f"{args.artifact}: {model_name} on {data.name}/{args.split}: top-1 {result['top1']:.2f}%, "
+    f"top-5 {result['top5']:.2f}%, payload {artifact.num_bytes} bytes"
+  )
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="lr2vq", description="LR²VQ model compression: sizes, d̃ estimation, (train, export)."
@@ -163,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the `lr2vq` console script; returns the exit status."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv[1:2]):
+    from lr2vq_jax import main as train_main
+
+    train_main.run(["lr2vq train", *argv[1:]])
+    return 0
   args = build_parser().parse_args(argv)
   try:
     return int(args.run(args) or 0)

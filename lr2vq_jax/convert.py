@@ -24,48 +24,17 @@ from flax import traverse_util
 
 from lr2vq_jax.core import codec, lowrank, subvectors
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.rules import Rule, resolve
-from lr2vq_jax.nn.kernel import QUANT, LayerGeometry, QuantConfig, refined_codebook, temperature
+from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layers, resolve
+from lr2vq_jax.nn.kernel import QUANT, QuantConfig, refined_codebook, temperature
 
 Variables = Mapping[str, Any]
-Plan = Mapping[str, LayerGeometry]
+Plan = Mapping[str, LayerPlan]
 Path = tuple[str, ...]
 
 
 def vanilla(rules: Sequence[Rule]) -> tuple[Rule, ...]:
   """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
   return tuple(dataclasses.replace(r, d=None) for r in rules)
-
-
-def plan_from_params(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerGeometry]:
-  """Geometry of every rule-selected kernel; 2-D kernels are dense, others conv (HWIO).
-
-  For DenseGeneral kernels with several in/out axes use `lr2vq_jax.nn.plan_model` instead.
-  A rule that matches no kernel is an error.
-  """
-  flat = traverse_util.flatten_dict(dict(params))
-  plan, used = {}, set()
-  for key, value in flat.items():
-    if key[-1] != "kernel" or len(value.shape) < 2:
-      continue
-    path = "/".join(key[:-1])
-    rule = resolve(rules, path)
-    if rule is None:
-      continue
-    used.add(rule)
-    if not rule.skip:
-      n_out = 1 if len(value.shape) == 2 else None
-      plan[path] = LayerGeometry.create(value.shape, rule, n_out_dims=n_out)
-  unused = [r for r in rules if r not in used]
-  if unused:
-    raise ValueError(
-      f"rule {unused[0]!r} matches no layer; layers are: {sorted(_kernel_paths(flat))}"
-    )
-  return plan
-
-
-def _kernel_paths(flat) -> set[str]:
-  return {"/".join(k[:-1]) for k in flat if k[-1] == "kernel"}
 
 
 def _split(variables: Variables):
@@ -84,7 +53,7 @@ def _join(params, quant, rest) -> dict:
   return out
 
 
-def _shapes(quant: dict, key: Path, geo: LayerGeometry) -> None:
+def _shapes(quant: dict, key: Path, geo: LayerPlan) -> None:
   quant[key + ("shape",)] = jnp.asarray(geo.shape, jnp.int32)
   quant[key + ("view_shape",)] = jnp.asarray(geo.view_shape, jnp.int32)
 
@@ -105,7 +74,7 @@ def _kmeans(x, k: int, key, iters: int):
 def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None):
   """Flat params/quant/rest with the selected kernels removed, and (key, geometry, rows) per layer."""
   params, quant, rest = _split(variables)
-  plan = plan if plan is not None else plan_from_params(variables["params"], rules)
+  plan = plan if plan is not None else plan_layers(variables["params"], rules)
   layers = []
   for path, geo in sorted(plan.items()):
     key = tuple(path.split("/")) if path else ()

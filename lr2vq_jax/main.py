@@ -11,7 +11,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (get_config).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, artifacts and results.json go.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -24,7 +26,9 @@ def main(argv) -> None:
   from lr2vq_jax.train import distributed, pipeline
 
   distributed.initialize()
-  logging.info("JAX %s: %d processes, %d devices", jax.__version__, jax.process_count(), jax.device_count())
+  logging.info(
+    "JAX %s: %d processes, %d devices", jax.__version__, jax.process_count(), jax.device_count()
+  )
   os.makedirs(FLAGS.workdir, exist_ok=True)
   pipeline.run(FLAGS.config, FLAGS.workdir)
 

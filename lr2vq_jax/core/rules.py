@@ -7,6 +7,7 @@ with `re.search`, so anchor patterns ("^conv1$") when a bare name would also mat
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -74,7 +75,11 @@ def resolve(rules: Sequence[Rule], path: str) -> Rule | None:
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-  """How one kernel is compressed: n subvectors of length m, k centroids (after clamp), d̃ = d."""
+  """How one kernel is compressed: n subvectors of length m, k centroids (after clamp), d̃ = d.
+
+  `view_shape` is what is cut into subvectors: the kernel shape itself for convs (HWIO) and
+  2-D dense kernels, (prod in, prod out) for a DenseGeneral kernel with several in/out axes.
+  """
 
   path: str
   shape: tuple[int, ...]
@@ -83,6 +88,11 @@ class LayerPlan:
   m: int
   d: int
   rule_index: int
+  view_shape: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    if self.view_shape is None:
+      object.__setattr__(self, "view_shape", self.shape)
 
   @property
   def bits_per_code(self) -> int:
@@ -91,6 +101,14 @@ class LayerPlan:
   @property
   def code_bits(self) -> int:
     return self.n * self.bits_per_code
+
+  def to_rows(self, kernel):
+    """The kernel's subvectors X (n, m) in PQF order."""
+    return subvectors.to_subvectors(kernel.reshape(self.view_shape), self.m)
+
+  def to_kernel(self, rows):
+    """Inverse of `to_rows`."""
+    return subvectors.from_subvectors(rows, self.view_shape).reshape(self.shape)
 
 
 def params_collection(params: Mapping) -> Mapping:
@@ -119,19 +137,33 @@ def iter_layers(params: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
       yield "/".join(keys[:-1]), shape
 
 
-def plan_layer(path: str, shape: Sequence[int], rule: Rule, rule_index: int = 0) -> LayerPlan:
-  """The LayerPlan of one kernel under a non-skip rule; errors name the layer and the rule."""
+def plan_layer(
+  path: str,
+  shape: Sequence[int],
+  rule: Rule,
+  rule_index: int = 0,
+  *,
+  n_out_dims: int | None = None,
+) -> LayerPlan:
+  """The LayerPlan of one kernel under a non-skip rule; errors name the layer and the rule.
+
+  `n_out_dims` > 1 marks a DenseGeneral kernel (*in, *out) viewed as (prod in, prod out).
+  """
   shape = tuple(int(s) for s in shape)
+  view_shape = shape
+  if n_out_dims is not None and len(shape) != 2:
+    split = len(shape) - n_out_dims
+    view_shape = (math.prod(shape[:split]), math.prod(shape[split:]))
   m = int(rule.m)
   d = m if rule.d is None else int(rule.d)
   if not 1 <= d <= m:
     raise ValueError(f"layer {path!r}, {rule!r}: d={d} must be between 1 and m={m}")
   try:
-    n = subvectors.num_subvectors(shape, m)
+    n = subvectors.num_subvectors(view_shape, m)
     k = subvectors.clamp_k(int(rule.k), n)
   except ValueError as e:
     raise type(e)(f"layer {path!r}, {rule!r}: {e}") from None
-  return LayerPlan(path, shape, n, k, m, d, rule_index)
+  return LayerPlan(path, shape, n, k, m, d, rule_index, view_shape)
 
 
 def plan_layers(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerPlan]:

@@ -16,16 +16,15 @@ an export or a later stage needs nothing but the variables.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.core import codec, lowrank, subvectors
+from lr2vq_jax.core import codec, lowrank
 from lr2vq_jax.core import dkm as dkm_lib
-from lr2vq_jax.core.rules import Rule
+from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer
 
 STAGES = ("float", "lowrank", "quantize", "frozen")
 STORES = ("codebook", "factored")
@@ -50,40 +49,6 @@ class QuantConfig:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.tau_alpha <= 0:
       raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerGeometry:
-  """Shapes of one quantized layer: kernel shape, its subvector view and (n, k, m, d̃)."""
-
-  shape: tuple[int, ...]
-  view_shape: tuple[int, ...]  # conv: the kernel shape itself; dense: (prod in, prod out)
-  n: int
-  k: int
-  m: int
-  d: int
-
-  @classmethod
-  def create(cls, shape: Sequence[int], rule: Rule, *, n_out_dims: int | None) -> LayerGeometry:
-    """`n_out_dims` is the number of output axes of a dense kernel; None for a conv kernel."""
-    shape = tuple(int(s) for s in shape)
-    if n_out_dims is None:
-      view_shape = shape
-    else:
-      split = len(shape) - n_out_dims
-      view_shape = (math.prod(shape[:split]), math.prod(shape[split:]))
-    m = int(rule.m)
-    n = subvectors.num_subvectors(view_shape, m)
-    d = m if rule.d is None else int(rule.d)
-    if not 1 <= d <= m:
-      raise ValueError(f"rule {rule.pattern!r}: d={d} must be between 1 and m={m}")
-    return cls(shape, view_shape, n, subvectors.clamp_k(int(rule.k), n), m, d)
-
-  def to_rows(self, kernel: jax.Array) -> jax.Array:
-    return subvectors.to_subvectors(jnp.reshape(kernel, self.view_shape), self.m)
-
-  def to_kernel(self, x: jax.Array) -> jax.Array:
-    return jnp.reshape(subvectors.from_subvectors(x, self.view_shape), self.shape)
 
 
 def fp16_round(x: jax.Array) -> jax.Array:
@@ -140,7 +105,7 @@ def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array
   return jnp.maximum(alpha * jnp.mean(err), 1e-12)
 
 
-def _init_rows(mdl, init_fn: Callable, geo: LayerGeometry, param_dtype) -> jax.Array:
+def _init_rows(mdl, init_fn: Callable, geo: LayerPlan, param_dtype) -> jax.Array:
   kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
   return geo.to_rows(jnp.asarray(kernel, jnp.float32))
 
@@ -160,7 +125,7 @@ def quantized_kernel(
   """Creates/reads the stage's variables in `mdl`'s scope and returns the kernel (param_dtype)."""
   if stage not in STAGES:
     raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
-  geo = LayerGeometry.create(shape, rule, n_out_dims=n_out_dims)
+  geo = plan_layer("/".join(map(str, mdl.path)), shape, rule, n_out_dims=n_out_dims)
   mdl.variable(QUANT, "shape", lambda: jnp.asarray(geo.shape, jnp.int32))
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
   initializing = mdl.is_initializing()

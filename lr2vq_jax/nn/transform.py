@@ -15,9 +15,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from lr2vq_jax.core.rules import Rule, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer, resolve
 from lr2vq_jax.nn import layers
-from lr2vq_jax.nn.kernel import STAGES, LayerGeometry, QuantConfig
+from lr2vq_jax.nn.kernel import STAGES, QuantConfig
 
 _REPLACEMENTS = {nn.Conv: layers.Conv, nn.Dense: layers.Dense, nn.DenseGeneral: layers.DenseGeneral}
 
@@ -90,9 +90,7 @@ def quantize_model(
   return QuantizedModel(model, tuple(rules), stage, config or QuantConfig())
 
 
-def plan_model(
-  model: nn.Module, rules: Sequence[Rule], *args, **kwargs
-) -> dict[str, LayerGeometry]:
+def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict[str, LayerPlan]:
   """Geometry of every layer the rules compress, found by tracing `model.init(*args, **kwargs)`.
 
   Abstract (`jax.eval_shape`): no weights are computed. A rule that matches no layer is an error.
@@ -110,7 +108,9 @@ def plan_model(
         used.add(rule)
         if not rule.skip:
           shape = mdl.get_variable("params", "kernel").shape
-          plan[path] = LayerGeometry.create(shape, rule, n_out_dims=layers.n_out_dims(mdl))
+          plan[path] = plan_layer(
+            path, shape, rule, rules.index(rule), n_out_dims=layers.n_out_dims(mdl)
+          )
     return out
 
   with nn.intercept_methods(record):

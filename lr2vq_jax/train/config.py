@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -32,5 +34,18 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
   if stage not in STAGES:
     raise ValueError(f"config.stages: unknown stage {stage!r}; expected some of {STAGES}")
   if stage not in config:
-    raise ValueError(f"config has no section {stage!r}; add config.{stage} (see configs/default.py)")
+    raise ValueError(
+      f"config has no section {stage!r}; add config.{stage} (see configs/default.py)"
+    )
   return config[stage]
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given as "path.py" or "path.py:arg" (as absl's flag)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_lr2vq_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

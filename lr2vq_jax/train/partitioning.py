@@ -69,4 +69,6 @@ def jit_train_step(step: Callable, target: Any, mesh) -> Callable:
 def global_batch(local: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """Global arrays from this process's slice of the batch (`make_array_from_process_local_data`)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }

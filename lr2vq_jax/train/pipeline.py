@@ -42,12 +42,18 @@ def artifact_metadata(config: ml_collections.ConfigDict, stage) -> dict:
 def _rule_summary(rules) -> dict:
   kept = [r for r in rules if not r.skip]
   join = lambda xs: "/".join(dict.fromkeys(str(x) for x in xs))  # noqa: E731
-  return {"k": join(r.k for r in kept), "m": join(r.m for r in kept), "d": join(r.d or r.m for r in kept)}
+  return {
+    "k": join(r.k for r in kept),
+    "m": join(r.m for r in kept),
+    "d": join(r.d or r.m for r in kept),
+  }
 
 
 def _float_bytes(stage) -> int:
   shapes = jax.eval_shape(
-    lambda: stage.float_model.init(jax.random.key(0), jax.numpy.zeros((1, *stage.info.image_shape)), train=False)
+    lambda: stage.float_model.init(
+      jax.random.key(0), jax.numpy.zeros((1, *stage.info.image_shape)), train=False
+    )
   )
   return lq.size_report(shapes["params"], stage.rules).uncompressed_bytes
 
@@ -69,7 +75,12 @@ def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
 
 def _record(config, stage, variables, payload: int) -> dict:
   def split(name):
-    return evaluate(stage.float_model, variables, lambda: input_pipeline.build_input(config.data, split=name), stage.mesh)
+    return evaluate(
+      stage.float_model,
+      variables,
+      lambda: input_pipeline.build_input(config.data, split=name),
+      stage.mesh,
+    )
 
   test, val = split("test"), split("eval")
   return {

@@ -63,7 +63,14 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.d = 0 if method != "lr2vq" else (8 if blocks == "large" else 4)  # d̃ (capped at each m)
   config.stages = METHOD_STAGES[method]
   config.quant = ml_collections.ConfigDict(
-    dict(tau_alpha=0.03, dkm_iters=3, commitment=0.0, store="codebook", chunk_size=4096, kmeans_iters=25)
+    dict(
+      tau_alpha=0.03,
+      dkm_iters=3,
+      commitment=0.0,
+      store="codebook",
+      chunk_size=4096,
+      kmeans_iters=25,
+    )
   )
   lr = 1e-3 * config.data.batch_size / 128  # PQF: Adam 1e-3 per 128-image worker
   config.float = stage(0, lr, init_from="")  # 0 epochs: import torchvision weights, evaluate

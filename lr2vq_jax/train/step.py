@@ -131,7 +131,9 @@ def make_train_step(model: nn.Module, cfg: ml_collections.ConfigDict, tx) -> Cal
       "grad_norm": optax.global_norm(grads),
       "finite": finite,
     }
-    new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+    new = state.replace(
+      step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+    )
     return new, metrics
 
   return train_step

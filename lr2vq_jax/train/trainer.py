@@ -36,7 +36,13 @@ from lr2vq_jax.train.step import (
   nonfinite_params,
 )
 
-STAGE_KIND = {"float": "float", "lowrank": "lowrank", "quantize": "quantize", "pq": "frozen", "dkm": "quantize"}
+STAGE_KIND = {
+  "float": "float",
+  "lowrank": "lowrank",
+  "quantize": "quantize",
+  "pq": "frozen",
+  "dkm": "quantize",
+}
 PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
 
 
@@ -71,7 +77,11 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
   if stage is not None and config[stage].get("tau_alpha", 0) > 0:
     tau_alpha = config[stage].tau_alpha
   return QuantConfig(
-    tau_alpha=tau_alpha, dkm_iters=q.dkm_iters, commitment=q.commitment, store=q.store, chunk_size=q.chunk_size
+    tau_alpha=tau_alpha,
+    dkm_iters=q.dkm_iters,
+    commitment=q.commitment,
+    store=q.store,
+    chunk_size=q.chunk_size,
   )
 
 
@@ -79,13 +89,24 @@ def build_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> S
   if name not in STAGE_KIND:
     raise ValueError(f"stage {name!r}: expected one of {sorted(STAGE_KIND)}")
   info = input_pipeline.dataset_info(config.data)
-  float_model = create_model(config.model, num_classes=info.num_classes, dtype=config.get("dtype", "float32"))
+  float_model = create_model(
+    config.model, num_classes=info.num_classes, dtype=config.get("dtype", "float32")
+  )
   rules = stage_rules(config, name)
   model = quantize_model(float_model, rules, STAGE_KIND[name], quant_config(config, name))
   cfg = stage_config(config, name)
   steps = cfg.num_steps or int(cfg.num_epochs * info.num_train_examples) // config.data.batch_size
   return Stage(
-    name, config, cfg, os.path.join(workdir, name), model, float_model, rules, int(steps), info, partitioning.make_mesh()
+    name,
+    config,
+    cfg,
+    os.path.join(workdir, name),
+    model,
+    float_model,
+    rules,
+    int(steps),
+    info,
+    partitioning.make_mesh(),
   )
 
 
@@ -125,10 +146,16 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   if stage.name == "lowrank":
     return convert.float_to_lowrank(variables, stage.rules, plan=plan)
   if stage.name == "quantize":
-    return convert.lowrank_to_quantize(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha)
+    return convert.lowrank_to_quantize(
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha
+    )
   if stage.name == "pq":
-    return convert.float_to_pq(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan)
-  return convert.float_to_dkm(variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha, plan=plan)
+    return convert.float_to_pq(
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan
+    )
+  return convert.float_to_dkm(
+    variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha, plan=plan
+  )
 
 
 def restore_final(stage: Stage, directory: str) -> TrainState:
@@ -152,7 +179,12 @@ def restore_final(stage: Stage, directory: str) -> TrainState:
 
 
 def _meta(stage: Stage, step: int) -> dict:
-  return {"stage": stage.name, "model": stage.config.model, "step": step, "num_steps": stage.num_steps}
+  return {
+    "stage": stage.name,
+    "model": stage.config.model,
+    "step": step,
+    "num_steps": stage.num_steps,
+  }
 
 
 def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
@@ -164,7 +196,11 @@ def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
     for key, value in out.items():
       totals[key] = totals.get(key, 0.0) + float(value)
   count = max(totals.get("count", 0.0), 1.0)
-  return {"top1": 100 * totals["top1"] / count, "top5": 100 * totals["top5"] / count, "loss": totals["loss"] / count}
+  return {
+    "top1": 100 * totals["top1"] / count,
+    "top5": 100 * totals["top5"] / count,
+    "loss": totals["loss"] / count,
+  }
 
 
 class _Preemption:
@@ -189,7 +225,9 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def run_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> tuple[TrainState, dict]:
+def run_stage(
+  config: ml_collections.ConfigDict, name: str, workdir: str
+) -> tuple[TrainState, dict]:
   """Trains stage `name` to its last step (resuming if possible); returns (state, eval metrics).
 
   Returns early with `preempted=True` in the metrics when SIGTERM arrived (state checkpointed).
@@ -208,15 +246,26 @@ def run_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> tup
   else:
     start = 0
     variables = _initial_variables(stage, key)
-    state = partitioning.init_state(stage, target, variables, key, _state_from_variables, _sample_input)
+    state = partitioning.init_state(
+      stage, target, variables, key, _state_from_variables, _sample_input
+    )
     ckpt.save(0, state, _meta(stage, 0), force=True)
-  train_step = partitioning.jit_train_step(make_train_step(stage.model, stage.cfg, _tx(stage, state)), target, stage.mesh)
+  train_step = partitioning.jit_train_step(
+    make_train_step(stage.model, stage.cfg, _tx(stage, state)), target, stage.mesh
+  )
   train_iter = input_pipeline.build_input(config.data, split="train", start_step=start)
-  hooks = periodic_hooks(stage.workdir, num_train_steps=stage.num_steps, writer=logger.writer, profile=False)
+  hooks = periodic_hooks(
+    stage.workdir, num_train_steps=stage.num_steps, writer=logger.writer, profile=False
+  )
   state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start)
   results = {}
   if int(state.step) >= stage.num_steps:
-    results = evaluate(stage.model, state.variables(), lambda: input_pipeline.build_input(config.data, split="eval"), stage.mesh)
+    results = evaluate(
+      stage.model,
+      state.variables(),
+      lambda: input_pipeline.build_input(config.data, split="eval"),
+      stage.mesh,
+    )
     logger.write_scalars(stage.num_steps, {f"eval_{k}": v for k, v in results.items()})
   else:
     results["preempted"] = True
@@ -230,7 +279,9 @@ def _tx(stage: Stage, state: TrainState):
   return create_optimizer(stage.cfg, stage.num_steps, state.params)
 
 
-def _loop(stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int) -> TrainState:
+def _loop(
+  stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int
+) -> TrainState:
   log_every = max(1, int(stage.cfg.get("log_every", 50)))
   ckpt_every = max(1, int(stage.cfg.get("checkpoint_every", 500)))
   stop_at = int(stage.cfg.get("stop_after_steps", 0) or 0)  # for tests: simulate an interruption
