@@ -16,6 +16,8 @@ import hashlib
 import io
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ from lr2vq_jax.core.rules import Rule, resolve
 from lr2vq_jax.nn.kernel import QUANT, QuantConfig, frozen_tables, hard_tables
 
 FORMAT = "lr2vq-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest_sha256 (a digest of the manifest itself)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 
@@ -39,6 +41,13 @@ class ArtifactError(ValueError):
 
 def _sha256(a: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+  """sha256 of the manifest's canonical JSON without its own `manifest_sha256` field."""
+  body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+  return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _entry(arrays: dict, name: str, value: np.ndarray) -> dict:
@@ -150,6 +159,7 @@ def export(
     "arrays_sha256": hashlib.sha256(blob).hexdigest(),
     "arrays_bytes": len(blob),
   }
+  manifest["manifest_sha256"] = manifest_digest(manifest)
   os.makedirs(path, exist_ok=True)
   _atomic_write(os.path.join(path, ARRAYS), blob)
   _atomic_write(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
@@ -191,6 +201,12 @@ class Artifact:
 
   def decode(self) -> dict:
     """Variables ({"params", "batch_stats"}) for the float model: kernels rebuilt from codes."""
+    try:
+      return self._decode()
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+      raise ArtifactError(f"artifact does not decode: {type(e).__name__}: {e}") from None
+
+  def _decode(self) -> dict:
     params, stats = {}, {}
     for name, entry in self.manifest["layers"].items():
       key = tuple(name.split("/"))
@@ -224,7 +240,12 @@ class Artifact:
 
 
 def load(path: str | os.PathLike) -> Artifact:
-  """Reads and verifies an artifact directory; any inconsistency raises `ArtifactError`."""
+  """Reads and verifies an artifact directory; any inconsistency raises `ArtifactError`.
+
+  Checked: the manifest's format, version and own digest, its structure, the npz's size and
+  sha256, every array's presence, dtype, shape and sha256, no array the manifest does not name,
+  and each layer's geometry. Arrays are read with `allow_pickle=False`: object arrays are refused.
+  """
   manifest_path, arrays_path = os.path.join(path, MANIFEST), os.path.join(path, ARRAYS)
   for p in (manifest_path, arrays_path):
     if not os.path.isfile(p):
@@ -232,7 +253,7 @@ def load(path: str | os.PathLike) -> Artifact:
   try:
     with open(manifest_path, "rb") as f:
       manifest = json.loads(f.read().decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (UnicodeDecodeError, ValueError, RecursionError) as e:
     raise ArtifactError(f"{manifest_path}: not valid JSON ({e})") from None
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     raise ArtifactError(f"{manifest_path}: not an {FORMAT} manifest")
@@ -241,22 +262,98 @@ def load(path: str | os.PathLike) -> Artifact:
       f"{manifest_path}: format_version {manifest.get('format_version')!r}, this lr2vq_jax reads "
       f"version {FORMAT_VERSION}; re-export with a matching lr2vq_jax"
     )
+  if manifest.get("manifest_sha256") != manifest_digest(manifest):
+    raise ArtifactError(f"{manifest_path}: fails its manifest_sha256 check (altered or damaged)")
+  try:
+    entries = _check_structure(manifest)
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise ArtifactError(f"{manifest_path}: malformed ({type(e).__name__}: {e})") from None
   with open(arrays_path, "rb") as f:
     blob = f.read()
-  if len(blob) != manifest.get("arrays_bytes") or (
-    hashlib.sha256(blob).hexdigest() != manifest.get("arrays_sha256")
+  if len(blob) != manifest["arrays_bytes"] or (
+    hashlib.sha256(blob).hexdigest() != manifest["arrays_sha256"]
   ):
     raise ArtifactError(
       f"{arrays_path}: size or sha256 differs from the manifest (truncated or altered)"
     )
+  if not blob.startswith(b"PK\x03\x04") and blob != b"PK\x05\x06" + bytes(18):
+    raise ArtifactError(f"{arrays_path}: not an .npz (zip) file")
   try:
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
       arrays = {name: npz[name] for name in npz.files}
-  except ValueError as e:
+  except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
     raise ArtifactError(f"{arrays_path}: holds object arrays or is unreadable ({e})") from None
-  for entry in _manifest_arrays(manifest):
+  for entry in entries:
     _check_entry(arrays, entry, arrays_path)
+  extra = sorted(set(arrays) - {e["key"] for e in entries})
+  if extra:
+    raise ArtifactError(f"{arrays_path}: arrays the manifest does not name: {extra[:5]}")
+  for name, layer in manifest["layers"].items():
+    _check_layer(name, layer, arrays, manifest_path)
   return Artifact(manifest, arrays)
+
+
+def _check_structure(manifest: dict) -> list[dict]:
+  """Types of every field `load` and `decode` read; the array entries, in manifest order."""
+  for field, kind in (
+    ("layers", dict), ("float", dict), ("payload_bytes", dict), ("metadata", dict),
+    ("arrays_bytes", int), ("arrays_sha256", str), ("bn_epsilon", float | int),
+  ):  # fmt: skip
+    if not isinstance(manifest.get(field), kind) or isinstance(manifest[field], bool):
+      raise TypeError(f"field {field!r} missing or not {kind}")
+  if not isinstance(manifest["payload_bytes"].get("total"), int):
+    raise TypeError("payload_bytes.total is not an integer")
+  for name, layer in manifest["layers"].items():
+    if not isinstance(layer, dict) or not isinstance(layer.get("arrays"), dict):
+      raise TypeError(f"layer {name!r} is not a mapping with arrays")
+    for field in ("n", "k", "m", "d", "bits"):
+      if (
+        not isinstance(layer.get(field), int) or isinstance(layer[field], bool) or layer[field] < 1
+      ):
+        raise ValueError(f"layer {name!r}: {field} is not a positive integer")
+    for field in ("shape", "view_shape"):
+      shape = layer.get(field)
+      if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"layer {name!r}: {field} is not a list of positive integers")
+    parts = set(layer["arrays"])
+    if parts not in ({"codes", "table"}, {"codes", "codebook", "projection"}):
+      raise ValueError(f"layer {name!r}: arrays {sorted(parts)}")
+  for name, entry in manifest["float"].items():
+    if not isinstance(entry, dict):
+      raise TypeError(f"float entry {name!r} is not a mapping")
+    if name.startswith("bn:") and set(entry) != {"scale", "shift"}:
+      raise ValueError(f"float entry {name!r} needs scale and shift")
+  entries = list(_manifest_arrays(manifest))
+  for entry in entries:
+    if not isinstance(entry, dict):
+      raise TypeError(f"array entry {entry!r} is not a mapping")
+    for field in ("key", "dtype", "sha256"):
+      if not isinstance(entry.get(field), str):
+        raise TypeError(f"array entry {field!r} is not a string")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+      raise ValueError(f"array {entry['key']!r}: shape is not a list of sizes")
+  return entries
+
+
+def _check_layer(name: str, layer: dict, arrays: dict, where: str) -> None:
+  """Codes, tables and kernel shapes agree with n, k, m, d̃ and bits."""
+  n, k, m, d = layer["n"], layer["k"], layer["m"], layer["d"]
+  want = {"table": (k, m), "codebook": (k, d), "projection": (d, m)}
+  problems = []
+  if layer["bits"] != codec.bits_per_code(k):
+    problems.append(f"bits {layer['bits']} for k={k}")
+  codes = arrays[layer["arrays"]["codes"]["key"]]
+  if codes.dtype != np.uint8 or codes.shape != ((n * layer["bits"] + 7) // 8,):
+    problems.append(f"codes {codes.dtype}{list(codes.shape)} for n={n}")
+  for part, shape in want.items():
+    if part in layer["arrays"] and arrays[layer["arrays"][part]["key"]].shape != shape:
+      problems.append(f"{part} shape is not {list(shape)}")
+  size = int(np.prod(layer["view_shape"]))
+  if size != n * m or int(np.prod(layer["shape"])) != size:
+    problems.append(f"n·m={n * m} but shape {layer['shape']}, view_shape {layer['view_shape']}")
+  if problems:
+    raise ArtifactError(f"{where}: layer {name!r} is inconsistent: {'; '.join(problems)}")
 
 
 def _manifest_arrays(manifest: dict):

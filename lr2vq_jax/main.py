@@ -5,7 +5,8 @@ Thin on purpose (flax examples): parse flags, set up processes, hand over to the
 
 from __future__ import annotations
 
-import os
+import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -15,7 +16,21 @@ config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (get_config).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, artifacts and results.json go.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error (default: one line + hint).")
 flags.mark_flags_as_required(["config", "workdir"])
+FLAG_HINT = (
+  "flags are --config FILE[:arg] --workdir DIR [--config.<field>=<value> ...], each field one "
+  "the config has; --helpfull lists them"
+)
+
+
+def _fail(message: str, hint: str, code: int, verbose: bool) -> None:
+  """One line of error and one of hint on stderr (the traceback too with --verbose); exits."""
+  if verbose:
+    traceback.print_exc()
+  print(f"lr2vq train: error: {' '.join(message.split())}", file=sys.stderr)
+  print(f"hint: {hint}", file=sys.stderr)
+  sys.exit(code)
 
 
 def main(argv) -> None:
@@ -25,16 +40,40 @@ def main(argv) -> None:
 
   from lr2vq_jax.train import distributed, pipeline
 
+  logging.set_verbosity(FLAGS.verbosity if FLAGS["verbosity"].present else logging.WARNING)
   distributed.initialize()
   logging.info(
     "JAX %s: %d processes, %d devices", jax.__version__, jax.process_count(), jax.device_count()
   )
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  pipeline.run(FLAGS.config, FLAGS.workdir)
+  from lr2vq_jax.train.input_pipeline import ImageNetNotPreparedError
+  from lr2vq_jax.train.trainer import NonFiniteError
+  from lr2vq_jax.train.validate import ConfigError
+
+  try:
+    pipeline.run(FLAGS.config, FLAGS.workdir)  # validates the config before writing anything
+  except ConfigError as e:
+    _fail(str(e), e.hint, 2, FLAGS.verbose)
+  except NonFiniteError as e:
+    hint = "lower the stage's lr or set its grad_clip; rerunning resumes from the last good step"
+    _fail(str(e), hint, 1, FLAGS.verbose)
+  except (ImageNetNotPreparedError, FileNotFoundError) as e:
+    _fail(str(e), "rerun with --verbose for the traceback", 2, FLAGS.verbose)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing whose errors (bad value, unknown field, bad config file) are one line."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(e).__name__
+    if isinstance(e, AttributeError | KeyError):
+      message = f"no config field {message.strip(chr(34))} (overrides can only set existing fields)"
+    _fail(message, FLAG_HINT, 2, "--verbose" in argv)
 
 
 def run(argv: list[str] | None = None) -> None:
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,25 @@
 `dkm` streams the rows in chunks inside `lax.scan` with a `jax.checkpoint`-ed chunk body, so the
 backward pass recomputes each chunk's n x k attention instead of storing it: memory grows like
 n * d + k * d, not n * k * iters. `dkm_naive` is the straightforward reference (same math).
+
+With `axis_name` and a context mesh (`jax.set_mesh`) whose named axes hold more than one device,
+the rows are split over those devices (`jax.shard_map`): each device scans only its own chunks and
+the partial sums sum_i A_ij z_i and sum_i A_ij are `psum`-ed, so DKM memory and work per device
+fall like 1/devices. Without them (or on one device) the computation is exactly the unsharded one.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from lr2vq_jax.core.distances import compute_dtype, sq_distances
-from lr2vq_jax.core.kmeans import chunk_rows
+from lr2vq_jax.core.kmeans import chunk_layout, chunk_rows
 
 # A cluster whose total attention is at or below this keeps its previous centroid.
 EMPTY_EPS = 1e-12
@@ -65,34 +72,91 @@ def _chunk_soft(zb, c, tau):
   return jnp.matmul(_attention(zb, c, tau), c, precision=lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "chunk_size"))
-def dkm(z: jax.Array, centroids: jax.Array, *, tau, iters: int = 3, chunk_size: int = 4096):
-  """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
+def row_axes(axis_name: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], int]:
+  """The axes of the context mesh that rows are split over, and how many shards they make.
 
-  for t < iters: A = softmax(-D(z, c)/tau); c = A^T z / A^T 1 (kept where A^T 1 ~ 0);
-  then z_soft = softmax(-D(z, c)/tau) @ c. Returns (z_soft (n, d), centroids (k, d)) in the input
-  dtypes; all math is fp32 (fp64 for fp64 inputs).
+  ((), 1) when `axis_name` is None, no mesh is set, the mesh lacks an axis, or it has one device.
   """
-  z32, c, tau32 = _prepare(z, centroids, tau)
-  n = z32.shape[0]
-  k, d = c.shape
-  zs, valid = chunk_rows(z32, chunk_size)
-  validf = valid.astype(z32.dtype)
+  if axis_name is None:
+    return (), 1
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or any(a not in mesh.axis_names for a in names):
+    return (), 1
+  shards = math.prod(mesh.shape[a] for a in names)
+  return (names, shards) if shards > 1 else ((), 1)
 
+
+def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = ()):
+  """DKM over chunked rows zs (chunks, chunk, d); inside `shard_map` over `axes`, the partial
+  sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty)."""
+  k, d = c.shape
   for _ in range(iters):
 
     def body(carry, inp, c=c):
       num, den = carry
-      pn, pd = _chunk_sums(inp[0], inp[1], c, tau32)
+      pn, pd = _chunk_sums(inp[0], inp[1], c, tau)
       return (num + pn, den + pd), None
 
     init = (jnp.zeros((k, d), c.dtype), jnp.zeros((k,), c.dtype))
+    if axes:  # the carry holds per-shard (varying) partial sums
+      init = lax.pcast(init, axes, to="varying")
     (num, den), _ = lax.scan(body, init, (zs, validf))
+    if axes:
+      num, den = lax.psum((num, den), axes)
     c = _update(num, den, c)
 
   def soft(_, zb, c=c):
-    return None, _chunk_soft(zb, c, tau32)
+    return None, _chunk_soft(zb, c, tau)
 
   _, z_soft = lax.scan(soft, None, zs)
-  z_soft = z_soft.reshape(-1, d)[:n]
+  return z_soft.reshape(-1, d), c
+
+
+def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], shards: int):
+  """Rows split over `axes` (padded to a multiple of `shards`); sums over rows are psums."""
+  n = z.shape[0]
+  local = -(-n // shards)
+  zp = jnp.pad(z, ((0, local * shards - n), (0, 0)))
+  valid = (jnp.arange(local * shards) < n).astype(z.dtype)
+  num, chunk = chunk_layout(local, chunk_size)
+
+  def per_shard(zl, vl, c, tau):
+    zs, _ = chunk_rows(zl, chunk_size)
+    vs = jnp.pad(vl, (0, num * chunk - local)).reshape(num, chunk)
+    z_soft, c = _iterate(zs, vs, c, tau, iters, axes)
+    return z_soft[:local], c
+
+  rows = P(axes, None)
+  z_soft, c = jax.shard_map(per_shard, in_specs=(rows, P(axes), P(), P()), out_specs=(rows, P()))(
+    zp, valid, c, tau
+  )
+  return z_soft[:n], c
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "chunk_size", "axis_name"))
+def dkm(
+  z: jax.Array,
+  centroids: jax.Array,
+  *,
+  tau,
+  iters: int = 3,
+  chunk_size: int = 4096,
+  axis_name: str | tuple[str, ...] | None = None,
+):
+  """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
+
+  for t < iters: A = softmax(-D(z, c)/tau); c = A^T z / A^T 1 (kept where A^T 1 ~ 0);
+  then z_soft = softmax(-D(z, c)/tau) @ c. Returns (z_soft (n, d), centroids (k, d)) in the input
+  dtypes; all math is fp32 (fp64 for fp64 inputs). `axis_name`: mesh axes to split the rows over
+  (see the module docstring); chunks are then per device, `chunk_size` rows at most.
+  """
+  z32, c, tau32 = _prepare(z, centroids, tau)
+  axes, shards = row_axes(axis_name)
+  if shards > 1:
+    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards)
+  else:
+    zs, valid = chunk_rows(z32, chunk_size)
+    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters)
+    z_soft = z_soft[: z32.shape[0]]
   return z_soft.astype(z.dtype), c.astype(centroids.dtype)

@@ -41,6 +41,9 @@ class QuantConfig:
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
   chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
+  # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
+  # see train/partitioning.py); None or a one-device axis: unsharded.
+  shard_axis: str | None = None
 
   def __post_init__(self):
     if self.store not in STORES:
@@ -155,6 +158,7 @@ def quantized_kernel(
       tau=jax.lax.stop_gradient(tau),
       iters=config.dkm_iters,
       chunk_size=config.chunk_size,
+      axis_name=config.shard_axis,
     )
     if config.commitment > 0:
       target = jax.lax.stop_gradient(centroids)

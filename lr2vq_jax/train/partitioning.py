@@ -1,26 +1,44 @@
 """Mesh, shardings and the jitted entry points (jit with explicit shardings and donation).
 
-One mesh axis, `data`: batches are split over it, the train state is replicated. This is the
-one place where shardings are decided.
+This is the one place where shardings are decided. One mesh axis, `data`: batches are split over
+it, and so are the rows of every LR²VQ `z` (n × d̃, with its optimizer moments) and of every frozen
+`codes` vector (`STATE_RULES`); the DKM inside the layers then splits its work over the same axis
+(`shard_map`, sums over rows become `psum`s), because clustering does not depend on the batch and
+replicating it would repeat it on every device. Everything else is replicated, or with
+`config.sharding = "fsdp"` large tensors are also split along their largest divisible axis.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"
+ROW_AXIS = DATA  # the mesh axis that the rows of Z and the DKM work are split over
+MODES = ("replicated", "fsdp")
+FSDP_MIN_SIZE = 2**14  # fsdp: smaller tensors stay replicated (gathering them costs more)
+
+# Logical axis rules: regex on a state leaf's path -> spec; first match wins. Paths join the
+# pytree keys with "/": "params/conv2/z", "opt_state/0/mu/conv2/z", "model_state/quant/fc/codes".
+# A spec whose sharded dimension the mesh does not divide falls back to replicated.
+STATE_RULES: tuple[tuple[str, P], ...] = (
+  (r"(^|/)z$", P(ROW_AXIS, None)),
+  (r"(^|/)quant/(.+/)?codes$", P(ROW_AXIS)),
+)
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh over all (or the first `num_devices`) devices, axis `data`."""
+  """A 1-D mesh over all (or the first `num_devices`) devices, axis `data` (auto sharding)."""
   n = num_devices or jax.device_count()
-  return jax.make_mesh((n,), (DATA,), devices=jax.devices()[:n])
+  return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
 
 
 def replicated(mesh) -> NamedSharding:
@@ -31,11 +49,67 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
+def path_str(path) -> str:
+  """The "/"-joined names of a `tree_flatten_with_path` key path ("params/conv2/z")."""
+  parts = []
+  for key in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _divides(spec: P, shape: tuple[int, ...], mesh) -> bool:
+  for dim, axes in zip(shape, spec, strict=False):
+    if axes is None:
+      continue
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    if dim % math.prod(mesh.shape[a] for a in names) != 0:
+      return False
+  return len(spec) <= len(shape)
+
+
+def _fsdp_spec(shape: tuple[int, ...], mesh) -> P:
+  """`data` on the largest dimension it divides (ties: the first), for tensors >= FSDP_MIN_SIZE."""
+  size = mesh.shape[DATA]
+  if math.prod(shape) < FSDP_MIN_SIZE or size == 1:
+    return P()
+  dims = [i for i, s in enumerate(shape) if s % size == 0]
+  if not dims:
+    return P()
+  best = max(dims, key=lambda i: (shape[i], -i))
+  return P(*(DATA if i == best else None for i in range(len(shape))))
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh, mode: str = "replicated") -> P:
+  """The PartitionSpec of one state leaf (see `STATE_RULES` and the module docstring)."""
+  if mode not in MODES:
+    raise ValueError(f"config.sharding={mode!r}: expected one of {MODES}")
+  for pattern, spec in STATE_RULES:
+    if re.search(pattern, path):
+      return spec if _divides(spec, shape, mesh) else P()
+  return _fsdp_spec(shape, mesh) if mode == "fsdp" else P()
+
+
+def sharding_mode(config) -> str:
+  mode = (config.get("sharding", None) if config is not None else None) or "replicated"
+  if mode not in MODES:
+    raise ValueError(f"config.sharding={mode!r}: expected one of {MODES}")
+  return mode
+
+
 def with_state_shardings(shapes: Any, mesh, config=None) -> Any:
   """Attaches the target sharding to every `ShapeDtypeStruct` of an abstract train state."""
-  del config  # every leaf replicated for now
-  sharding = replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  mode = sharding_mode(config)
+
+  def one(path, s):
+    spec = spec_for(path_str(path), tuple(s.shape), mesh, mode)
+    return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec))
+
+  return jax.tree_util.tree_map_with_path(one, shapes)
 
 
 def shardings_of(abstract: Any) -> Any:
@@ -43,27 +117,45 @@ def shardings_of(abstract: Any) -> Any:
 
 
 def init_state(stage, target, variables, key, from_variables: Callable, sample: Callable):
-  """The initial state, created directly with its target shardings (jit + out_shardings)."""
+  """The initial state, created directly with its target shardings (jit + out_shardings).
+
+  With several processes, process 0's host `variables` are broadcast so that every replica is
+  identical even if the conversion (k-means on each host) differed in the last bit.
+  """
   out = shardings_of(target)
-  if variables is None:
+  with jax.set_mesh(stage.mesh):
+    if variables is None:
 
-    def init(rng):
-      return from_variables(stage, dict(stage.model.init(rng, sample(stage), train=False)), rng)
+      def init(rng):
+        return from_variables(stage, dict(stage.model.init(rng, sample(stage), train=False)), rng)
 
-    return jax.jit(init, out_shardings=out)(key)
-  variables = jax.device_put(variables, replicated(stage.mesh))
-  return jax.jit(lambda v, rng: from_variables(stage, v, rng), out_shardings=out)(variables, key)
+      return jax.jit(init, out_shardings=out)(key)
+    if jax.process_count() > 1:
+      variables = multihost_utils.broadcast_one_to_all(variables)
+    variables = jax.device_put(variables, replicated(stage.mesh))
+    return jax.jit(lambda v, rng: from_variables(stage, v, rng), out_shardings=out)(variables, key)
 
 
 def jit_train_step(step: Callable, target: Any, mesh) -> Callable:
-  """`step(state, batch)` jitted with the state's shardings, the batch on `data`, state donated."""
+  """`step(state, batch)` jitted with the state's shardings, the batch on `data`, state donated.
+
+  Calls (and so tracing) happen under `jax.set_mesh(mesh)`, which the DKM of the quantized layers
+  reads to split its rows over `ROW_AXIS`.
+  """
   state_sh = shardings_of(target)
-  return jax.jit(
+  jitted = jax.jit(
     step,
     in_shardings=(state_sh, batch_sharding(mesh)),
     out_shardings=(state_sh, replicated(mesh)),
     donate_argnums=0,
   )
+
+  def run(state, batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  run.jitted = jitted
+  return run
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -72,3 +164,18 @@ def global_batch(local: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
   }
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy copies of every array of `tree`, whole and equal on every process.
+
+  Arrays sharded over several processes are gathered (`process_allgather`, a collective: every
+  process must call this with the same tree); others are simply fetched.
+  """
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_get(x)
+
+  return jax.tree.map(one, tree)

@@ -6,17 +6,21 @@ on the float model rebuilt from its exported artifact (`lq.load(dir).decode()`),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator
 
 import jax
 import ml_collections
 from absl import logging
 
 import lr2vq_jax as lq
-from lr2vq_jax.train import input_pipeline
-from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
+from lr2vq_jax.train import input_pipeline, partitioning
+from lr2vq_jax.train.trainer import Preemption, build_stage, evaluate, quant_config, run_stage
+from lr2vq_jax.train.validate import validate_config
 
 METHODS = {"float": "float", "quantize": "LR²VQ", "pq": "PQ", "dkm": "vanilla DKM"}
 COMPRESSED = ("quantize", "pq", "dkm")
@@ -61,16 +65,28 @@ def _float_bytes(stage) -> int:
 def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
   """Exports stage `name`'s final variables and evaluates the decoded artifact on val and test."""
   stage = build_stage(config, name, workdir)
-  directory = os.path.join(stage.workdir, "artifact")
-  manifest = lq.export(
-    jax.device_get(state.variables()),
-    stage.rules,
-    directory,
-    config=quant_config(config),
-    metadata=artifact_metadata(config, stage),
-  )
-  variables = lq.load(directory).decode()
+  host = partitioning.to_host(state.variables())  # a collective: every process takes part
+  with _artifact_dir(os.path.join(stage.workdir, "artifact")) as directory:
+    manifest = lq.export(
+      host,
+      stage.rules,
+      directory,
+      config=quant_config(config),
+      metadata=artifact_metadata(config, stage),
+    )
+    variables = lq.load(directory).decode()
   return _record(config, stage, variables, manifest["payload_bytes"]["total"])
+
+
+@contextlib.contextmanager
+def _artifact_dir(path: str) -> Iterator[str]:
+  """`path` on process 0; a private temporary folder elsewhere (only process 0 writes artifacts,
+  every process evaluates the same decoded artifact without needing a shared file system)."""
+  if jax.process_index() == 0:
+    yield path
+    return
+  with tempfile.TemporaryDirectory(prefix="lr2vq-artifact-") as tmp:
+    yield tmp
 
 
 def _record(config, stage, variables, payload: int) -> dict:
@@ -104,9 +120,23 @@ def format_table(records: list[dict]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
-  """Runs `config.stages` in order; returns the results records (None if preempted)."""
+  """Runs `config.stages` in order; returns the results records (None if preempted).
+
+  The config is validated first (`ConfigError`, nothing written); SIGTERM at any point checkpoints
+  the running stage or stops before the next one.
+  """
+  validate_config(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with Preemption() as preempt:
+    return _run(config, workdir, preempt)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -> list[dict] | None:
   records = []
   for name in parse_stages(config.stages):
+    if preempt.requested:
+      logging.warning("preempted before stage %s; rerun the same command to resume", name)
+      return None
     start = time.monotonic()
     logging.info("=== stage %s ===", name)
     state, results = run_stage(config, name, workdir)
@@ -115,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
       return None
     if name == "float":
       stage = build_stage(config, name, workdir)
-      record = _record(config, stage, jax.device_get(state.variables()), _float_bytes(stage))
+      record = _record(config, stage, partitioning.to_host(state.variables()), _float_bytes(stage))
       record.update(k="-", m="-", d="-")
     elif name in COMPRESSED:
       record = export_and_evaluate(config, name, state, workdir)
@@ -123,7 +153,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
       continue
     record["wall_s"] = round(time.monotonic() - start, 1)
     records.append(record)
-    print(f"[{name}] top-1 {record['top1']:.2f}%  bytes {record['exported_bytes']}", flush=True)
+    if jax.process_index() == 0:
+      print(f"[{name}] top-1 {record['top1']:.2f}%  bytes {record['exported_bytes']}", flush=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(records, f, indent=1)

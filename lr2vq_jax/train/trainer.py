@@ -24,13 +24,14 @@ from absl import logging
 from lr2vq_jax import convert
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
-from lr2vq_jax.nn import QUANT, QuantConfig, plan_model, quantize_model
+from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
 from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
 from lr2vq_jax.train.step import (
   TrainState,
   create_optimizer,
+  learning_rate_schedule,
   make_eval_step,
   make_train_step,
   nonfinite_params,
@@ -82,6 +83,7 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
     commitment=q.commitment,
     store=q.store,
     chunk_size=q.chunk_size,
+    shard_axis=partitioning.ROW_AXIS,
   )
 
 
@@ -140,7 +142,7 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   prev = build_stage(stage.config, PREVIOUS[stage.name], os.path.dirname(stage.workdir))
   directory = init_from or prev.workdir
   prev_state = restore_final(prev, directory)
-  variables = jax.device_get(prev_state.variables())
+  variables = partitioning.to_host(prev_state.variables())  # Z may span processes
   plan = plan_model(stage.float_model, stage.rules, _sample_input(stage), train=False)
   q, tau_alpha = stage.config.quant, stage.quant.tau_alpha
   if stage.name == "lowrank":
@@ -178,12 +180,14 @@ def restore_final(stage: Stage, directory: str) -> TrainState:
   return state
 
 
-def _meta(stage: Stage, step: int) -> dict:
+def _meta(stage: Stage, step: int, pending: list | None = None) -> dict:
   return {
     "stage": stage.name,
     "model": stage.config.model,
     "step": step,
     "num_steps": stage.num_steps,
+    # metrics of the steps since the last log row, so a resumed run logs the same rows
+    "pending": list(pending or []),
   }
 
 
@@ -204,13 +208,27 @@ def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop checkpoints at the current step and exits cleanly."""
+  """SIGTERM sets a flag; the loop checkpoints at the current step and exits cleanly.
+
+  The flag is process-wide and nests: a notice that arrives outside a loop (set-up, evaluation,
+  between stages under `pipeline.run`'s guard) still stops the next loop or stage. The outermost
+  guard clears it on entry.
+  """
+
+  _flag = False
+  _depth = 0
 
   def __init__(self):
-    self.requested = False
     self._previous = None
 
+  @property
+  def requested(self) -> bool:
+    return _Preemption._flag
+
   def __enter__(self):
+    if _Preemption._depth == 0:
+      _Preemption._flag = False
+    _Preemption._depth += 1
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -218,11 +236,15 @@ class _Preemption:
     return self
 
   def _handle(self, *_):
-    self.requested = True
+    _Preemption._flag = True
 
   def __exit__(self, *exc):
+    _Preemption._depth -= 1
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+Preemption = _Preemption
 
 
 def run_stage(
@@ -239,8 +261,10 @@ def run_stage(
   logger = MetricsLogger(stage.workdir, stage=name)
   start = ckpt.latest_step()
   key = jax.random.fold_in(jax.random.key(config.seed), sorted(STAGE_KIND).index(name))
+  pending = []
   if start is not None:
-    state, _ = ckpt.restore(start, abstract_state=target)
+    state, meta = ckpt.restore(start, abstract_state=target)
+    pending = meta.get("pending", [])
     logger.truncate_after(start)
     logging.info("stage %s: resumed at step %d of %d", name, start, stage.num_steps)
   else:
@@ -257,7 +281,7 @@ def run_stage(
   hooks = periodic_hooks(
     stage.workdir, num_train_steps=stage.num_steps, writer=logger.writer, profile=False
   )
-  state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start)
+  state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start, pending)
   results = {}
   if int(state.step) >= stage.num_steps:
     results = evaluate(
@@ -266,7 +290,8 @@ def run_stage(
       lambda: input_pipeline.build_input(config.data, split="eval"),
       stage.mesh,
     )
-    logger.write_scalars(stage.num_steps, {f"eval_{k}": v for k, v in results.items()})
+    if not _has_eval_row(logger, stage.num_steps):  # a rerun of a finished stage adds no row
+      logger.write_scalars(stage.num_steps, {f"eval_{k}": v for k, v in results.items()})
   else:
     results["preempted"] = True
   ckpt.wait()
@@ -279,17 +304,45 @@ def _tx(stage: Stage, state: TrainState):
   return create_optimizer(stage.cfg, stage.num_steps, state.params)
 
 
+def _has_eval_row(logger: MetricsLogger, step: int) -> bool:
+  return any(
+    r["step"] == step and r["stage"] == logger.stage and "eval_top1" in r["scalars"]
+    for r in logger.read_rows()
+  )
+
+
+def _poison(state: TrainState) -> TrainState:
+  """Test hook (`debug_nan_at_step`): NaN into the last param leaf, as a diverging update does."""
+  leaves = jax.tree_util.tree_leaves_with_path(state.params)
+  target = jax.tree_util.keystr(leaves[-1][0])
+  logging.warning("debug_nan_at_step: writing NaN into params%s", target)
+
+  def one(path, x):
+    if jax.tree_util.keystr(path) != target:
+      return x
+    return jax.device_put(jnp.full(x.shape, jnp.nan, x.dtype), x.sharding)
+
+  return state.replace(params=jax.tree_util.tree_map_with_path(one, state.params))
+
+
 def _loop(
-  stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int
+  stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int, pending=()
 ) -> TrainState:
   log_every = max(1, int(stage.cfg.get("log_every", 50)))
   ckpt_every = max(1, int(stage.cfg.get("checkpoint_every", 500)))
   stop_at = int(stage.cfg.get("stop_after_steps", 0) or 0)  # for tests: simulate an interruption
+  nan_at = int(stage.cfg.get("debug_nan_at_step", 0) or 0)  # for tests: step `nan_at` goes NaN
   last_good = start
+  started = time.monotonic()
   with _Preemption() as preempt:
-    window: list[dict] = []
+    window: list[dict] = []  # device metrics not yet checked for NaN/Inf
+    # Host metrics since the last log row; saved in each checkpoint's meta, so a log row averages
+    # the same steps whether or not the run was interrupted in between.
+    unlogged: list[dict] = [dict(m) for m in pending]
     for step in range(start, stage.num_steps):
       batch = partitioning.global_batch(next(train_iter), stage.mesh)
+      if step + 1 == nan_at:
+        state = _poison(state)
       state, metrics = train_step(state, batch)
       window.append(metrics)
       done = step + 1
@@ -303,18 +356,21 @@ def _loop(
         bad = [i for i, m in enumerate(host) if not bool(m["finite"])]
         if bad:
           first = done - len(host) + bad[0] + 1
-          layers = nonfinite_params(state.params)
+          layers = nonfinite_params(partitioning.to_host(state.params))
           raise NonFiniteError(
             f"stage {stage.name}: non-finite loss or params at step {first}"
             + (f" (layers: {', '.join(layers[:5])})" if layers else "")
             + f"; last good checkpoint: step {last_good}"
           )
+        unlogged += [{k: float(v) for k, v in m.items() if k != "finite"} for m in host]
         if boundary:
-          means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+          means = {k: float(np.mean([m[k] for m in unlogged])) for k in sorted(unlogged[0])}
           means["learning_rate"] = float(_lr(stage)(done - 1))
           logger.write_scalars(done, means)
+          _progress(stage, done, means, started, start)
+          unlogged = []
       if saving:
-        ckpt.save(done, state, _meta(stage, done), force=True)
+        ckpt.save(done, state, _meta(stage, done, unlogged), force=True)
         last_good = done
       if preempt.requested or (stop_at and done >= stop_at):
         logging.warning("stage %s: stopping at step %d (checkpoint saved)", stage.name, done)
@@ -323,18 +379,17 @@ def _loop(
 
 
 def _lr(stage: Stage):
-  from lr2vq_jax.train.step import learning_rate_schedule
-
   return learning_rate_schedule(stage.cfg, stage.num_steps)
 
 
-def final_variables(state: TrainState) -> dict:
-  """Host copies of the variables (for export and conversion)."""
-  return jax.device_get(state.variables())
-
-
-def wall_clock() -> float:
-  return time.monotonic()
-
-
-__all__ = ["QUANT", "NonFiniteError", "abstract_state", "build_stage", "evaluate", "run_stage"]
+def _progress(stage: Stage, done: int, means: dict, started: float, first: int) -> None:
+  """One console line per log step on process 0: loss, accuracy, steps/s and ETA."""
+  if jax.process_index() != 0:
+    return
+  rate = (done - first) / max(time.monotonic() - started, 1e-9)
+  eta = (stage.num_steps - done) / max(rate, 1e-9)
+  print(
+    f"[{stage.name}] step {done}/{stage.num_steps}  loss {means['loss']:.4f}  "
+    f"acc {100 * means['accuracy']:.1f}%  {rate:.1f} steps/s  ETA {eta:.0f}s",
+    flush=True,
+  )

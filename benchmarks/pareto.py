@@ -1,0 +1,334 @@
+"""Accuracy vs exported bytes on the embedded digits task: PQ, vanilla DKM and LR²VQ over (k, m, d̃).
+
+Drives the project's own pipeline (`lr2vq_jax.train.pipeline.run`) stage by stage: the float model
+is trained once per seed and every method starts from it (`init_from`), the low-rank pre-training
+is shared by all LR²VQ runs with the same (m, d̃). top-1 is that of the exported artifact on the 450
+test digits. A d̃ sweep at fixed (k, m) is compared with `estimate_dim`'s choice on the float weights
+and on the low-rank pre-trained weights (EXPERIMENTS.md). Finished runs are reused from --out.
+
+  python benchmarks/pareto.py --seeds 2 --out runs/bench/pareto            # ~10 min per seed
+  python benchmarks/pareto.py --quick --out /tmp/pareto_quick              # smoke run, 6 steps/stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+
+import lr2vq_jax as lq  # noqa: E402
+from lr2vq_jax import presets  # noqa: E402
+from lr2vq_jax.train import pipeline  # noqa: E402
+from lr2vq_jax.train.config import load_config  # noqa: E402
+from lr2vq_jax.train.trainer import build_stage, restore_final  # noqa: E402
+
+METHODS = ("PQ", "vanilla DKM", "LR²VQ")
+STAGE_OF = {"PQ": "pq", "vanilla DKM": "dkm", "LR²VQ": "quantize"}
+# τ multipliers chosen on an inner validation split by the prototype (EXPERIMENTS.md), per m.
+TAU_ALPHA = {("quantize", 9): 0.03, ("quantize", 18): 0.003, ("dkm", 9): 0.01, ("dkm", 18): 0.03}
+LAYERS = r"^conv[23]$"
+
+
+def ints(text: str) -> list[int]:
+  return [int(t) for t in text.split(",") if t.strip()]
+
+
+def preset_name(k: int, m: int) -> str:
+  """Registers (once) and returns a runtime preset compressing conv2/conv3 with (k, m)."""
+  name = f"bench_digits_k{k}_m{m}"
+  presets.PRESETS.setdefault(name, (lq.Rule(LAYERS, k=k, m=m),))
+  return name
+
+
+class Runner:
+  """Runs single pipeline stages under `out/seed<s>/<tag>`, each once (results.json is the cache)."""
+
+  def __init__(self, out: Path, quick: bool, log):
+    self.out, self.quick, self.log = out, quick, log
+
+  def config(self, seed: int, stage: str, k: int, m: int, d: int, init_from: str = ""):
+    config = load_config(str(ROOT / "configs" / "default.py") + (":quick" if self.quick else ""))
+    config.seed = seed
+    config.data.seed = seed
+    config.preset = preset_name(k, m)
+    config.d = d
+    config.stages = stage
+    for name in ("quantize", "dkm"):
+      config[name].tau_alpha = TAU_ALPHA.get((name, m), config[name].tau_alpha or 0.03)
+    if init_from:
+      config[stage].init_from = init_from
+    return config
+
+  def workdir(self, seed: int, tag: str) -> Path:
+    return self.out / f"seed{seed}" / tag
+
+  def run(self, seed: int, tag: str, stage: str, k: int, m: int, d: int, init_from: str = ""):
+    workdir = self.workdir(seed, tag)
+    cached = workdir / "results.json"
+    if cached.exists() and stage != "lowrank":
+      return json.loads(cached.read_text())[-1]
+    done = workdir / stage / "done.json"
+    if stage == "lowrank" and done.exists():
+      return json.loads(done.read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = self.config(seed, stage, k, m, d, init_from)
+    t0 = time.monotonic()
+    with contextlib.redirect_stdout(self.log):
+      records = pipeline.run(config, str(workdir))
+    if records is None:
+      raise RuntimeError(f"stage {stage} in {workdir} was preempted")
+    wall = round(time.monotonic() - t0, 1)
+    if stage == "lowrank":  # the pipeline records no lowrank row: keep its validation top-1
+      lines = (workdir / "lowrank" / "metrics.jsonl").read_text().splitlines()
+      evals = [json.loads(ln)["scalars"] for ln in lines if "eval_top1" in ln]
+      rec = {"method": "low-rank (float)", "d": d, "m": m, "val_top1": evals[-1]["eval_top1"]}
+      rec["wall_s"] = wall
+      done.write_text(json.dumps(rec))
+      return rec
+    print(
+      f"  seed {seed} {tag:<18} top-1 {records[-1]['top1']:6.2f}  "
+      f"bytes {records[-1]['exported_bytes']:>7}  {wall:5.1f}s",
+      flush=True,
+    )
+    return records[-1]
+
+  def float_dir(self, seed: int) -> str:
+    return str(self.workdir(seed, "base") / "float")
+
+  def lowrank_dir(self, seed: int, m: int, d: int) -> str:
+    return str(self.workdir(seed, f"lowrank_m{m}_d{d}") / "lowrank")
+
+  def method(self, seed: int, method: str, k: int, m: int, d: int) -> dict:
+    """One compressed run (stages before it reused); returns its record with seed/k/m/d."""
+    self.run(seed, "base", "float", 16, 9, 9)
+    stage = STAGE_OF[method]
+    if stage == "quantize":
+      self.run(seed, f"lowrank_m{m}_d{d}", "lowrank", k, m, d, self.float_dir(seed))
+      rec = self.run(
+        seed, f"lr2vq_k{k}_m{m}_d{d}", "quantize", k, m, d, self.lowrank_dir(seed, m, d)
+      )
+    else:
+      rec = self.run(seed, f"{stage}_k{k}_m{m}", stage, k, m, m, self.float_dir(seed))
+      d = m
+    return {**rec, "seed": seed, "k": k, "m": m, "d": d, "method": method}
+
+
+def restored_params(runner: Runner, seed: int, stage: str, tag: str, k: int, m: int, d: int):
+  config = runner.config(seed, stage, k, m, d)
+  st = build_stage(config, stage, str(runner.workdir(seed, tag)))
+  return jax.device_get(restore_final(st, st.workdir).params)
+
+
+def dim_estimates(runner: Runner, seed: int, k: int, m: int, ds: list[int]) -> dict:
+  """estimate_dim's d̃ on the float weights (all d̃ ≤ m) and on each low-rank pre-trained model."""
+  rules = (lq.Rule(LAYERS, k=k, m=m),)
+  params = restored_params(runner, seed, "float", "base", k, m, m)
+  est = lq.estimate_dim_model(params, rules, key=jax.random.key(seed))
+  energy = sum(e.energy for e in est.layers.values())
+  float_total = {
+    int(c): sum(e.error_at(int(c)) for e in est.layers.values()) / energy
+    for c in next(iter(est.layers.values())).candidates
+  }
+  lowrank_total = {}
+  for d in ds:
+    p = restored_params(runner, seed, "lowrank", f"lowrank_m{m}_d{d}", k, m, d)
+    err = en = 0.0
+    for layer in ("conv2", "conv3"):
+      x = jnp.asarray(p[layer]["z"], jnp.float32) @ jnp.asarray(p[layer]["projection"], jnp.float32)
+      # X (n, m) given as a dense kernel X.T: to_subvectors(X.T, m) gives back the rows of X.
+      kk = lq.clamp_k(k, x.shape[0])
+      e = lq.estimate_dim(x.T, k=kk, m=m, candidates=[d], key=jax.random.key(seed))
+      err, en = err + e.error_at(d), en + e.energy
+    lowrank_total[d] = err / en
+  return {
+    "float_best": est.global_best()[m],
+    "float_rel_error": float_total,
+    "lowrank_best": min(lowrank_total, key=lowrank_total.get),
+    "lowrank_rel_error": lowrank_total,
+  }
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    groups.setdefault((r["method"], r["k"], r["m"], r["d"]), []).append(r)
+  rows = []
+  for (method, k, m, d), rs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][3])):
+    top1 = np.array([r["top1"] for r in rs])
+    rows.append(
+      {
+        "method": method,
+        "k": k,
+        "m": m,
+        "d": d,
+        "bytes": rs[0]["exported_bytes"],
+        "ratio": rs[0]["ratio"],
+        "top1_mean": float(top1.mean()),
+        "top1_std": float(top1.std()),
+        "val_top1_mean": float(np.mean([r["val_top1"] for r in rs])),
+        "seeds": len(rs),
+      }
+    )
+  return rows
+
+
+def table(rows: list[dict], float_rows: list[dict]) -> str:
+  f = np.array([r["top1"] for r in float_rows])
+  head = "| method | k | m | d̃ | exported bytes | ratio | test top-1 % | val top-1 % | seeds |"
+  lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+  lines.append(
+    f"| float | - | - | - | {float_rows[0]['exported_bytes']:,} | 1.0 "
+    f"| {f.mean():.2f} ± {f.std():.2f} | - | {len(f)} |"
+  )
+  for r in rows:
+    lines.append(
+      f"| {r['method']} | {r['k']} | {r['m']} | {r['d']} | {r['bytes']:,} | {r['ratio']} "
+      f"| {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['val_top1_mean']:.2f} | {r['seeds']} |"
+    )
+  return "\n".join(lines)
+
+
+def plot(rows, float_rows, sweep, dims, path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+  ftop = np.mean([r["top1"] for r in float_rows])
+  for method, marker in zip(METHODS, "sov", strict=True):
+    for m, style in ((9, "-"), (18, "--")):
+      pts = sorted((r for r in rows if r["method"] == method and r["m"] == m and r["main"]),
+                   key=lambda r: r["bytes"])
+      if pts:
+        ax.errorbar([p["bytes"] for p in pts], [p["top1_mean"] for p in pts],
+                    yerr=[p["top1_std"] for p in pts], marker=marker, linestyle=style,
+                    capsize=3, label=f"{method} m={m}")
+  ax.axhline(ftop, color="gray", linestyle=":", label=f"float {ftop:.2f}%")
+  ax.set_xlabel("exported artifact bytes (whole model)")
+  ax.set_ylabel("test top-1 % (exported artifact)")
+  ax.set_title("digits CNN: accuracy vs size (mean ± std over seeds)")
+  ax.legend(fontsize=7)
+  for m, pts in sweep.items():
+    pts = sorted(pts, key=lambda r: r["d"])
+    bx.errorbar([p["d"] for p in pts], [p["top1_mean"] for p in pts],
+                yerr=[p["top1_std"] for p in pts], marker="o", capsize=3, label=f"LR²VQ m={m}")
+    if m in dims:
+      for key, color, label in (("float_best", "C3", "estimate_dim (float)"),
+                                ("lowrank_best", "C2", "estimate_dim (low-rank)")):
+        bx.axvline(dims[m][key], color=color, linestyle="--", label=f"{label} m={m}")
+  bx.set_xlabel("d̃")
+  bx.set_ylabel("test top-1 %")
+  bx.set_title("d̃ sweep (k fixed)")
+  bx.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="runs/bench/pareto", help="output dir (runs are reused)")
+  ap.add_argument("--seeds", type=int, default=2)
+  ap.add_argument("--quick", action="store_true", help="6 steps per stage, small grid (smoke)")
+  ap.add_argument("--ks", default="8,16,32", help="k values of the accuracy-vs-bytes grid")
+  ap.add_argument("--ms", default="9,18", help="m values (conv2/conv3 rows are 9·C_in long)")
+  ap.add_argument("--d", type=int, default=3, help="LR²VQ d̃ of the grid")
+  ap.add_argument("--gap-k", type=int, default=16, help="k at which the RESULT gaps are taken")
+  ap.add_argument("--sweep-k", type=int, default=16)
+  ap.add_argument("--sweep-ms", default="9", help="m values of the d̃ sweep")
+  ap.add_argument("--sweep-ds", default="1,2,3,4,6,9", help="d̃ values of the sweep (≤ m kept)")
+  args = ap.parse_args()
+  if args.quick:
+    args.ks, args.sweep_ds = str(args.gap_k), "2,3,9"
+  logging.set_verbosity(logging.WARNING)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  ks, ms, sweep_ms = ints(args.ks), ints(args.ms), ints(args.sweep_ms)
+  seeds = range(args.seeds)
+
+  # Jobs in priority order: the gap grid first, then the d̃ sweep, then the other k.
+  jobs = [(meth, args.gap_k, m, args.d) for m in ms for meth in METHODS]
+  for m in sweep_ms:
+    jobs += [("LR²VQ", args.sweep_k, m, d) for d in ints(args.sweep_ds) if d <= m]
+  jobs += [(meth, k, m, args.d) for k in ks if k != args.gap_k for m in ms for meth in METHODS]
+  jobs = list(dict.fromkeys((meth, k, m, m if meth != "LR²VQ" else min(d, m))
+                            for meth, k, m, d in jobs))
+  t0 = time.monotonic()
+  with open(out / "pipeline_log.txt", "a") as log:
+    runner = Runner(out, args.quick, log)
+    records = []
+    for job in jobs:
+      for seed in seeds:
+        records.append(runner.method(seed, *job))
+    float_rows = [runner.run(s, "base", "float", 16, 9, 9) for s in seeds]
+    dims, lowrank_val = {}, []
+    for m in sweep_ms:
+      ds = [d for d in ints(args.sweep_ds) if d <= m]
+      per_seed = [dim_estimates(runner, s, args.sweep_k, m, ds) for s in seeds]
+      dims[m] = {
+        "float_best": int(np.bincount([p["float_best"] for p in per_seed]).argmax()),
+        "lowrank_best": int(np.bincount([p["lowrank_best"] for p in per_seed]).argmax()),
+        "per_seed": per_seed,
+      }
+      for d in ds:
+        vals = [runner.run(s, f"lowrank_m{m}_d{d}", "lowrank", args.sweep_k, m, d)["val_top1"]
+                for s in seeds]
+        lowrank_val.append({"m": m, "d": d, "val_top1_mean": float(np.mean(vals))})
+
+  rows = aggregate(records)
+  main_keys = {(meth, k, m, m if meth != "LR²VQ" else min(args.d, m))
+               for meth in METHODS for k in ks + [args.gap_k] for m in ms}
+  for r in rows:
+    r["main"] = (r["method"], r["k"], r["m"], r["d"]) in main_keys
+  sweep = {m: [r for r in rows if r["method"] == "LR²VQ" and r["k"] == args.sweep_k and r["m"] == m]
+           for m in sweep_ms}
+  print()
+  print(f"digits CNN, conv2+conv3 compressed, {len(seeds)} seed(s)"
+        f"{', QUICK (6 steps per stage)' if args.quick else ''}; test top-1 of the exported artifact")
+  print(table(rows, float_rows))
+  for m in sweep_ms:
+    best = max(sweep[m], key=lambda r: r["top1_mean"])
+    fe, le = dims[m]["per_seed"][0]["float_rel_error"], dims[m]["per_seed"][0]["lowrank_rel_error"]
+    print(f"\nd̃ sweep k={args.sweep_k} m={m}: measured best d̃ = {best['d']} "
+          f"({best['top1_mean']:.2f}%); estimate_dim on float weights -> {dims[m]['float_best']}, "
+          f"on low-rank pre-trained weights -> {dims[m]['lowrank_best']}")
+    print("| d̃ | LR²VQ top-1 | low-rank val top-1 | rel. error (float W, seed 0) "
+          "| rel. error (low-rank W_d̃, seed 0) |")
+    print("|---|---|---|---|---|")
+    for r in sorted(sweep[m], key=lambda r: r["d"]):
+      lv = next(x["val_top1_mean"] for x in lowrank_val if x["m"] == m and x["d"] == r["d"])
+      print(f"| {r['d']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {lv:.2f} "
+            f"| {fe[r['d']]:.4f} | {le[r['d']]:.4f} |")
+
+  def gap(m, other):
+    pick = {r["method"]: r["top1_mean"] for r in rows
+            if r["k"] == args.gap_k and r["m"] == m and r["main"]}
+    return pick["LR²VQ"] - pick[other] if "LR²VQ" in pick and other in pick else float("nan")
+
+  png = out / "pareto.png"
+  plot(rows, float_rows, sweep, dims, png)
+  summary = {"args": vars(args), "records": records, "float": float_rows, "rows": rows,
+             "dim_estimates": dims, "lowrank_val": lowrank_val,
+             "wall_s": round(time.monotonic() - t0, 1)}
+  (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+  print(f"\nwrote {out / 'results.json'} and {png} ({summary['wall_s']} s)")
+  parts = [f"lr2vq_minus_{o}_m{m}={gap(m, name):+.2f}"
+           for m in ms for o, name in (("dkm", "vanilla DKM"), ("pq", "PQ"))]
+  print(f"RESULT k={args.gap_k} d={args.d} seeds={len(seeds)} quick={int(args.quick)} "
+        + " ".join(parts))
+
+
+if __name__ == "__main__":
+  main()
