@@ -24,7 +24,7 @@ from lr2vq_jax.core import (
 from lr2vq_jax.core.dkm import dkm
 from lr2vq_jax.core.kmeans import KMeansResult, kmeans
 from lr2vq_jax.export import Artifact, ArtifactError, export, load
-from lr2vq_jax.nn import QuantConfig, quantize_model
+from lr2vq_jax.nn import QuantConfig, describe, quantize_model
 
 # `export` is imported eagerly on purpose: binding the function here, after the submodule
 # `lr2vq_jax.export` is loaded, keeps `lq.export` the function for good.
@@ -45,6 +45,7 @@ __all__ = [
   "clamp_k",
   "compress_tensor",
   "convert",
+  "describe",
   "dkm",
   "estimate_dim",
   "estimate_dim_model",

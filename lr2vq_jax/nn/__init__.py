@@ -2,7 +2,13 @@
 
 from lr2vq_jax.nn.kernel import LOSSES, QUANT, STAGES, QuantConfig
 from lr2vq_jax.nn.layers import Conv, Dense, DenseGeneral, n_out_dims
-from lr2vq_jax.nn.transform import QuantizedModel, module_path, plan_model, quantize_model
+from lr2vq_jax.nn.transform import (
+  QuantizedModel,
+  describe,
+  module_path,
+  plan_model,
+  quantize_model,
+)
 
 __all__ = [
   "LOSSES",
@@ -13,6 +19,7 @@ __all__ = [
   "DenseGeneral",
   "QuantConfig",
   "QuantizedModel",
+  "describe",
   "module_path",
   "n_out_dims",
   "plan_model",

@@ -9,6 +9,7 @@ the original model's paths: only the kernels of matched layers become z/projecti
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,32 +91,74 @@ def quantize_model(
   return QuantizedModel(model, tuple(rules), stage, config or QuantConfig())
 
 
-def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict[str, LayerPlan]:
-  """Geometry of every layer the rules compress, found by tracing `model.init(*args, **kwargs)`.
+def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> list[tuple]:
+  """(path, rule or None, kernel shape, n_out_dims) of every Conv/Dense/DenseGeneral call in init.
 
-  Abstract (`jax.eval_shape`): no weights are computed. A rule that matches no layer is an error.
+  Abstract (`jax.eval_shape`): no weights are computed.
   """
-  plan, used, seen = {}, set(), []
+  found = []
 
   def record(next_fun, a, kw, context):
     out = next_fun(*a, **kw)
     mdl = context.module
     if type(mdl) in _REPLACEMENTS and context.method_name == "__call__":
       path = module_path(mdl)
-      seen.append(path)
-      rule = resolve(rules, path)
-      if rule is not None:
-        used.add(rule)
-        if not rule.skip:
-          shape = mdl.get_variable("params", "kernel").shape
-          plan[path] = plan_layer(
-            path, shape, rule, rules.index(rule), n_out_dims=layers.n_out_dims(mdl)
-          )
+      shape = tuple(mdl.get_variable("params", "kernel").shape)
+      found.append((path, resolve(rules, path), shape, layers.n_out_dims(mdl)))
     return out
 
   with nn.intercept_methods(record):
     jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-  unused = [r for r in rules if r not in used]
+  unused = [r for r in rules if r not in {rule for _, rule, _, _ in found}]
   if unused:
-    raise ValueError(f"rule {unused[0]!r} matches no layer; layers are: {seen}")
-  return plan
+    raise ValueError(f"rule {unused[0]!r} matches no layer; layers are: {[f[0] for f in found]}")
+  return found
+
+
+def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict[str, LayerPlan]:
+  """Geometry of every layer the rules compress, found by tracing `model.init(*args, **kwargs)`.
+
+  A rule that matches no layer is an error.
+  """
+  return {
+    path: plan_layer(path, shape, rule, list(rules).index(rule), n_out_dims=n_out)
+    for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs)
+    if rule is not None and not rule.skip
+  }
+
+
+def describe(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> str:
+  """A table of every linear layer: the rule it matched, n, k (clamped), m, d̃, code bits, bytes.
+
+  Bytes are the PQF-convention payload of the layer: packed codes + fp16 k×m codebook, or the
+  fp32 kernel for layers left float.
+  """
+  rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
+  total = 0
+  for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs):
+    if rule is None or rule.skip:
+      nbytes = 4 * math.prod(shape)
+      label = "float" if rule is None else f"{rule.pattern} (skip)"
+      rows.append((path, label, str(shape), "-", "-", "-", "-", "-", str(nbytes)))
+    else:
+      plan = plan_layer(path, shape, rule, n_out_dims=n_out)
+      nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
+      rows.append(
+        (
+          path,
+          rule.pattern,
+          str(shape),
+          str(plan.n),
+          str(plan.k),
+          str(plan.m),
+          str(plan.d),
+          str(plan.code_bits),
+          str(nbytes),
+        )
+      )
+    total += nbytes
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+  lines.insert(1, "-" * len(lines[0]))
+  lines.append(f"total {total} bytes (kernels only; biases and norms not included)")
+  return "\n".join(lines)

@@ -86,3 +86,16 @@ def test_baseline_conversions():
   assert dkm["params"]["body"]["z"].shape == (144, 8)
   model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), stage="quantize")
   assert model.apply(dkm, X).shape == (2, 5)
+
+
+def test_describe_lists_every_layer_with_its_rule():
+  text = lq.describe(PlainNet(), RULES, X)
+  lines = text.splitlines()
+  assert lines[0].split()[:2] == ["layer", "rule"]
+  by_layer = {line.split()[0]: line for line in lines[2:-1]}
+  assert set(by_layer) == {"stem", "body", "proj", "head"}
+  assert "(skip)" in by_layer["stem"]
+  body = by_layer["body"].split()
+  # body: 16×(8·9) kernel, m = 8 → n = 144, k = 16, d̃ = 3, 4-bit codes: 576 bits, 72 + 2·16·8 bytes.
+  assert body[-6:] == ["144", "16", "8", "3", "576", str(72 + 256)]
+  assert lines[-1].startswith("total ")
