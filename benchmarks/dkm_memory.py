@@ -3,6 +3,11 @@
 Each (variant, n, d) case runs in a fresh subprocess so the process max RSS is per case. Memory is
 XLA's compiled temp bytes and the max RSS. Usage:
   python benchmarks/dkm_memory.py [--quick] [--skip-naive-above GIB] [--chunk-size N]
+  python benchmarks/dkm_memory.py --sharded [--chunk-size N]   # rows of Z over 1, 2, 4, 8 devices
+
+`--sharded` measures the row-sharded DKM of training (n = 250k, d̃ = 8): z sharded over a `data`
+mesh of D simulated CPU devices (one subprocess per D), compiled per-device temp bytes of forward +
+grad, split into a part linear in n and the rest (two points: n/2 and n).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ ITERS = 5
 TAU = 0.5
 GIB = 2**30
 CASES = [(125_000, 4), (125_000, 8), (250_000, 4), (250_000, 8), (1_000_000, 4), (1_000_000, 8)]
+SHARDED_N, SHARDED_D, SHARDED_DEVICES = 250_000, 8, (1, 2, 4, 8)
+MIB = 2**20
 
 
 def naive_estimate_bytes(n: int) -> int:
@@ -56,6 +63,105 @@ def run_case(variant: str, n: int, d: int, chunk_size: int, repeats: int) -> dic
     times.append(time.perf_counter() - t0)
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   return {"temp_gib": temp / GIB, "time_s": min(times), "rss_gib": rss / GIB}
+
+
+def run_sharded_case(n: int, d: int, chunk_size: int, repeats: int) -> dict:
+  """Per-device temp bytes and time of sharded DKM forward + grad on all local devices (a child)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from lr2vq_jax.core.dkm import dkm
+  from lr2vq_jax.train.partitioning import DATA, make_mesh
+
+  mesh = make_mesh()
+  rows = NamedSharding(mesh, P(DATA, None))
+  devices = mesh.shape[DATA]
+
+  def compiled_for(n_rows: int):
+    kz, kc = jax.random.split(jax.random.key(0))
+    z = jax.device_put(jax.random.normal(kz, (n_rows, d), jnp.float32), rows)
+    c = jax.random.normal(kc, (K, d), jnp.float32)
+
+    def loss(z):
+      z_soft, _ = dkm(z, c, tau=TAU, iters=ITERS, chunk_size=chunk_size, axis_name=DATA)
+      return jnp.sum(z_soft**2)
+
+    with jax.set_mesh(mesh):
+      fn = jax.jit(jax.value_and_grad(loss), in_shardings=(rows,))
+      return fn.lower(z).compile(), z
+
+  compiled, z = compiled_for(n)
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  half = compiled_for(n // 2)[0].memory_analysis().temp_size_in_bytes
+  fixed = temp - 2 * (temp - half)  # temp = fixed + rows term linear in n (fit through n/2, n)
+  hlo = compiled.as_text()
+  jax.block_until_ready(compiled(z))  # warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(z))
+    times.append(time.perf_counter() - t0)
+  return {
+    "devices": devices,
+    "rows_per_device": -(-n // devices),
+    "temp_mib": temp / MIB,
+    "fixed_mib": fixed / MIB,
+    "all_reduces": hlo.count("all-reduce("),
+    "all_gathers": hlo.count("all-gather("),
+    "time_s": min(times),
+  }
+
+
+def spawn_sharded(devices: int, n: int, d: int, chunk_size: int, repeats: int) -> dict:
+  """One sharded case in a child with `devices` simulated CPU devices."""
+  cmd = [sys.executable, __file__, "--sharded-child", str(n), str(d), str(chunk_size), str(repeats)]
+  root = str(Path(__file__).resolve().parents[1])
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = {
+    **os.environ,
+    "XLA_FLAGS": flags.strip(),
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+  }
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"sharded case devices={devices} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1])
+
+
+def sharded_main(chunk_size: int, repeats: int) -> None:
+  """The `--sharded` table: per-device DKM memory on 1, 2, 4 and 8 simulated devices."""
+  rows = []
+  for devices in SHARDED_DEVICES:
+    r = spawn_sharded(devices, SHARDED_N, SHARDED_D, chunk_size, repeats)
+    rows.append(r)
+    print(json.dumps(r), flush=True)
+  base = rows[0]
+  print()
+  print(
+    f"sharded DKM: n={SHARDED_N:,}, d={SHARDED_D}, k={K}, iters={ITERS}, chunk_size={chunk_size}, "
+    "forward+grad of sum(z_soft**2), z rows on a `data` mesh (jax.shard_map + psum)"
+  )
+  print()
+  print(
+    "| devices | rows/device | temp MiB/device | n-independent MiB | n-dependent MiB "
+    "| mem(1)/mem(D) | n-dep. ratio | all-reduces | fwd+grad s |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    dep, dep1 = r["temp_mib"] - r["fixed_mib"], base["temp_mib"] - base["fixed_mib"]
+    print(
+      f"| {r['devices']} | {r['rows_per_device']:,} | {r['temp_mib']:.1f} | {r['fixed_mib']:.1f} "
+      f"| {dep:.1f} | {base['temp_mib'] / r['temp_mib']:.2f} | {dep1 / max(dep, 1e-9):.2f} "
+      f"| {r['all_reduces']} | {r['time_s']:.2f} |"
+    )
+  last = next(r for r in rows if r["devices"] == SHARDED_DEVICES[-1])
+  print(f"RESULT sharded_mem_ratio_8={base['temp_mib'] / last['temp_mib']:.2f}")
 
 
 def spawn(variant: str, n: int, d: int, chunk_size: int, repeats: int) -> dict:
@@ -97,8 +203,19 @@ def main() -> None:
   )
   parser.add_argument("--chunk-size", type=int, default=4096, help="bounded DKM chunk (4096)")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept")
+  parser.add_argument(
+    "--sharded", action="store_true", help="row-sharded DKM memory on 1, 2, 4, 8 CPU devices"
+  )
   parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+  parser.add_argument("--sharded-child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.sharded_child:
+    n, d, chunk, repeats = (int(v) for v in args.sharded_child)
+    print(json.dumps(run_sharded_case(n, d, chunk, repeats)), flush=True)
+    return
+  if args.sharded:
+    sharded_main(args.chunk_size, args.repeats)
+    return
   if args.child:
     variant, n, d, chunk, repeats = args.child
     print(json.dumps(run_case(variant, int(n), int(d), int(chunk), int(repeats))), flush=True)

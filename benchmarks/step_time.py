@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lr2vq_jax import convert, presets  # noqa: E402
@@ -34,7 +33,6 @@ from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
 from lr2vq_jax.models import create_model  # noqa: E402
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
-from lr2vq_jax.train.recipes import stage as stage_section  # noqa: E402
 from lr2vq_jax.train.step import TrainState, create_optimizer, make_train_step  # noqa: E402
 
 # name: (model, preset, LR²VQ d̃, classes)
@@ -51,6 +49,19 @@ VARIANTS = {
 }
 
 
+class Section(dict):
+  """A stage config section with attribute access (no ml_collections/TF import: runs on the GPU
+  image too); the fields and defaults of `lr2vq_jax.train.recipes.stage`."""
+
+  __getattr__ = dict.__getitem__
+
+
+def stage_section(lr: float, **kw) -> Section:
+  base = dict(optimizer="adam", lr=lr, schedule="cosine", warmup_steps=0, final_lr_factor=0.0,
+              weight_decay=0.0, weight_decay_exclude=("codebook",), freeze=(), grad_clip=0.0)
+  return Section({**base, **kw})
+
+
 def build(model_name: str, variant: str, args, quant: QuantConfig):
   """(jitted step, initial state, batch) of one variant; weights are a random init (synthetic)."""
   name, preset, d, classes = MODELS[model_name]
@@ -62,7 +73,7 @@ def build(model_name: str, variant: str, args, quant: QuantConfig):
   size = args.image_size if model_name == "resnet18" else 8
   batch_size = args.batch if model_name == "resnet18" else args.cnn_batch
   channels = 3 if model_name == "resnet18" else 1
-  cfg = stage_section(1, 1e-3, weight_decay=1e-4, freeze=freeze)
+  cfg = stage_section(1e-3, weight_decay=1e-4, freeze=freeze)
   mesh = partitioning.make_mesh()
   sample = jnp.zeros((1, size, size, channels), jnp.float32)
 

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -349,8 +350,8 @@ def _check_layer(name: str, layer: dict, arrays: dict, where: str) -> None:
   for part, shape in want.items():
     if part in layer["arrays"] and arrays[layer["arrays"][part]["key"]].shape != shape:
       problems.append(f"{part} shape is not {list(shape)}")
-  size = int(np.prod(layer["view_shape"]))
-  if size != n * m or int(np.prod(layer["shape"])) != size:
+  size = math.prod(layer["view_shape"])
+  if size != n * m or math.prod(layer["shape"]) != size:
     problems.append(f"n·m={n * m} but shape {layer['shape']}, view_shape {layer['view_shape']}")
   if problems:
     raise ArtifactError(f"{where}: layer {name!r} is inconsistent: {'; '.join(problems)}")

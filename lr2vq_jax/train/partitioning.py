@@ -159,8 +159,25 @@ def jit_train_step(step: Callable, target: Any, mesh) -> Callable:
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Global arrays from this process's slice of the batch (`make_array_from_process_local_data`)."""
+  """Global arrays from this process's slice of the batch (`make_array_from_process_local_data`).
+
+  The slice must split evenly over this process's devices. Evaluation batches (those with a
+  `mask`) that do not are padded with masked-out rows, so any eval batch size works on any mesh.
+  """
   sharding = batch_sharding(mesh)
+  local_devices = len(mesh.local_devices)
+  rows = len(next(iter(local.values())))
+  if rows % local_devices:
+    if "mask" not in local:
+      raise ValueError(
+        f"this process's batch of {rows} does not split over its {local_devices} devices: "
+        f"choose a global batch size divisible by the {mesh.size} devices"
+      )
+    pad = local_devices - rows % local_devices
+    local = {
+      k: np.concatenate([v, np.zeros((pad, *np.shape(v)[1:]), np.asarray(v).dtype)])
+      for k, v in local.items()
+    }
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
   }
