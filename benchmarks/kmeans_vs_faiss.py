@@ -119,12 +119,16 @@ def cases(quick: bool) -> list[tuple[str, np.ndarray, int]]:
   if low is not None:
     z = np.asarray(low["conv3"]["z"], np.float32)
     out.append((f"digits conv3 low-rank Z d={z.shape[1]}", z, 16))
-  gm = [(20_000, 9, 64), (100_000, 4, 256)] if quick else [
-    (100_000, 4, 256),
-    (100_000, 9, 256),
-    (262_144, 9, 256),
-    (262_144, 8, 256),
-  ]
+  gm = (
+    [(20_000, 9, 64), (100_000, 4, 256)]
+    if quick
+    else [
+      (100_000, 4, 256),
+      (100_000, 9, 256),
+      (262_144, 9, 256),
+      (262_144, 8, 256),
+    ]
+  )
   for n, d, k in gm:
     out.append((f"gauss mix n={n} d={d}", gaussian_mixture(n, d, 64, seed=n + d), k))
   return out
@@ -137,9 +141,11 @@ def main() -> None:
   ap.add_argument("--quick", action="store_true", help="smaller Gaussian mixtures")
   args = ap.parse_args()
   logging.set_verbosity(logging.WARNING)
-  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), faiss {faiss.__version__}, "
-        f"{os.cpu_count()} CPUs, faiss omp threads {faiss.omp_get_max_threads()}, "
-        f"iters={args.iters}")
+  print(
+    f"jax {jax.__version__} ({jax.devices()[0].platform}), faiss {faiss.__version__}, "
+    f"{os.cpu_count()} CPUs, faiss omp threads {faiss.omp_get_max_threads()}, "
+    f"iters={args.iters}"
+  )
   rows = []
   for name, x, k in cases(args.quick):
     x = np.ascontiguousarray(x, np.float32)
@@ -153,18 +159,25 @@ def main() -> None:
     sse = [exact_sse(x, c) for c in (c_lq, c_fa, c_lq2, c_fa2)]
     rows.append(dict(name=name, n=len(x), d=x.shape[1], k=k, sse=sse, t=[t_lq, t_fa, t_lq2, t_fa2]))
     r = rows[-1]
-    print(f"  {name}: same-init SSE ratio {sse[0] / sse[1]:.4f} time {t_lq:.3f}/{t_fa:.3f}s; "
-          f"own-init SSE ratio {sse[2] / sse[3]:.4f} time {t_lq2:.3f}/{t_fa2:.3f}s", flush=True)
+    print(
+      f"  {name}: same-init SSE ratio {sse[0] / sse[1]:.4f} time {t_lq:.3f}/{t_fa:.3f}s; "
+      f"own-init SSE ratio {sse[2] / sse[3]:.4f} time {t_lq2:.3f}/{t_fa2:.3f}s",
+      flush=True,
+    )
 
   print()
-  print("| data | n | d | k | same init: SSE lq/faiss | time lq s | time faiss s | ratio "
-        "| own init: SSE lq/faiss | time lq s | time faiss s | ratio |")
+  print(
+    "| data | n | d | k | same init: SSE lq/faiss | time lq s | time faiss s | ratio "
+    "| own init: SSE lq/faiss | time lq s | time faiss s | ratio |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     s, t = r["sse"], r["t"]
-    print(f"| {r['name']} | {r['n']:,} | {r['d']} | {r['k']} | {s[0] / s[1]:.4f} | {t[0]:.3f} "
-          f"| {t[1]:.3f} | {t[0] / t[1]:.2f} | {s[2] / s[3]:.4f} | {t[2]:.3f} | {t[3]:.3f} "
-          f"| {t[2] / t[3]:.2f} |")
+    print(
+      f"| {r['name']} | {r['n']:,} | {r['d']} | {r['k']} | {s[0] / s[1]:.4f} | {t[0]:.3f} "
+      f"| {t[1]:.3f} | {t[0] / t[1]:.2f} | {s[2] / s[3]:.4f} | {t[2]:.3f} | {t[3]:.3f} "
+      f"| {t[2] / t[3]:.2f} |"
+    )
 
   def geo(vals):
     return float(np.exp(np.mean(np.log(vals))))
@@ -176,8 +189,10 @@ def main() -> None:
   big = [r for r in rows if r["n"] >= 100_000]
   big_t = geo([r["t"][0] / r["t"][1] for r in big]) if big else float("nan")
   print("\nsse_ratio: worst case over the rows (same init); time_ratio: geometric mean (same init)")
-  print(f"RESULT sse_ratio={same_sse:.4f} time_ratio={same_t:.2f} time_ratio_n100k+={big_t:.2f} "
-        f"sse_ratio_own_init={own_sse:.4f} time_ratio_own_init={own_t:.2f}")
+  print(
+    f"RESULT sse_ratio={same_sse:.4f} time_ratio={same_t:.2f} time_ratio_n100k+={big_t:.2f} "
+    f"sse_ratio_own_init={own_sse:.4f} time_ratio_own_init={own_t:.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -210,12 +209,20 @@ def plot(rows, float_rows, sweep, dims, path: Path) -> None:
   ftop = np.mean([r["top1"] for r in float_rows])
   for method, marker in zip(METHODS, "sov", strict=True):
     for m, style in ((9, "-"), (18, "--")):
-      pts = sorted((r for r in rows if r["method"] == method and r["m"] == m and r["main"]),
-                   key=lambda r: r["bytes"])
+      pts = sorted(
+        (r for r in rows if r["method"] == method and r["m"] == m and r["main"]),
+        key=lambda r: r["bytes"],
+      )
       if pts:
-        ax.errorbar([p["bytes"] for p in pts], [p["top1_mean"] for p in pts],
-                    yerr=[p["top1_std"] for p in pts], marker=marker, linestyle=style,
-                    capsize=3, label=f"{method} m={m}")
+        ax.errorbar(
+          [p["bytes"] for p in pts],
+          [p["top1_mean"] for p in pts],
+          yerr=[p["top1_std"] for p in pts],
+          marker=marker,
+          linestyle=style,
+          capsize=3,
+          label=f"{method} m={m}",
+        )
   ax.axhline(ftop, color="gray", linestyle=":", label=f"float {ftop:.2f}%")
   ax.set_xlabel("exported artifact bytes (whole model)")
   ax.set_ylabel("test top-1 % (exported artifact)")
@@ -223,11 +230,19 @@ def plot(rows, float_rows, sweep, dims, path: Path) -> None:
   ax.legend(fontsize=7)
   for m, pts in sweep.items():
     pts = sorted(pts, key=lambda r: r["d"])
-    bx.errorbar([p["d"] for p in pts], [p["top1_mean"] for p in pts],
-                yerr=[p["top1_std"] for p in pts], marker="o", capsize=3, label=f"LR²VQ m={m}")
+    bx.errorbar(
+      [p["d"] for p in pts],
+      [p["top1_mean"] for p in pts],
+      yerr=[p["top1_std"] for p in pts],
+      marker="o",
+      capsize=3,
+      label=f"LR²VQ m={m}",
+    )
     if m in dims:
-      for key, color, label in (("float_best", "C3", "estimate_dim (float)"),
-                                ("lowrank_best", "C2", "estimate_dim (low-rank)")):
+      for key, color, label in (
+        ("float_best", "C3", "estimate_dim (float)"),
+        ("lowrank_best", "C2", "estimate_dim (low-rank)"),
+      ):
         bx.axvline(dims[m][key], color=color, linestyle="--", label=f"{label} m={m}")
   bx.set_xlabel("d̃")
   bx.set_ylabel("test top-1 %")
@@ -263,8 +278,9 @@ def main() -> None:
   for m in sweep_ms:
     jobs += [("LR²VQ", args.sweep_k, m, d) for d in ints(args.sweep_ds) if d <= m]
   jobs += [(meth, k, m, args.d) for k in ks if k != args.gap_k for m in ms for meth in METHODS]
-  jobs = list(dict.fromkeys((meth, k, m, m if meth != "LR²VQ" else min(d, m))
-                            for meth, k, m, d in jobs))
+  jobs = list(
+    dict.fromkeys((meth, k, m, m if meth != "LR²VQ" else min(d, m)) for meth, k, m, d in jobs)
+  )
   t0 = time.monotonic()
   with open(out / "pipeline_log.txt", "a") as log:
     runner = Runner(out, args.quick, log)
@@ -283,51 +299,81 @@ def main() -> None:
         "per_seed": per_seed,
       }
       for d in ds:
-        vals = [runner.run(s, f"lowrank_m{m}_d{d}", "lowrank", args.sweep_k, m, d)["val_top1"]
-                for s in seeds]
+        vals = [
+          runner.run(s, f"lowrank_m{m}_d{d}", "lowrank", args.sweep_k, m, d)["val_top1"]
+          for s in seeds
+        ]
         lowrank_val.append({"m": m, "d": d, "val_top1_mean": float(np.mean(vals))})
 
   rows = aggregate(records)
-  main_keys = {(meth, k, m, m if meth != "LR²VQ" else min(args.d, m))
-               for meth in METHODS for k in ks + [args.gap_k] for m in ms}
+  main_keys = {
+    (meth, k, m, m if meth != "LR²VQ" else min(args.d, m))
+    for meth in METHODS
+    for k in ks + [args.gap_k]
+    for m in ms
+  }
   for r in rows:
     r["main"] = (r["method"], r["k"], r["m"], r["d"]) in main_keys
-  sweep = {m: [r for r in rows if r["method"] == "LR²VQ" and r["k"] == args.sweep_k and r["m"] == m]
-           for m in sweep_ms}
+  sweep = {
+    m: [r for r in rows if r["method"] == "LR²VQ" and r["k"] == args.sweep_k and r["m"] == m]
+    for m in sweep_ms
+  }
   print()
-  print(f"digits CNN, conv2+conv3 compressed, {len(seeds)} seed(s)"
-        f"{', QUICK (6 steps per stage)' if args.quick else ''}; test top-1 of the exported artifact")
+  print(
+    f"digits CNN, conv2+conv3 compressed, {len(seeds)} seed(s)"
+    f"{', QUICK (6 steps per stage)' if args.quick else ''}; test top-1 of the exported artifact"
+  )
   print(table(rows, float_rows))
   for m in sweep_ms:
     best = max(sweep[m], key=lambda r: r["top1_mean"])
     fe, le = dims[m]["per_seed"][0]["float_rel_error"], dims[m]["per_seed"][0]["lowrank_rel_error"]
-    print(f"\nd̃ sweep k={args.sweep_k} m={m}: measured best d̃ = {best['d']} "
-          f"({best['top1_mean']:.2f}%); estimate_dim on float weights -> {dims[m]['float_best']}, "
-          f"on low-rank pre-trained weights -> {dims[m]['lowrank_best']}")
-    print("| d̃ | LR²VQ top-1 | low-rank val top-1 | rel. error (float W, seed 0) "
-          "| rel. error (low-rank W_d̃, seed 0) |")
+    print(
+      f"\nd̃ sweep k={args.sweep_k} m={m}: measured best d̃ = {best['d']} "
+      f"({best['top1_mean']:.2f}%); estimate_dim on float weights -> {dims[m]['float_best']}, "
+      f"on low-rank pre-trained weights -> {dims[m]['lowrank_best']}"
+    )
+    print(
+      "| d̃ | LR²VQ top-1 | low-rank val top-1 | rel. error (float W, seed 0) "
+      "| rel. error (low-rank W_d̃, seed 0) |"
+    )
     print("|---|---|---|---|---|")
     for r in sorted(sweep[m], key=lambda r: r["d"]):
       lv = next(x["val_top1_mean"] for x in lowrank_val if x["m"] == m and x["d"] == r["d"])
-      print(f"| {r['d']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {lv:.2f} "
-            f"| {fe[r['d']]:.4f} | {le[r['d']]:.4f} |")
+      print(
+        f"| {r['d']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {lv:.2f} "
+        f"| {fe[r['d']]:.4f} | {le[r['d']]:.4f} |"
+      )
 
   def gap(m, other):
-    pick = {r["method"]: r["top1_mean"] for r in rows
-            if r["k"] == args.gap_k and r["m"] == m and r["main"]}
+    pick = {
+      r["method"]: r["top1_mean"]
+      for r in rows
+      if r["k"] == args.gap_k and r["m"] == m and r["main"]
+    }
     return pick["LR²VQ"] - pick[other] if "LR²VQ" in pick and other in pick else float("nan")
 
   png = out / "pareto.png"
   plot(rows, float_rows, sweep, dims, png)
-  summary = {"args": vars(args), "records": records, "float": float_rows, "rows": rows,
-             "dim_estimates": dims, "lowrank_val": lowrank_val,
-             "wall_s": round(time.monotonic() - t0, 1)}
+  summary = {
+    "args": vars(args),
+    "records": records,
+    "float": float_rows,
+    "rows": rows,
+    "dim_estimates": dims,
+    "lowrank_val": lowrank_val,
+    "wall_s": round(time.monotonic() - t0, 1),
+  }
   (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
   print(f"\nwrote {out / 'results.json'} and {png} ({summary['wall_s']} s)")
-  parts = [f"lr2vq_minus_{o}_m{m}={gap(m, name):+.2f}"
-           for m in ms for o, name in (("dkm", "vanilla DKM"), ("pq", "PQ"))]
-  print(f"RESULT k={args.gap_k} d={args.d} seeds={len(seeds)} quick={int(args.quick)} "
-        + " ".join(parts))
+  parts = [
+    f"lr2vq_minus_{o}_m{m}={gap(m, name):+.2f}"
+    for m in ms
+    for o, name in (("dkm", "vanilla DKM"), ("pq", "PQ"))
+  ]
+  print(
+    f"RESULT k={args.gap_k} d={args.d} seeds={len(seeds)} quick={int(args.quick)} "
+    + " ".join(parts)
+  )
 
 
 if __name__ == "__main__":

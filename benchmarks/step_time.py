@@ -19,10 +19,16 @@ import os
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+try:
+  import ml_collections  # noqa: F401
+except ImportError:  # the GPU image lacks it; lr2vq_jax.train.step uses it in annotations only
+  sys.modules["ml_collections"] = types.ModuleType("ml_collections")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -35,9 +41,10 @@ from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
 from lr2vq_jax.train.step import TrainState, create_optimizer, make_train_step  # noqa: E402
 
-# name: (model, preset, LR²VQ d̃, classes)
+# name: (model, preset, LR²VQ d̃, classes); d̃ as in configs/imagenet_*_lr2vq.py
 MODELS = {
   "resnet18": ("resnet18", "resnet18_small_blocks", 4, 1000),
+  "resnet50": ("resnet50", "resnet50_large_blocks", 8, 1000),
   "cnn": ("digits_cnn", "digits_small_blocks", 3, 10),
 }
 # variant: (stage kind, d̃ = m?, frozen params)
@@ -57,8 +64,17 @@ class Section(dict):
 
 
 def stage_section(lr: float, **kw) -> Section:
-  base = dict(optimizer="adam", lr=lr, schedule="cosine", warmup_steps=0, final_lr_factor=0.0,
-              weight_decay=0.0, weight_decay_exclude=("codebook",), freeze=(), grad_clip=0.0)
+  base = dict(
+    optimizer="adam",
+    lr=lr,
+    schedule="cosine",
+    warmup_steps=0,
+    final_lr_factor=0.0,
+    weight_decay=0.0,
+    weight_decay_exclude=("codebook",),
+    freeze=(),
+    grad_clip=0.0,
+  )
   return Section({**base, **kw})
 
 
@@ -70,9 +86,7 @@ def build(model_name: str, variant: str, args, quant: QuantConfig):
   rules = convert.vanilla(rules) if vanilla else rules
   float_model = create_model(name, num_classes=classes, dtype=args.dtype)
   model = quantize_model(float_model, rules, kind, quant)
-  size = args.image_size if model_name == "resnet18" else 8
-  batch_size = args.batch if model_name == "resnet18" else args.cnn_batch
-  channels = 3 if model_name == "resnet18" else 1
+  size, batch_size, channels = input_of(model_name, args)
   cfg = stage_section(1e-3, weight_decay=1e-4, freeze=freeze)
   mesh = partitioning.make_mesh()
   sample = jnp.zeros((1, size, size, channels), jnp.float32)
@@ -96,62 +110,104 @@ def build(model_name: str, variant: str, args, quant: QuantConfig):
   return step, state, partitioning.global_batch(batch, mesh), mesh
 
 
-def time_variant(model_name: str, variant: str, args, quant: QuantConfig) -> dict:
-  step, state, batch, mesh = build(model_name, variant, args, quant)
-  jitted = getattr(step, "jitted", step)  # jit_train_step may wrap the jit in `jax.set_mesh`
-  with jax.set_mesh(mesh):
-    t0 = time.perf_counter()
-    compiled = jitted.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
+def input_of(model_name: str, args) -> tuple[int, int, int]:
+  """(image size, batch, channels): ResNets take --image-size/--batch, the CNN 8 px/--cnn-batch."""
+  if model_name == "cnn":
+    return 8, args.cnn_batch, 1
+  return args.image_size, args.batch, 3
+
+
+class Runner:
+  """One variant compiled and warmed up, stepped one timed step at a time (for interleaving)."""
+
+  def __init__(self, model_name: str, variant: str, args, quant: QuantConfig):
+    self.name = f"{model_name}/{variant}"
+    step, self.state, self.batch, self.mesh = build(model_name, variant, args, quant)
+    jitted = getattr(step, "jitted", step)  # jit_train_step may wrap the jit in `jax.set_mesh`
+    with jax.set_mesh(self.mesh):
       t0 = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready((state, metrics))
-      times.append(time.perf_counter() - t0)
-  assert bool(metrics["finite"]), f"{model_name}/{variant}: non-finite step"
-  return {"compile_s": compile_s, "step_s": float(np.median(times)), "times": times}
+      self.compiled = jitted.lower(self.state, self.batch).compile()
+      self.compile_s = time.perf_counter() - t0
+    self.times: list[float] = []
+    self.step(timed=False)  # warm-up
+
+  def step(self, timed: bool = True) -> None:
+    with jax.set_mesh(self.mesh):
+      t0 = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.batch)
+      jax.block_until_ready((self.state, metrics))
+    if timed:
+      self.times.append(time.perf_counter() - t0)
+    assert bool(metrics["finite"]), f"{self.name}: non-finite step"
+
+  def result(self) -> dict:
+    return {
+      "compile_s": self.compile_s,
+      "step_s": float(np.median(self.times)),
+      "times": self.times,
+    }
 
 
-def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple[str, int, float]]:
-  """DKM forward+backward alone (all quantized layers, LR²VQ d̃), by layer group and chunk size."""
+def time_model(model_name: str, variants: list[str], steps: int, args, quant) -> dict[str, dict]:
+  """Compiles every variant, then times them round-robin (a load change on a shared machine hits
+  all variants alike); the median step of each."""
+  runners = []
+  for v in variants:
+    runners.append(Runner(model_name, v, args, quant))
+    print(f"  {runners[-1].name:<18} compiled in {runners[-1].compile_s:.1f} s", flush=True)
+  for _ in range(steps):
+    for r in runners:
+      r.step()
+  return {r.name: r.result() for r in runners}
+
+
+def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float:
+  """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted."""
+  zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
+  cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
+
+  def loss(zs, cs):
+    total = 0.0
+    for z, c in zip(zs, cs, strict=True):
+      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk)
+      total = total + jnp.sum(z_soft**2)
+    return total
+
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if grad else loss)
+  jax.block_until_ready(fn(zs, cs))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(zs, cs))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
+  """DKM alone over the model's quantized layers (LR²VQ d̃): per layer group at the configured
+  chunk and iterations, then all layers with other chunk sizes, fewer iterations, forward only."""
   name, preset, d, classes = MODELS[model_name]
   rules = presets.with_d(presets.get_preset(preset), d)
-  float_model = create_model(name, num_classes=classes)
-  size = args.image_size if model_name == "resnet18" else 8
-  sample = jnp.zeros((1, size, size, 3 if model_name == "resnet18" else 1))
-  plan = plan_model(float_model, rules, sample, train=False)
+  size, _, channels = input_of(model_name, args)
+  sample = jnp.zeros((1, size, size, channels))
+  plan = plan_model(create_model(name, num_classes=classes), rules, sample, train=False)
   groups: dict[str, list] = {}
   for path, geo in plan.items():
-    group = re.sub(r"layer\d+_\d+/", "", path)
-    groups.setdefault(group, []).append(geo)
+    groups.setdefault(re.sub(r"layer\d+_\d+/", "", path), []).append(geo)
   groups["all"] = list(plan.values())
+  chunk0, iters0 = args.profile_chunks[0], quant.dkm_iters
+  cases = [(g, chunk0, iters0, True) for g in groups]
+  cases += [("all", c, iters0, True) for c in args.profile_chunks[1:]]
+  cases += [("all", chunk0, i, True) for i in sorted({1, 0} - {iters0}, reverse=True)]
+  cases += [("all", chunk0, iters0, False)]
   rows = []
-  for chunk in args.profile_chunks:
-    for group, geos in groups.items():
-      zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
-      cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
-
-      def loss(zs, cs, chunk=chunk):
-        total = 0.0
-        for z, c in zip(zs, cs, strict=True):
-          zs_, _ = dkm_lib.dkm(z, c, tau=0.1, iters=quant.dkm_iters, chunk_size=chunk)
-          total = total + jnp.sum(zs_**2)
-        return total
-
-      fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
-      jax.block_until_ready(fn(zs, cs))
-      times = []
-      for _ in range(max(2, args.steps)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(zs, cs))
-        times.append(time.perf_counter() - t0)
-      n = sum(g.n for g in geos)
-      desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
-      rows.append((desc, chunk, float(np.median(times))))
-      print(f"  dkm fwd+bwd {desc} chunk={chunk}: {rows[-1][2]:.3f} s", flush=True)
+  for group, chunk, iters, grad in cases:
+    geos = groups[group]
+    t = time_dkm(geos, chunk=chunk, iters=iters, grad=grad, repeats=max(2, args.steps))
+    n = sum(g.n for g in geos)
+    desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
+    rows.append((desc, chunk, iters, "fwd+bwd" if grad else "fwd", t))
+    print(f"  dkm {rows[-1][3]} {desc} chunk={chunk} iters={iters}: {t:.3f} s", flush=True)
   return rows
 
 
@@ -168,7 +224,9 @@ def main() -> None:
   ap.add_argument("--chunk-size", type=int, default=QuantConfig.chunk_size)
   ap.add_argument("--dkm-iters", type=int, default=QuantConfig.dkm_iters)
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
-  ap.add_argument("--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")])
+  ap.add_argument(
+    "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
+  )
   args = ap.parse_args()
   quant = QuantConfig(chunk_size=args.chunk_size, dkm_iters=args.dkm_iters)
   print(
@@ -177,50 +235,53 @@ def main() -> None:
   )
   results: dict[str, dict] = {}
   for model_name in args.models.split(","):
-    steps = args.steps if model_name == "resnet18" else args.cnn_steps
-    sub = argparse.Namespace(**{**vars(args), "steps": steps})
-    for variant in args.variants.split(","):
-      r = time_variant(model_name, variant, sub, quant)
-      results[f"{model_name}/{variant}"] = r
+    steps = args.cnn_steps if model_name == "cnn" else args.steps
+    timed = time_model(model_name, args.variants.split(","), steps, args, quant)
+    for key, r in timed.items():
       print(
-        f"  {model_name:<8} {variant:<8} compile {r['compile_s']:6.1f} s  "
-        f"step {r['step_s'] * 1e3:9.1f} ms  (runs: {', '.join(f'{t:.3f}' for t in r['times'])})",
+        f"  {key:<18} step {r['step_s'] * 1e3:9.1f} ms  "
+        f"(runs: {', '.join(f'{t:.3f}' for t in r['times'])})",
         flush=True,
       )
+    results.update(timed)
 
   print()
-  print("| model | input | batch | variant | step ms | × float | compile s |")
-  print("|---|---|---|---|---|---|---|")
+  print(
+    "| model | input | batch | variant | step ms (median) | images/s | × float | min ms "
+    "| × float (min) | compile s |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for key, r in results.items():
     model_name, variant = key.split("/")
     base = results.get(f"{model_name}/float")
     ratio = f"{r['step_s'] / base['step_s']:.2f}" if base else "-"
-    size, batch = (
-      (args.image_size, args.batch) if model_name == "resnet18" else (8, args.cnn_batch)
-    )
+    ratio_min = f"{min(r['times']) / min(base['times']):.2f}" if base else "-"
+    size, batch, _ = input_of(model_name, args)
     print(
       f"| {MODELS[model_name][0]} | {size} | {batch} | {variant} | {r['step_s'] * 1e3:.1f} "
-      f"| {ratio} | {r['compile_s']:.1f} |"
+      f"| {batch / r['step_s']:.1f} | {ratio} | {min(r['times']) * 1e3:.1f} | {ratio_min} "
+      f"| {r['compile_s']:.1f} |"
     )
 
-  if args.profile and "resnet18" in args.models:
-    print("\nDKM alone (forward + backward, LR²VQ d̃, all layers of a group in one jit):")
-    rows = dkm_profile("resnet18", args, quant)
-    print("| layers | chunk | DKM fwd+bwd s |")
-    print("|---|---|---|")
-    for desc, chunk, t in rows:
-      print(f"| {desc} | {chunk} | {t:.3f} |")
+  big = [m for m in args.models.split(",") if m != "cnn"]
+  if args.profile and big:
+    print(f"\nDKM alone ({big[0]}: forward + backward, LR²VQ d̃, a group's layers in one jit):")
+    rows = dkm_profile(big[0], args, quant)
+    print("| layers | chunk | iters | pass | DKM s |")
+    print("|---|---|---|---|---|")
+    for desc, chunk, iters, mode, t in rows:
+      print(f"| {desc} | {chunk} | {iters} | {mode} | {t:.3f} |")
 
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
     return f"{a['step_s'] / b['step_s']:.2f}" if a and b else "nan"
 
-  print(
-    f"RESULT lr2vq_over_float_resnet18={ratio('resnet18', 'lr2vq')} "
-    f"dkm_over_float_resnet18={ratio('resnet18', 'dkm')} "
-    f"lr2vq_over_float_cnn={ratio('cnn', 'lr2vq')} "
-    f"resnet18_input={args.image_size} resnet18_batch={args.batch}"
-  )
+  parts = []
+  for model_name in args.models.split(","):
+    for variant in ("lr2vq", "dkm"):
+      if f"{model_name}/{variant}" in results:
+        parts.append(f"{variant}_over_float_{model_name}={ratio(model_name, variant)}")
+  print(f"RESULT {' '.join(parts)} image_size={args.image_size} batch={args.batch}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = "digits_cnn"
   config.dtype = "float32"
   config.seed = 0
+  config.sharding = "replicated"  # or "fsdp": also split large params (train/partitioning.py)
   config.data = default_data_config("digits")
   config.data.batch_size = 64
   config.data.eval_batch_size = 450

@@ -56,6 +56,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.model = model
   config.dtype = "bfloat16"  # compute; params and optimizer state stay float32
   config.seed = 0
+  config.sharding = "replicated"  # or "fsdp": also split large params (train/partitioning.py)
   config.data = default_data_config("imagenet2012")
   config.data.batch_size = 1024
   config.data.eval_batch_size = 1000

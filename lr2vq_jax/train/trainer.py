@@ -175,6 +175,11 @@ def restore_final(stage: Stage, directory: str) -> TrainState:
       f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
       f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
     )
+  if meta.get("step", step) < meta.get("num_steps", 0):
+    raise ValueError(
+      f"stage {stage.name!r} in {directory} stopped at step {meta['step']} of "
+      f"{meta['num_steps']}; rerun it to the end (--config.stages={stage.name}) first"
+    )
   state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
   ckpt.close()
   return state

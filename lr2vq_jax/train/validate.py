@@ -23,7 +23,7 @@ from lr2vq_jax.core.rules import MAX_K
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
-from lr2vq_jax.train import input_pipeline
+from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.config import STAGES, config_rules
 
 OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
@@ -324,6 +324,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     check_workdir(workdir)
   _choice(config, "model", tuple(MODELS))
   _choice(config, "dtype", DTYPES, default="float32")
+  _choice(config, "sharding", partitioning.MODES, default="replicated")
   _int(config, "seed", low=0)
   stages = parse_stages(config)
   for name in stages:

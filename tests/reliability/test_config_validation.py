@@ -72,6 +72,7 @@ BAD = [
   ("quant.tau_alpha", 0.0, "> 0.0"),
   ("quant.kmeans_iters", 0, ">= 1"),
   ("dtype", "float8", "unknown value"),
+  ("sharding", "zero3", "unknown value"),
   ("seed", -3, ">= 0"),
 ]
 
@@ -179,6 +180,7 @@ FIELDS = {  # field: (valid values, invalid values)
   "model": (st.just("digits_cnn"), _names(("digits_cnn", "resnet18", "resnet34", "resnet50"))),
   "dtype": (st.sampled_from(["float32", "bfloat16"]), _names(("float32", "bfloat16", "float16"))),
   "seed": (NONNEG_INT, NEG_INT),
+  "sharding": (st.sampled_from(["replicated", "fsdp"]), _names(("replicated", "fsdp"))),
   "preset": (
     st.sampled_from(["digits_small_blocks", "digits_large_blocks"]),
     _names(tuple(presets.PRESETS)),

@@ -1,0 +1,118 @@
+"""Helpers for the scale-out tests: child processes with N simulated CPU devices, shared runs.
+
+Each child gets `XLA_FLAGS=--xla_force_host_platform_device_count=N` (the pytest process keeps its
+own devices) and a TMPDIR inside the test's temporary folder. The float + lowrank checkpoints of the
+quick digits pipeline are made once per session; runs copy that workdir and train only `quantize`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = f"--config={ROOT / 'configs' / 'default.py'}:quick"
+TIMEOUT = 600
+
+
+def child_env(devices: int, tmp: Path, **extra: str) -> dict[str, str]:
+  tmpdir = tmp / "tmp"
+  tmpdir.mkdir(parents=True, exist_ok=True)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("LR2VQ_")}
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    TMPDIR=str(tmpdir),
+    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    TF_CPP_MIN_LOG_LEVEL="2",
+  )
+  env.update(extra)
+  return env
+
+
+def main_cmd(workdir: Path, *flags: str) -> list[str]:
+  return [sys.executable, "-m", "lr2vq_jax.main", QUICK, f"--workdir={workdir}", *flags]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+  with open(log, "w") as f:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log: Path) -> str:
+  """Waits for `proc`; its output, or a failure with the end of it."""
+  try:
+    proc.wait(timeout=TIMEOUT)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = log.read_text()
+  assert proc.returncode == 0, f"{proc.args} failed ({proc.returncode}):\n{text[-6000:]}"
+  return text
+
+
+def run(cmd: list[str], env: dict[str, str], log: Path) -> str:
+  return finish(start(cmd, env, log), log)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+  """A copy of a workdir's stages, without the results.json of the run that made it."""
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("results.json"))
+  return dst
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+  """A workdir holding the finished float and lowrank stages (one process, one device)."""
+  base = tmp_path_factory.mktemp("prepared")
+  workdir = base / "run"
+  run(main_cmd(workdir, "--config.stages=float,lowrank"), child_env(1, base), base / "log.txt")
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_4dev(prepared, tmp_path_factory) -> Path:
+  """The quantize stage trained by one process with 4 devices (the multi-host reference)."""
+  base = tmp_path_factory.mktemp("ref4")
+  workdir = copy_workdir(prepared, base / "run")
+  run(main_cmd(workdir, "--config.stages=quantize"), child_env(4, base), base / "log.txt")
+  return workdir
+
+
+def final_params(workdir: Path, stage: str = "quantize") -> dict:
+  """Host params of a stage's last checkpoint, restored onto this process's devices."""
+  import jax
+
+  from configs.default import get_config
+  from lr2vq_jax.train import trainer
+
+  config = get_config("quick")
+  st = trainer.build_stage(config, stage, str(workdir))
+  return jax.device_get(trainer.restore_final(st, st.workdir).params)
+
+
+def max_rel_error(a: dict, b: dict) -> tuple[float, str]:
+  """Largest per-leaf ‖a − b‖ / ‖b‖ and the leaf it belongs to."""
+  import jax
+  import numpy as np
+
+  worst, where = 0.0, ""
+  for (path, x), (_, y) in zip(
+    jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b), strict=True
+  ):
+    err = float(np.linalg.norm(np.asarray(x) - np.asarray(y)) / max(np.linalg.norm(y), 1e-30))
+    if err > worst:
+      worst, where = err, jax.tree_util.keystr(path)
+  return worst, where
