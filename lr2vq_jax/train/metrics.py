@@ -70,8 +70,14 @@ class MetricsLogger:
     """All rows of the JSONL file (empty if none)."""
     if not os.path.exists(self.path):
       return []
+    rows = []
     with open(self.path, encoding="utf-8") as f:
-      return [json.loads(line) for line in f if line.strip()]
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a row cut short by a kill mid-write: dropped on resume
+          continue
+    return rows
 
   def truncate_after(self, step: int) -> int:
     """Drops this stage's rows with step > `step` (atomic rewrite); returns how many were dropped."""

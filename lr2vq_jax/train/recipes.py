@@ -42,7 +42,8 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       init_from="",
       tau_alpha=0.0,
-      stop_after_steps=0,
+      stop_after_steps=0,  # tests: stop as if interrupted
+      debug_nan_at_step=0,  # tests: inject NaN into the params before this step
     )
   )
   cfg.update(kw)

@@ -378,7 +378,8 @@ def _loop(
         ckpt.save(done, state, _meta(stage, done, unlogged), force=True)
         last_good = done
       if preempt.requested or (stop_at and done >= stop_at):
-        logging.warning("stage %s: stopping at step %d (checkpoint saved)", stage.name, done)
+        saved = "checkpoint saved" if saving else f"last checkpoint at step {last_good}"
+        logging.warning("stage %s: stopping at step %d (%s)", stage.name, done, saved)
         break
   return state
 
