@@ -40,15 +40,19 @@ CHILD = textwrap.dedent(
 
   sharded, hlo = train(base)
   single, _ = train(dataclasses.replace(base, mesh=partitioning.make_mesh(1)))
+  a, b = jax.device_get(sharded.params), jax.device_get(single.params)
   rel = lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-  errs = jax.tree.map(rel, jax.device_get(sharded.params), jax.device_get(single.params))
+  errs = jax.tree.map(rel, a, b)
+  sq = lambda t: sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(t))
+  total = (sq(jax.tree.map(lambda x, y: x - y, a, b)) / sq(b)) ** 0.5
   specs = {
     "z": str(sharded.params["conv3"]["z"].sharding.spec),
     "z_mu": str(sharded.opt_state[0].mu["conv3"]["z"].sharding.spec),
     "codebook": str(sharded.params["conv3"]["codebook"].sharding.spec),
     "z_shard_rows": sharded.params["conv3"]["z"].addressable_shards[0].data.shape[0],
   }
-  print("RESULT " + json.dumps({"errs": errs, "specs": specs, "manual": hlo.count("sdy.manual_computation")}))
+  manual = hlo.count("sdy.manual_computation")
+  print("RESULT " + json.dumps({"errs": errs, "total": total, "specs": specs, "manual": manual}))
   """
 )
 
@@ -66,8 +70,13 @@ def test_sharded_quantize_step_matches_single_device(tmp_path):
   assert specs["codebook"] == str(P())
   assert specs["z_shard_rows"] == 8192 // 8
   assert result["manual"] >= 2  # one shard_map DKM per quantized layer (conv2, conv3)
-  errs = {k: v for k, v in _flat(result["errs"]).items()}
-  assert max(errs.values()) <= 1e-5, errs
+  # Same math, other summation orders (batch, gradient and DKM sums are split over 8 devices).
+  # Adam turns rounding noise in near-zero gradients into parameter noise, which shows most in
+  # small, zero-initialised leaves (BatchNorm biases: up to 2e-5 measured), so the 1e-5 bound is
+  # on the whole parameter vector; every leaf must still agree to 1e-4 (a wrong shard is O(1)).
+  assert result["total"] <= 1e-5, result
+  errs = _flat(result["errs"])
+  assert max(errs.values()) <= 1e-4, errs
 
 
 def _flat(tree, prefix=""):

@@ -51,3 +51,22 @@ def test_imagenet_resnet18_runlocal_on_mock_data(tmp_path, capsys):
     assert cli.main(["eval", "--artifact", artifact, "--split", "eval"]) == 0
   out = capsys.readouterr().out
   assert "resnet18 on imagenet2012/eval: top-1" in out
+
+
+@pytest.mark.parametrize(
+  "spec",
+  [
+    f"configs/imagenet_{m}_{b}_{meth}.py:runlocal"
+    for m in ("resnet18", "resnet50")
+    for b in ("small", "large")
+    for meth in ("lr2vq", "dkm", "pq")
+  ]
+  + ["configs/cifar10_resnet18_lr2vq.py:runlocal", "configs/default.py"],
+)
+def test_every_config_loads_and_validates(spec, tmp_path):
+  from lr2vq_jax.train.validate import validate_config
+
+  config = load_config(spec)
+  with tfds.testing.mock_data(num_examples=8):
+    validate_config(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
