@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo
 
 test: $(STAMP)
-	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q tests
+	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q --durations=15 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lr2vq_jax tests benchmarks configs

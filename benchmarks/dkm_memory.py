@@ -150,7 +150,7 @@ def sharded_main(chunk_size: int, repeats: int) -> None:
   print()
   print(
     "| devices | rows/device | temp MiB/device | n-independent MiB | n-dependent MiB "
-    "| mem(1)/mem(D) | n-dep. ratio | all-reduces | fwd+grad s |"
+    "| mem(1)/mem(D) | n-dep. mem(1)/mem(D) | all-reduces | fwd+grad s |"
   )
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:

@@ -207,7 +207,7 @@ def plot(rows, float_rows, sweep, dims, path: Path) -> None:
 
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
   ftop = np.mean([r["top1"] for r in float_rows])
-  for method, marker in zip(METHODS, "sov", strict=True):
+  for method, marker, color in zip(METHODS, "sov", ("C0", "C1", "C2"), strict=True):
     for m, style in ((9, "-"), (18, "--")):
       pts = sorted(
         (r for r in rows if r["method"] == method and r["m"] == m and r["main"]),
@@ -220,8 +220,9 @@ def plot(rows, float_rows, sweep, dims, path: Path) -> None:
           yerr=[p["top1_std"] for p in pts],
           marker=marker,
           linestyle=style,
+          color=color,
           capsize=3,
-          label=f"{method} m={m}",
+          label=f"{method} m={m} (k = {', '.join(str(p['k']) for p in pts)})",
         )
   ax.axhline(ftop, color="gray", linestyle=":", label=f"float {ftop:.2f}%")
   ax.set_xlabel("exported artifact bytes (whole model)")
