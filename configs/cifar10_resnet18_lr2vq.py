@@ -11,7 +11,7 @@ Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import stage
+from lr2vq_jax.train.recipes import quant, shorten, stage
 
 
 def get_config(arg=None):
@@ -25,9 +25,7 @@ def get_config(arg=None):
   config.preset = "resnet18_small_blocks"
   config.d = 4
   config.stages = "float,lowrank,quantize,pq,dkm"
-  config.quant = ml_collections.ConfigDict(
-    dict(tau_alpha=0.03, dkm_iters=3, commitment=0.0, store="codebook", chunk_size=4096, kmeans_iters=25)
-  )
+  config.quant = quant()
   sgd = dict(optimizer="sgd", weight_decay=5e-4, warmup_steps=500)
   config.float = stage(100, 0.1, **sgd)
   config.lowrank = stage(10, 1e-3)
@@ -35,14 +33,10 @@ def get_config(arg=None):
   config.pq = stage(20, 1e-3, freeze=("projection",))
   config.dkm = stage(20, 1e-3, freeze=("projection",))
   if arg == "runlocal":
+    shorten(config, steps=2, kmeans_iters=2)
     config.data.batch_size = 8
     config.data.eval_batch_size = 8
-    config.quant.kmeans_iters = 2
     config.float.warmup_steps = 0
-    for name in ("float", "lowrank", "quantize", "pq", "dkm"):
-      config[name].num_steps = 2
-      config[name].log_every = 1
-      config[name].checkpoint_every = 2
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or nothing")
   return config

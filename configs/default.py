@@ -13,7 +13,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import stage
+from lr2vq_jax.train.recipes import quant, shorten, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,28 +28,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.preset = "digits_small_blocks"  # conv2, conv3: k = 16, m = 9; conv1 and fc stay float
   config.d = 3  # d̃ of the compressed layers (capped at m)
   config.stages = "float,lowrank,quantize,pq,dkm"
-  config.quant = ml_collections.ConfigDict(
-    dict(
-      tau_alpha=0.03,
-      dkm_iters=3,
-      commitment=0.0,
-      store="codebook",
-      chunk_size=4096,
-      kmeans_iters=25,
-    )
-  )
-  config.float = stage(40, 2e-3, weight_decay=1e-4, log_every=50, checkpoint_every=200)
+  config.quant = quant()
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)
+  config.float = stage(40, 2e-3, **short)
   config.lowrank = stage(10, 1e-3, **short)
   config.quantize = stage(20, 1e-3, **short)
   config.pq = stage(20, 1e-3, **short)
   config.dkm = stage(20, 1e-3, tau_alpha=0.01, freeze=("projection",), **short)
   if arg == "quick":
-    for name in ("float", "lowrank", "quantize", "pq", "dkm"):
-      config[name].num_steps = 6
-      config[name].log_every = 3
-      config[name].checkpoint_every = 3
-    config.quant.kmeans_iters = 3
+    shorten(config, steps=6, kmeans_iters=3)
   elif arg:
     raise ValueError(f"configs/default.py: unknown argument {arg!r}; expected 'quick' or nothing")
   return config

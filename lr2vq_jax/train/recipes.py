@@ -20,6 +20,7 @@ EXPECTED_TOP1 = {  # PAPER.md §4: PQF published; LR²VQ inferred as PQF + the c
   ("resnet50", "small"): {"pq": 75.04, "lr2vq": None, "dkm": None, "float": 76.15},
   ("resnet50", "large"): {"pq": 72.18, "lr2vq": 73.2, "dkm": None, "float": 76.15},
 }
+STAGE_NAMES = ("float", "lowrank", "quantize", "pq", "dkm")
 METHOD_STAGES = {"lr2vq": "float,lowrank,quantize", "dkm": "float,dkm", "pq": "float,pq"}
 
 
@@ -50,6 +51,31 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
   return cfg
 
 
+def quant(**overrides) -> ml_collections.ConfigDict:
+  """The `config.quant` section: DKM temperature rule, iterations, commitment, export layout."""
+  cfg = ml_collections.ConfigDict(
+    dict(
+      tau_alpha=0.03,
+      dkm_iters=3,
+      commitment=0.0,
+      store="codebook",
+      chunk_size=4096,
+      kmeans_iters=25,
+    )
+  )
+  cfg.update(overrides)
+  return cfg
+
+
+def shorten(config: ml_collections.ConfigDict, *, steps: int, kmeans_iters: int) -> None:
+  """Shrinks every stage to `steps` steps (logging and checkpointing along) for smoke runs."""
+  config.quant.kmeans_iters = kmeans_iters
+  for name in STAGE_NAMES:
+    config[name].num_steps = steps
+    config[name].log_every = max(1, steps // 2)
+    config[name].checkpoint_every = max(1, steps // 2)
+
+
 def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collections.ConfigDict:
   if method not in METHOD_STAGES:
     raise ValueError(f"method {method!r}: expected one of {sorted(METHOD_STAGES)}")
@@ -64,16 +90,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.preset = f"{model}_{blocks}_blocks"
   config.d = 0 if method != "lr2vq" else (8 if blocks == "large" else 4)  # d̃ (capped at each m)
   config.stages = METHOD_STAGES[method]
-  config.quant = ml_collections.ConfigDict(
-    dict(
-      tau_alpha=0.03,
-      dkm_iters=3,
-      commitment=0.0,
-      store="codebook",
-      chunk_size=4096,
-      kmeans_iters=25,
-    )
-  )
+  config.quant = quant()
   lr = 1e-3 * config.data.batch_size / 128  # PQF: Adam 1e-3 per 128-image worker
   config.float = stage(0, lr, init_from="")  # 0 epochs: import torchvision weights, evaluate
   config.lowrank = stage(2, lr)
@@ -86,11 +103,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
     config.data.batch_size = 8
     config.data.eval_batch_size = 8
     config.data.shuffle_buffer = 16
-    config.quant.kmeans_iters = 2
-    for name in ("float", "lowrank", "quantize", "pq", "dkm"):
-      config[name].num_steps = 2
-      config[name].log_every = 1
-      config[name].checkpoint_every = 2
+    shorten(config, steps=2, kmeans_iters=2)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or nothing")
   return config
