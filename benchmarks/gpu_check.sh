@@ -59,11 +59,11 @@ EOF
 
 if [[ $TINY == 1 ]]; then
   STEP_ARGS=(--models resnet50 --variants float,lr2vq --image-size 32 --batch 2 --steps 1
-             --dtype float32 --profile --profile-chunks 4096)
+             --dtype float32)
   DKM_ARGS=(--tiny)
 else
   STEP_ARGS=(--models resnet50 --variants float,lr2vq --image-size 224 --batch 128 --steps 10
-             --dtype bfloat16 --profile --profile-chunks 4096,65536)
+             --dtype bfloat16 --profile --profile-scope all --profile-chunks 4096,65536)
   DKM_ARGS=(--n 3000000 --d 8 --k 256 --iters 3 --chunks 4096,65536 --naive-max-gib 100)
 fi
 

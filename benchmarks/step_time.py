@@ -196,7 +196,8 @@ def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
     groups.setdefault(re.sub(r"layer\d+_\d+/", "", path), []).append(geo)
   groups["all"] = list(plan.values())
   chunk0, iters0 = args.profile_chunks[0], quant.dkm_iters
-  cases = [(g, chunk0, iters0, True) for g in groups]
+  scope = groups if args.profile_scope == "groups" else ["all"]
+  cases = [(g, chunk0, iters0, True) for g in scope]
   cases += [("all", c, iters0, True) for c in args.profile_chunks[1:]]
   cases += [("all", chunk0, i, True) for i in sorted({1, 0} - {iters0}, reverse=True)]
   cases += [("all", chunk0, iters0, False)]
@@ -224,6 +225,12 @@ def main() -> None:
   ap.add_argument("--chunk-size", type=int, default=QuantConfig.chunk_size)
   ap.add_argument("--dkm-iters", type=int, default=QuantConfig.dkm_iters)
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
+  ap.add_argument(
+    "--profile-scope",
+    default="groups",
+    choices=("groups", "all"),
+    help="time each layer group and all layers (groups) or all layers only (all)",
+  )
   ap.add_argument(
     "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
   )
@@ -281,7 +288,9 @@ def main() -> None:
     for variant in ("lr2vq", "dkm"):
       if f"{model_name}/{variant}" in results:
         parts.append(f"{variant}_over_float_{model_name}={ratio(model_name, variant)}")
-  print(f"RESULT {' '.join(parts)} image_size={args.image_size} batch={args.batch}")
+  if any(m != "cnn" for m in args.models.split(",")):
+    parts += [f"image_size={args.image_size}", f"batch={args.batch}"]
+  print(f"RESULT {' '.join(parts)}")
 
 
 if __name__ == "__main__":
