@@ -204,7 +204,11 @@ def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
   rows = []
   for group, chunk, iters, grad in cases:
     geos = groups[group]
-    t = time_dkm(geos, chunk=chunk, iters=iters, grad=grad, repeats=max(2, args.steps))
+    try:
+      t = time_dkm(geos, chunk=chunk, iters=iters, grad=grad, repeats=max(2, args.steps))
+    except Exception as e:  # noqa: BLE001  (e.g. out of memory: report it, keep the other rows)
+      print(f"  dkm {group} chunk={chunk} iters={iters} failed: {type(e).__name__}: {str(e)[:200]}")
+      continue
     n = sum(g.n for g in geos)
     desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
     rows.append((desc, chunk, iters, "fwd+bwd" if grad else "fwd", t))
