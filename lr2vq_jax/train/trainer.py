@@ -354,7 +354,8 @@ def _loop(
       for hook in hooks:
         hook(done)
       boundary = done % log_every == 0 or done == stage.num_steps
-      saving = done % ckpt_every == 0 or done == stage.num_steps or preempt.requested
+      preempted = preempt.requested  # read once: a signal landing mid-iteration waits a step
+      saving = done % ckpt_every == 0 or done == stage.num_steps or preempted
       if boundary or saving:
         host = jax.device_get(window)
         window = []
@@ -377,7 +378,7 @@ def _loop(
       if saving:
         ckpt.save(done, state, _meta(stage, done, unlogged), force=True)
         last_good = done
-      if preempt.requested or (stop_at and done >= stop_at):
+      if preempted or (stop_at and done >= stop_at):
         saved = "checkpoint saved" if saving else f"last checkpoint at step {last_good}"
         logging.warning("stage %s: stopping at step %d (%s)", stage.name, done, saved)
         break
