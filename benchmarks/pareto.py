@@ -257,6 +257,7 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default="runs/bench/pareto", help="output dir (runs are reused)")
   ap.add_argument("--seeds", type=int, default=2)
+  ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
   ap.add_argument("--quick", action="store_true", help="6 steps per stage, small grid (smoke)")
   ap.add_argument("--ks", default="8,16,32", help="k values of the accuracy-vs-bytes grid")
   ap.add_argument("--ms", default="9,18", help="m values (conv2/conv3 rows are 9·C_in long)")
@@ -272,7 +273,7 @@ def main() -> None:
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   ks, ms, sweep_ms = ints(args.ks), ints(args.ms), ints(args.sweep_ms)
-  seeds = range(args.seeds)
+  seeds = range(args.first_seed, args.first_seed + args.seeds)
 
   # Jobs in priority order: the gap grid first, then the d̃ sweep, then the other k.
   jobs = [(meth, args.gap_k, m, args.d) for m in ms for meth in METHODS]

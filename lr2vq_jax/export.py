@@ -28,7 +28,13 @@ from flax import traverse_util
 
 from lr2vq_jax.core import codec, subvectors
 from lr2vq_jax.core.rules import Rule, resolve
-from lr2vq_jax.nn.kernel import QUANT, QuantConfig, frozen_tables, hard_tables
+from lr2vq_jax.nn.kernel import (
+  QUANT,
+  QuantConfig,
+  effective_projection,
+  frozen_tables,
+  hard_tables,
+)
 
 FORMAT = "lr2vq-artifact"
 FORMAT_VERSION = 2  # 2: manifest_sha256 (a digest of the manifest itself)
@@ -107,7 +113,8 @@ def export(
         params[layer + ("z",)], codebook, projection, quant[layer + ("tau",)], config
       )
     else:
-      codes, tables = quant[layer + ("codes",)], frozen_tables(codebook, projection, config.store)
+      p_eff = effective_projection(projection, config.projection)
+      codes, tables = quant[layer + ("codes",)], frozen_tables(codebook, p_eff, config.store)
     k, d, m = codebook.shape[0], codebook.shape[1], projection.shape[1]
     codes = np.asarray(codes)
     entry = {

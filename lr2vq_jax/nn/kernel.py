@@ -28,6 +28,7 @@ from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer
 
 STAGES = ("float", "lowrank", "quantize", "frozen")
 STORES = ("codebook", "factored")
+PROJECTIONS = ("learned", "orthonormal")
 QUANT = "quant"  # non-trainable collection: kernel shape, DKM temperature, frozen codes
 LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
 
@@ -40,6 +41,9 @@ class QuantConfig:
   dkm_iters: int = 3  # centroid updates per training forward pass
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
+  # "learned": P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR) factor,
+  # rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
+  projection: str = "learned"
   chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
   # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
   # see train/partitioning.py); None or a one-device axis: unsharded.
@@ -48,10 +52,26 @@ class QuantConfig:
   def __post_init__(self):
     if self.store not in STORES:
       raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
+    if self.projection not in PROJECTIONS:
+      raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
     if self.dkm_iters < 0:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.tau_alpha <= 0:
       raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
+
+
+def effective_projection(p: jax.Array, mode: str) -> jax.Array:
+  """The P a layer multiplies by (float32): the param itself, or its row-orthonormal QR factor.
+
+  QR with diag(R) > 0 is unique and differentiable for full-rank P, and leaves an already
+  orthonormal P (the SVD init) unchanged.
+  """
+  p = p.astype(jnp.float32)
+  if mode == "learned":
+    return p
+  q, r = jnp.linalg.qr(p.T)
+  sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
+  return (q * sign).T
 
 
 def fp16_round(x: jax.Array) -> jax.Array:
@@ -80,6 +100,7 @@ def hard_tables(z, codebook, projection, tau, config: QuantConfig):
     z, codebook, tau, iters=config.dkm_iters, chunk_size=config.chunk_size
   )
   codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
+  projection = effective_projection(projection, config.projection)
   return codes, frozen_tables(centroids, projection, config.store)
 
 
@@ -140,7 +161,8 @@ def quantized_kernel(
   if stage == "lowrank":
     z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
     p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    return geo.to_kernel(z.astype(jnp.float32) @ p.astype(jnp.float32)).astype(param_dtype)
+    p = effective_projection(p, config.projection)
+    return geo.to_kernel(z.astype(jnp.float32) @ p).astype(param_dtype)
 
   if stage == "quantize":
     z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
@@ -165,7 +187,8 @@ def quantized_kernel(
       codes = codec.encode(jax.lax.stop_gradient(z32), target)
       err = jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
       mdl.sow(LOSSES, "commitment", config.commitment * err)
-    return geo.to_kernel(z_soft @ p.astype(jnp.float32)).astype(param_dtype)
+    p = effective_projection(p, config.projection)
+    return geo.to_kernel(z_soft @ p).astype(param_dtype)
 
   if stage == "frozen":
     codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
@@ -175,8 +198,9 @@ def quantized_kernel(
       c0 = _random_rows(mdl, z0, geo.k)
     c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
     p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+    p = effective_projection(p, config.projection)
     if train:
-      tables = (c.astype(jnp.float32), p.astype(jnp.float32))
+      tables = (c.astype(jnp.float32), p)
     else:
       tables = frozen_tables(c, p, config.store)
     return geo.to_kernel(decode_rows(codes, tables)).astype(param_dtype)

@@ -19,6 +19,7 @@ from absl import logging
 
 import lr2vq_jax as lq
 from lr2vq_jax.train import input_pipeline, partitioning
+from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
 from lr2vq_jax.train.trainer import Preemption, build_stage, evaluate, quant_config, run_stage
 from lr2vq_jax.train.validate import validate_config
 
@@ -65,7 +66,12 @@ def _float_bytes(stage) -> int:
 def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
   """Exports stage `name`'s final variables and evaluates the decoded artifact on val and test."""
   stage = build_stage(config, name, workdir)
-  host = partitioning.to_host(state.variables())  # a collective: every process takes part
+  variables = state.variables()
+  batches = int(stage.cfg.get("bn_reestimate_batches", 0))
+  if batches:
+    train = input_pipeline.build_input(config.data, split="train")
+    variables = reestimate_batch_stats(stage.model, variables, train, batches, stage.mesh)
+  host = partitioning.to_host(variables)  # a collective: every process takes part
   with _artifact_dir(os.path.join(stage.workdir, "artifact")) as directory:
     manifest = lq.export(
       host,
@@ -75,7 +81,8 @@ def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
       metadata=artifact_metadata(config, stage),
     )
     variables = lq.load(directory).decode()
-  return _record(config, stage, variables, manifest["payload_bytes"]["total"])
+  record = _record(config, stage, variables, manifest["payload_bytes"]["total"])
+  return {**record, "bn_reestimated": batches} if batches else record
 
 
 @contextlib.contextmanager

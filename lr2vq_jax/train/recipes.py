@@ -43,6 +43,11 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       init_from="",
       tau_alpha=0.0,
+      tau_final_factor=1.0,  # τ annealed geometrically to τ_0·this by the last step (1: fixed)
+      distill=0.0,  # weight of the KL to the float model's logits (0: plain cross-entropy)
+      distill_temperature=1.0,
+      teacher="",  # the float stage's directory ("": <workdir>/float)
+      bn_reestimate_batches=0,  # before export: BN statistics recomputed with the hard weights
       stop_after_steps=0,  # tests: stop as if interrupted
       debug_nan_at_step=0,  # tests: inject NaN into the params before this step
     )
@@ -59,6 +64,7 @@ def quant(**overrides) -> ml_collections.ConfigDict:
       dkm_iters=3,
       commitment=0.0,
       store="codebook",
+      projection="learned",  # or "orthonormal": P kept row-orthonormal (QR)
       chunk_size=4096,
       kmeans_iters=25,
     )

@@ -1,7 +1,10 @@
 """Train state, optimizer and the jitted train / eval steps of one pipeline stage.
 
-Loss = cross-entropy + ½·wd·Σ‖W‖² (params with ndim > 1) + every term sown into `losses`
-(β·commitment of the quantized layers). Evaluation runs the hard-code path.
+Loss = task + ½·wd·Σ‖W‖² (params with ndim > 1) + every term sown into `losses` (β·commitment of
+the quantized layers). task = cross-entropy, or with distillation weight w and temperature T
+(BGD/PQF style, teacher = the float model's logits in `batch["teacher_logits"]`):
+(1 − w)·CE + w·T²·KL(softmax(t/T) ‖ softmax(s/T)). `tau_final_factor` f anneals every layer's DKM
+temperature geometrically, τ_t = τ_0·f^(t/T_steps). Evaluation runs the hard-code path.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from lr2vq_jax.nn import LOSSES
+from lr2vq_jax.nn import LOSSES, QUANT
 
 
 @flax.struct.dataclass
@@ -91,10 +94,35 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def make_train_step(model: nn.Module, cfg: ml_collections.ConfigDict, tx) -> Callable:
-  """(state, batch) → (state, metrics); metrics include `finite` (loss and params all finite)."""
+def distillation_loss(logits: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+  """T²·KL(softmax(teacher/T) ‖ softmax(logits/T)), batch mean (Hinton et al.'s scaling)."""
+  t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher).astype(jnp.float32) / temperature)
+  s = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+  kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+  return temperature**2 * jnp.mean(kl)
+
+
+def anneal_tau(model_state: Mapping, rate: float) -> dict:
+  """`model_state` with every quantized layer's τ multiplied by `rate` (one step of annealing)."""
+  if rate == 1.0 or QUANT not in model_state:
+    return dict(model_state)
+  flat = traverse_util.flatten_dict(dict(model_state[QUANT]))
+  flat = {k: v * rate if k[-1] == "tau" else v for k, v in flat.items()}
+  return {**model_state, QUANT: traverse_util.unflatten_dict(flat)}
+
+
+def make_train_step(
+  model: nn.Module, cfg: ml_collections.ConfigDict, tx, num_steps: int = 1
+) -> Callable:
+  """(state, batch) → (state, metrics); metrics include `finite` (loss and params all finite).
+
+  A batch with "teacher_logits" adds the distillation term (weight `cfg.distill`).
+  """
   wd = float(cfg.get("weight_decay", 0.0))
   wd_exclude = tuple(cfg.get("weight_decay_exclude", ()) or ())
+  distill = float(cfg.get("distill", 0.0))
+  temp = float(cfg.get("distill_temperature", 1.0))
+  tau_rate = float(cfg.get("tau_final_factor", 1.0)) ** (1.0 / max(1, num_steps))
   mutable = ["batch_stats", LOSSES]
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -108,16 +136,20 @@ def make_train_step(model: nn.Module, cfg: ml_collections.ConfigDict, tx) -> Cal
         rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
       )
       ce = cross_entropy(logits, batch["label"])
+      task = ce
+      if "teacher_logits" in batch and distill > 0:
+        kd = distillation_loss(logits, batch["teacher_logits"], temp)
+        task = (1.0 - distill) * ce + distill * kd
       aux = sum(jnp.sum(x) for x in jax.tree.leaves(new_state.get(LOSSES, {})))
       aux = jnp.asarray(aux, jnp.float32)
-      loss = ce + aux + (wd * weight_penalty(params, wd_exclude) if wd else 0.0)
+      loss = task + aux + (wd * weight_penalty(params, wd_exclude) if wd else 0.0)
       return loss, (logits, new_state, ce, aux)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, new_state, ce, aux)), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    model_state = dict(state.model_state)
+    model_state = anneal_tau(state.model_state, tau_rate)
     if "batch_stats" in new_state:
       model_state["batch_stats"] = new_state["batch_stats"]
     finite = jnp.isfinite(loss) & jnp.all(

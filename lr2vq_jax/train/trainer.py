@@ -82,6 +82,7 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
     dkm_iters=q.dkm_iters,
     commitment=q.commitment,
     store=q.store,
+    projection=q.get("projection", "learned"),
     chunk_size=q.chunk_size,
     shard_axis=partitioning.ROW_AXIS,
   )
@@ -280,13 +281,16 @@ def run_stage(
     )
     ckpt.save(0, state, _meta(stage, 0), force=True)
   train_step = partitioning.jit_train_step(
-    make_train_step(stage.model, stage.cfg, _tx(stage, state)), target, stage.mesh
+    make_train_step(stage.model, stage.cfg, _tx(stage, state), stage.num_steps),
+    target,
+    stage.mesh,
   )
+  teacher = _teacher(stage) if stage.cfg.get("distill", 0.0) > 0 else None
   train_iter = input_pipeline.build_input(config.data, split="train", start_step=start)
   hooks = periodic_hooks(
     stage.workdir, num_train_steps=stage.num_steps, writer=logger.writer, profile=False
   )
-  state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start, pending)
+  state = _loop(stage, state, train_step, train_iter, ckpt, logger, hooks, start, pending, teacher)
   results = {}
   if int(state.step) >= stage.num_steps:
     results = evaluate(
@@ -303,6 +307,27 @@ def run_stage(
   ckpt.close()
   logger.close()
   return state, results
+
+
+def _teacher(stage: Stage):
+  """images → logits of the finished float stage (`cfg.teacher` or `<workdir>/float`), for
+  distillation; jitted to leave its logits sharded like the batch."""
+  if stage.name == "float":
+    raise ValueError("stage float cannot distill from itself: set float.distill = 0")
+  root = os.path.dirname(stage.workdir)
+  float_stage = build_stage(stage.config, "float", root)
+  directory = stage.cfg.get("teacher") or float_stage.workdir
+  variables = restore_final(float_stage, directory).variables()
+  forward = jax.jit(
+    lambda v, x: float_stage.model.apply(v, x, train=False),
+    out_shardings=partitioning.batch_sharding(stage.mesh),
+  )
+
+  def logits(images: jax.Array) -> jax.Array:
+    with jax.set_mesh(stage.mesh):
+      return forward(variables, images)
+
+  return logits
 
 
 def _tx(stage: Stage, state: TrainState):
@@ -331,7 +356,16 @@ def _poison(state: TrainState) -> TrainState:
 
 
 def _loop(
-  stage, state, train_step, train_iter: Iterator, ckpt, logger, hooks, start: int, pending=()
+  stage,
+  state,
+  train_step,
+  train_iter: Iterator,
+  ckpt,
+  logger,
+  hooks,
+  start: int,
+  pending=(),
+  teacher=None,
 ) -> TrainState:
   log_every = max(1, int(stage.cfg.get("log_every", 50)))
   ckpt_every = max(1, int(stage.cfg.get("checkpoint_every", 500)))
@@ -346,6 +380,8 @@ def _loop(
     unlogged: list[dict] = [dict(m) for m in pending]
     for step in range(start, stage.num_steps):
       batch = partitioning.global_batch(next(train_iter), stage.mesh)
+      if teacher is not None:
+        batch["teacher_logits"] = teacher(batch["image"])
       if step + 1 == nan_at:
         state = _poison(state)
       state, metrics = train_step(state, batch)

@@ -30,6 +30,7 @@ OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
 SCHEDULES = ("cosine", "constant")  # what step.learning_rate_schedule builds
 DTYPES = ("float32", "bfloat16", "float16")
 STORES = ("codebook", "factored")
+PROJECTIONS = ("learned", "orthonormal")
 DATASETS = tuple(input_pipeline._NUM_CLASSES)
 NATIVE_SIZE = {"digits": 8, "cifar10": 32}
 PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
@@ -132,6 +133,14 @@ def _check_stage(config, name: str) -> None:
     _int(config, f"{s}.{field}", low=0)
   for field in ("final_lr_factor", "weight_decay", "grad_clip", "tau_alpha"):
     _number(config, f"{s}.{field}", low=0.0)
+  _number(config, f"{s}.tau_final_factor", low=0.0, strict=True, default=1.0)
+  _number(config, f"{s}.distill_temperature", low=0.0, strict=True, default=1.0)
+  _int(config, f"{s}.bn_reestimate_batches", low=0, default=0)
+  distill = _number(config, f"{s}.distill", low=0.0, default=0.0)
+  if distill > 1.0:
+    raise ConfigError(f"{s}.distill", f"weight {distill}", "use a weight in [0, 1]")
+  if distill > 0 and s == "float":
+    raise ConfigError("float.distill", "the float stage is the teacher", "set float.distill=0")
   _int(config, f"{s}.log_every", low=1, default=1)
   _int(config, f"{s}.checkpoint_every", low=1, default=1)
   if _get(config, f"{s}.optimizer") == "sgd":
@@ -182,6 +191,7 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
 
 def _check_quant(config) -> None:
   _choice(config, "quant.store", STORES)
+  _choice(config, "quant.projection", PROJECTIONS, default="learned")
   _number(config, "quant.tau_alpha", low=0.0, strict=True)
   _number(config, "quant.commitment", low=0.0)
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):
