@@ -37,7 +37,7 @@ def reestimate_batch_stats(model, variables: dict, batches: Iterator, num_batche
   ones = jax.tree.map(jnp.ones_like, stats)
   total, keep = None, None
   with jax.set_mesh(mesh):
-    for i in range(num_batches):
+    for _ in range(num_batches):
       images = partitioning.global_batch(next(batches), mesh)["image"]
       from_zero = updated(zeros, images)  # (1 − momentum)·batch statistic
       if keep is None:  # momentum per leaf: new(1) − new(0)
