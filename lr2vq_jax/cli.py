@@ -102,8 +102,13 @@ def report(args: argparse.Namespace) -> int:
 
 @command(
   "estimate-dim",
-  "low-rank + k-means error per candidate d̃ on a freshly initialised model's kernels",
+  "choose d̃: with --config, the clustered rank-d̃ model's validation loss (the predictor "
+  "benchmarks/dim_predictors.py found to work); else low-rank + k-means weight errors",
   *_model_args(),
+  arg("--config", default=None, help="experiment config FILE[:arg]: choose d̃ on its task"),
+  arg("--float-dir", default=None, help="with --config: its finished float stage directory"),
+  arg("--workdir", default=None, help="with --config: scratch runs (default <float-dir>/../dim)"),
+  arg("--pretrain-steps", type=int, default=0, help="with --config: low-rank steps per d̃"),
   arg("--layer", default=None, help="only layers whose path re.search-es this regex"),
   arg("--seed", type=int, default=0, help="init and k-means seed"),
   arg("--iters", type=int, default=25, help="Lloyd iterations per k-means"),
@@ -123,6 +128,8 @@ def estimate_dim(args: argparse.Namespace) -> int:
     raise CLIError(
       f"bad --candidates {args.candidates!r}", "write e.g. --candidates 1,2,4,8"
     ) from None
+  if args.config:
+    return _select_dim_on_task(args, cands)
   model = _model(args.model, args.num_classes)
   key = jax.random.key(args.seed)
   init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))
@@ -143,6 +150,37 @@ def estimate_dim(args: argparse.Namespace) -> int:
   if len(est.layers) > 1:
     print()
     print(est.table())
+  print(
+    "based on: low-rank + k-means error of the weights alone, which favours d̃ = m on trained "
+    "weights; choose on the task with --config (README, 'Choosing d̃')"
+  )
+  return 0
+
+
+def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> int:
+  """`estimate-dim --config`: lr2vq_jax.train.dim_select on the config's float stage."""
+  import os
+
+  from lr2vq_jax.core.dimension import default_candidates
+  from lr2vq_jax.train.config import config_rules, load_config
+  from lr2vq_jax.train.dim_select import select_dim
+
+  if not args.float_dir:
+    raise CLIError("--config needs --float-dir", "point it at the config's finished float stage")
+  try:
+    config = load_config(args.config)
+  except (FileNotFoundError, ValueError) as e:
+    raise CLIError(str(e), "give --config FILE.py[:arg]") from None
+  m = max(r.m for r in config_rules(config) if not r.skip)
+  cands = cands or list(default_candidates(m))
+  if min(cands) < 1 or max(cands) > m:
+    raise CLIError(f"--candidates {cands} outside 1..{m}", f"choose d̃ values in 1..{m}")
+  workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.float_dir)), "dim")
+  sel = select_dim(
+    config, args.float_dir, workdir, tuple(cands), pretrain_steps=args.pretrain_steps
+  )
+  print(f"config {args.config}, float stage {args.float_dir}")
+  print(sel.table())
   return 0
 
 

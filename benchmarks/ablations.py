@@ -1,0 +1,223 @@
+"""Ablations of the LR²VQ recipe and the final LR²VQ / PQ / vanilla DKM comparison (issue 8).
+
+Every row is a config, `configs/digits_ablations.py:<variant>,<m9|m18>`, run through the project's
+own pipeline for each seed; top-1 is that of the exported artifact. Selection uses the validation
+split (135 images carved from the training images); the 450 test images are only reported.
+
+The float model, the reference low-rank pre-training and the reference runs come from
+`benchmarks/pareto.py`'s output (--pareto), which trains them with the same recipe; variants that
+only change the export (storage layout, BN re-estimation) re-export the reference checkpoint.
+
+  python benchmarks/ablations.py --seeds 5                          # ablations, then comparison
+  python benchmarks/ablations.py --seeds 5 --variants recipe,pq_recipe,dkm_recipe,pq,dkm
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "configs"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / "runs" / "bench" / "xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import digits_ablations as ablations  # noqa: E402
+import numpy as np  # noqa: E402
+
+CONFIG = ROOT / "configs" / "digits_ablations.py"
+EXPORT_ONLY = {"quant.store", "quantize.bn_reestimate_batches"}
+COMPARISON = ("recipe", "pq", "dkm", "pq_recipe", "dkm_recipe")
+
+
+def _changes(variant: str) -> dict:
+  if variant == "recipe":
+    return dict(ablations.RECIPE)
+  return dict(ablations.VARIANTS.get(variant, {}))
+
+
+def _touches_lowrank(changes: dict) -> bool:
+  return any(k.startswith("lowrank.") or k == "quant.projection" for k in changes)
+
+
+def run_job(variant: str, blocks: str, seed: int, out: str, pareto: str) -> dict:
+  """One (variant, block size, seed): its remaining stages, reusing pareto.py's shared stages."""
+  from absl import logging
+
+  from lr2vq_jax.train import pipeline
+  from lr2vq_jax.train.config import load_config
+
+  logging.set_verbosity(logging.WARNING)
+  workdir = Path(out) / f"seed{seed}" / f"{variant}_{blocks}"
+  cached = workdir / "results.json"
+  if cached.exists():
+    return {
+      **json.loads(cached.read_text())[-1],
+      "variant": variant,
+      "blocks": blocks,
+      "seed": seed,
+    }
+  config = load_config(f"{CONFIG}:{variant},{blocks}")
+  config.seed = config.data.seed = seed
+  b = ablations.BLOCKS[blocks]
+  m = 9 if blocks == "m9" else 18
+  shared = Path(pareto) / f"seed{seed}"
+  float_dir = str(shared / "base" / "float")
+  method = config.stages.split(",")[-1]
+  changes = _changes(variant)
+  for name in ("lowrank", "quantize", "pq", "dkm"):
+    config[name].teacher = float_dir
+  workdir.mkdir(parents=True, exist_ok=True)
+  if method != "quantize":
+    plain = not any(config[method].get(k) for k in ("distill", "bn_reestimate_batches"))
+    if plain:  # pareto.py ran exactly this: re-export its checkpoint
+      _copy_stage(shared / f"{method}_k16_m{m}" / method, workdir / method)
+    config[method].init_from = float_dir
+    config.stages = method
+  elif not _touches_lowrank(changes):
+    lowrank_dir = shared / f"lowrank_m{m}_d{b['d']}" / "lowrank"
+    if set(changes) <= EXPORT_ONLY:
+      _copy_stage(shared / f"lr2vq_k16_m{m}_d{b['d']}" / "quantize", workdir / "quantize")
+    config.quantize.init_from = str(lowrank_dir)
+    config.stages = "quantize"
+  else:
+    config.lowrank.init_from = float_dir
+    config.stages = "lowrank,quantize"
+  with open(workdir / "log.txt", "a") as log, contextlib.redirect_stdout(log):
+    records = pipeline.run(config, str(workdir))
+  if records is None:
+    raise RuntimeError(f"{workdir} was preempted; rerun to resume")
+  return {**records[-1], "variant": variant, "blocks": blocks, "seed": seed}
+
+
+def _copy_stage(src: Path, dst: Path) -> None:
+  if dst.exists():
+    return
+  if not (src / "checkpoints").exists():
+    raise FileNotFoundError(f"{src} has no checkpoints: run benchmarks/pareto.py --seeds N first")
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("artifact"))
+
+
+def aggregate(records: list[dict]) -> dict[tuple[str, str], dict]:
+  groups: dict[tuple[str, str], list[dict]] = {}
+  for r in records:
+    groups.setdefault((r["variant"], r["blocks"]), []).append(r)
+  out = {}
+  for key, rs in groups.items():
+    test = np.array([r["top1"] for r in rs])
+    val = np.array([r["val_top1"] for r in rs])
+    out[key] = {
+      "test": float(test.mean()),
+      "test_std": float(test.std()),
+      "val": float(val.mean()),
+      "val_std": float(val.std()),
+      "bytes": rs[0]["exported_bytes"],
+      "d": rs[0]["d"],
+      "seeds": len(rs),
+    }
+  return out
+
+
+def table(rows: dict, variants: list[str], blocks: list[str]) -> str:
+  head = "| variant | changes | bytes | " + " | ".join(
+    f"{b} val top-1 | {b} test top-1 | {b} Δval" for b in blocks
+  )
+  lines = [head + " |", "|---|---|---|" + "---|---|---|" * len(blocks)]
+  for v in variants:
+    cells = []
+    for b in blocks:
+      r, ref = rows.get((v, b)), rows.get(("reference", b))
+      if r is None:
+        cells += ["-", "-", "-"]
+        continue
+      delta = f"{r['val'] - ref['val']:+.2f}" if ref else "-"
+      cells += [
+        f"{r['val']:.2f} ± {r['val_std']:.2f}",
+        f"{r['test']:.2f} ± {r['test_std']:.2f}",
+        delta,
+      ]
+    changes = ", ".join(f"{k}={v_}" for k, v_ in _changes(v).items()) or "-"
+    sizes = "/".join(f"{rows[(v, b)]['bytes']:,}" for b in blocks if (v, b) in rows)
+    lines.append(f"| {v} | {changes} | {sizes} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def comparison(rows: dict, blocks: list[str]) -> str:
+  """LR²VQ (recipe) vs the better-on-validation variant of each baseline, at equal bytes."""
+  lines = [
+    "| m | method | config | bytes | val top-1 | test top-1 | LR²VQ margin / larger std |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for b in blocks:
+    lr = rows.get(("recipe", b))
+    if lr is None:
+      continue
+    lines.append(
+      f"| {b[1:]} | LR²VQ (d̃ {lr['d']}) | recipe,{b} | {lr['bytes']:,} "
+      f"| {lr['val']:.2f} ± {lr['val_std']:.2f} | {lr['test']:.2f} ± {lr['test_std']:.2f} | |"
+    )
+    for name, label in (("pq", "PQ"), ("dkm", "vanilla DKM")):
+      options = [v for v in (name, f"{name}_recipe") if (v, b) in rows]
+      if not options:
+        continue
+      best = max(options, key=lambda v: rows[(v, b)]["val"])
+      r = rows[(best, b)]
+      margin = lr["test"] - r["test"]
+      std = max(lr["test_std"], r["test_std"])
+      verdict = "yes" if margin > std else "no"
+      lines.append(
+        f"| {b[1:]} | {label} | {best},{b} | {r['bytes']:,} | {r['val']:.2f} ± {r['val_std']:.2f} "
+        f"| {r['test']:.2f} ± {r['test_std']:.2f} | {margin:+.2f} / {std:.2f}: {verdict} |"
+      )
+  return "\n".join(lines)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="runs/bench/ablations")
+  ap.add_argument("--pareto", default="runs/bench/pareto", help="benchmarks/pareto.py's --out")
+  ap.add_argument("--seeds", type=int, default=5)
+  ap.add_argument("--blocks", default="m9,m18")
+  ap.add_argument("--variants", default=",".join(ablations.VARIANTS))
+  ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
+  args = ap.parse_args()
+  variants = [v for v in args.variants.split(",") if v]
+  blocks = [b for b in args.blocks.split(",") if b]
+  jobs = [(v, b, s) for v in variants for b in blocks for s in range(args.seeds)]
+  records = []
+  ctx = multiprocessing.get_context("spawn")
+  with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+    pending = {pool.submit(run_job, *job, args.out, args.pareto): job for job in jobs}
+    for done in futures.as_completed(pending):
+      rec = done.result()
+      records.append(rec)
+      print(
+        f"  {rec['variant']:<14} {rec['blocks']:<4} seed {rec['seed']}  val {rec['val_top1']:6.2f}"
+        f"  test {rec['top1']:6.2f}  ({len(records)}/{len(jobs)})",
+        flush=True,
+      )
+  rows = aggregate(records)
+  out = Path(args.out)
+  (out / "results.json").write_text(
+    json.dumps(
+      {"records": records, "rows": {f"{v},{b}": r for (v, b), r in rows.items()}}, indent=1
+    )
+  )
+  print(f"\nk = 16, digits CNN, {args.seeds} seeds, mean ± std; Δval against `reference`")
+  print(table(rows, [v for v in variants if v not in COMPARISON], blocks))
+  if any(v in COMPARISON for v in variants):
+    print("\nEqual exported bytes; baselines: the better of plain and with the recipe's help (val)")
+    print(comparison(rows, blocks))
+
+
+if __name__ == "__main__":
+  main()

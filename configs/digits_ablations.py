@@ -1,0 +1,87 @@
+"""One-factor ablations of the LR²VQ recipe on the embedded digits task, at both block sizes.
+
+Run all:   python benchmarks/ablations.py --seeds 5     (table: README "Ablations", ~40 min, 2 cores)
+Run one:   python -m lr2vq_jax.main --config configs/digits_ablations.py:distill,m18 \
+             --workdir runs/ablation_distill_m18
+Hardware:  2 CPU cores; one variant at one block size and seed ≈ 30 s after the float model.
+Arg:       "<variant>,m9" or "<variant>,m18" (k = 16; conv2 and conv3 compressed, as configs/default.py).
+
+Every variant changes exactly one thing of `reference`, the recipe before issue 8 (written out
+here, so that later changes to configs/default.py do not change what these rows mean). `recipe`
+is the combination chosen on the validation split, which configs/default.py uses. The baselines
+`pq` and `dkm` at the same bytes get the recipe's method-independent parts (distillation, BN
+re-estimation) so that the comparison is at equal training help.
+"""
+
+import os
+
+import ml_collections
+
+from lr2vq_jax.train.config import load_config
+
+# The per-block-size settings: preset, d̃ (chosen on validation, benchmarks/pareto.py sweep) and the
+# DKM τ multipliers the prototype chose on an inner validation split (EXPERIMENTS.md).
+BLOCKS = {
+  "m9": dict(preset="digits_small_blocks", d=3, quantize_tau=0.03, dkm_tau=0.01),
+  "m18": dict(preset="digits_large_blocks", d=3, quantize_tau=0.003, dkm_tau=0.03),
+}
+REFERENCE = {
+  "lowrank.num_epochs": 10,
+  "lowrank.distill": 0.0,
+  "quantize.distill": 0.0,
+  "quantize.tau_final_factor": 1.0,
+  "quantize.bn_reestimate_batches": 0,
+  "quant.dkm_iters": 3,
+  "quant.commitment": 0.0,
+  "quant.projection": "learned",
+  "quant.store": "codebook",
+}
+VARIANTS = {
+  "reference": {},
+  "lowrank_0": {"lowrank.num_epochs": 0},
+  "lowrank_30": {"lowrank.num_epochs": 30},
+  "distill": {"lowrank.distill": 0.5, "quantize.distill": 0.5},
+  "tau_anneal": {"quantize.tau_final_factor": 0.1},
+  "dkm_iters_1": {"quant.dkm_iters": 1},
+  "dkm_iters_5": {"quant.dkm_iters": 5},
+  "beta_0.1": {"quant.commitment": 0.1},
+  "beta_1": {"quant.commitment": 1.0},
+  "orthonormal_p": {"quant.projection": "orthonormal"},
+  "store_factored": {"quant.store": "factored"},
+  "bn_reestimate": {"quantize.bn_reestimate_batches": 20},
+}
+# The chosen recipe (README "Ablations"): the variants that beat `reference` on validation.
+RECIPE: dict = {}
+BASELINE_HELP = ("distill", "bn_reestimate_batches")  # what pq/dkm also get from RECIPE
+METHOD_STAGE = {"lr2vq": "float,lowrank,quantize", "pq": "float,pq", "dkm": "float,dkm"}
+
+
+def apply(config: ml_collections.ConfigDict, overrides: dict) -> None:
+  for dotted, value in overrides.items():
+    section, name = dotted.split(".")
+    config[section][name] = value
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, _, blocks = (arg or "recipe,m9").partition(",")
+  known = {*VARIANTS, "recipe", "pq", "dkm", "pq_recipe", "dkm_recipe"}
+  if variant not in known or blocks not in BLOCKS:
+    raise ValueError(
+      f"configs/digits_ablations.py: argument {arg!r}; expected '<variant>,m9|m18' with variant "
+      f"one of {sorted(known)}"
+    )
+  config = load_config(os.path.join(os.path.dirname(__file__), "default.py"))
+  b = BLOCKS[blocks]
+  config.preset, config.d = b["preset"], b["d"]
+  config.quantize.tau_alpha, config.dkm.tau_alpha = b["quantize_tau"], b["dkm_tau"]
+  apply(config, REFERENCE)
+  method = variant.split("_")[0] if variant.startswith(("pq", "dkm")) else "lr2vq"
+  if variant in VARIANTS:
+    apply(config, VARIANTS[variant])
+  elif variant == "recipe":
+    apply(config, RECIPE)
+  elif variant.endswith("_recipe"):  # the baseline with the recipe's method-independent help
+    helps = {k.split(".")[1]: v for k, v in RECIPE.items() if k.split(".")[1] in BASELINE_HELP}
+    apply(config, {f"{method}.{name}": v for name, v in helps.items()})
+  config.stages = METHOD_STAGE[method]
+  return config

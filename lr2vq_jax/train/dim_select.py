@@ -1,0 +1,132 @@
+"""Choosing d̃ on the task before quantization fine-tuning: the clustered rank-d̃ model's val loss.
+
+For each candidate d̃ the float model's compressed kernels are cut to rank d̃ (truncated SVD,
+optionally followed by a short low-rank pre-training), their Z clustered by k-means exactly as the
+quantize stage starts, and the resulting hard-code model evaluated on the validation split. The
+candidate with the lowest validation loss wins. Unlike the weight-error criterion
+(`lq.estimate_dim`), which on trained weights picks d̃ = m (k-means in all m dimensions always
+fits better, PAPER §3.3 made exact in core/dimension.py), this sees what the network loses from
+both errors together — benchmarks/dim_predictors.py compares the candidates on the digits task.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from lr2vq_jax import convert
+from lr2vq_jax.core.rules import Rule
+from lr2vq_jax.nn import plan_model
+from lr2vq_jax.train import input_pipeline, partitioning
+from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
+from lr2vq_jax.train.trainer import build_stage, evaluate, restore_final, run_stage
+
+BASIS = "validation loss of the k-means-clustered rank-d̃ model"
+
+
+@dataclasses.dataclass(frozen=True)
+class DimSelection:
+  """Per-candidate validation loss / top-1 after clustering; `best` has the lowest loss."""
+
+  candidates: tuple[int, ...]
+  val_loss: tuple[float, ...]
+  val_top1: tuple[float, ...]
+  pretrain_steps: int
+
+  @property
+  def best(self) -> int:
+    return self.candidates[int(np.argmin(self.val_loss))]
+
+  @property
+  def basis(self) -> str:
+    steps = (
+      f"after {self.pretrain_steps} steps of low-rank pre-training"
+      if self.pretrain_steps
+      else "from the truncated SVD (no pre-training)"
+    )
+    return f"{BASIS}, {steps}"
+
+  def table(self) -> str:
+    lines = [f"  {'d':>4} {'val loss':>9} {'val top-1':>9}"]
+    for d, loss, top1 in zip(self.candidates, self.val_loss, self.val_top1, strict=True):
+      mark = "*" if d == self.best else " "
+      lines.append(f"{mark} {d:>4} {loss:>9.4f} {top1:>9.2f}")
+    lines.append(f"best d = {self.best}; based on the {self.basis}")
+    return "\n".join(lines)
+
+
+def _with_d(config: ml_collections.ConfigDict, d: int) -> ml_collections.ConfigDict:
+  config = copy.deepcopy(config)
+  config.d = int(d)
+  return config
+
+
+def clustered_score(
+  config: ml_collections.ConfigDict, lowrank_variables: dict, workdir: str, bn_batches: int = 0
+):
+  """(val loss, val top-1 %) of `lowrank_variables` after the quantize stage's k-means init,
+  with BatchNorm statistics first re-estimated on `bn_batches` unlabeled training batches."""
+  stage = build_stage(config, "quantize", workdir)
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  variables = convert.lowrank_to_quantize(
+    lowrank_variables,
+    stage.rules,
+    key=key,
+    kmeans_iters=config.quant.kmeans_iters,
+    tau_alpha=stage.quant.tau_alpha,
+  )
+  if bn_batches:
+    train = input_pipeline.build_input(config.data, split="train")
+    variables = reestimate_batch_stats(stage.model, variables, train, bn_batches, stage.mesh)
+  result = evaluate(
+    stage.model,
+    variables,
+    lambda: input_pipeline.build_input(config.data, split="eval"),
+    stage.mesh,
+  )
+  return result["loss"], result["top1"]
+
+
+def truncated(config: ml_collections.ConfigDict, float_variables: dict, rules: tuple[Rule, ...]):
+  stage = build_stage(config, "lowrank", "/nonexistent")
+  sample = jax.numpy.zeros((1, *stage.info.image_shape))
+  plan = plan_model(stage.float_model, rules, sample, train=False)
+  return convert.float_to_lowrank(float_variables, rules, plan=plan)
+
+
+def select_dim(
+  config: ml_collections.ConfigDict,
+  float_dir: str,
+  workdir: str,
+  candidates: tuple[int, ...],
+  *,
+  pretrain_steps: int = 0,
+) -> DimSelection:
+  """Scores every candidate d̃ for `config` (its preset and data) from the finished float stage
+  in `float_dir`; with `pretrain_steps`, each rank-d̃ model is first pre-trained that long
+  (a `lowrank` stage under `workdir/d<d̃>`)."""
+  float_stage = build_stage(config, "float", os.path.dirname(float_dir))
+  float_vars = partitioning.to_host(restore_final(float_stage, float_dir).variables())
+  losses, top1s = [], []
+  for d in candidates:
+    cfg = _with_d(config, d)
+    run_dir = os.path.join(workdir, f"d{d}")
+    if pretrain_steps:
+      cfg.lowrank.init_from = float_dir
+      cfg.lowrank.num_steps = int(pretrain_steps)
+      cfg.lowrank.checkpoint_every = int(pretrain_steps)
+      state, _ = run_stage(cfg, "lowrank", run_dir)
+      lowrank_vars = partitioning.to_host(state.variables())
+    else:
+      lowrank_vars = truncated(cfg, float_vars, build_stage(cfg, "lowrank", run_dir).rules)
+    loss, top1 = clustered_score(cfg, lowrank_vars, run_dir)
+    losses.append(float(loss))
+    top1s.append(float(top1))
+  return DimSelection(
+    tuple(int(c) for c in candidates), tuple(losses), tuple(top1s), pretrain_steps
+  )
