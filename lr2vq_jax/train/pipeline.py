@@ -20,7 +20,8 @@ from absl import logging
 import lr2vq_jax as lq
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
-from lr2vq_jax.train.trainer import Preemption, build_stage, evaluate, quant_config, run_stage
+from lr2vq_jax.train.preemption import Preemption
+from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
 from lr2vq_jax.train.validate import validate_config
 
 METHODS = {"float": "float", "quantize": "LR²VQ", "pq": "PQ", "dkm": "vanilla DKM"}

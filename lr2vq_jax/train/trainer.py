@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
 from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
+from lr2vq_jax.train.preemption import Preemption
 from lr2vq_jax.train.step import (
   TrainState,
   create_optimizer,
@@ -213,46 +213,6 @@ def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
   }
 
 
-class _Preemption:
-  """SIGTERM sets a flag; the loop checkpoints at the current step and exits cleanly.
-
-  The flag is process-wide and nests: a notice that arrives outside a loop (set-up, evaluation,
-  between stages under `pipeline.run`'s guard) still stops the next loop or stage. The outermost
-  guard clears it on entry.
-  """
-
-  _flag = False
-  _depth = 0
-
-  def __init__(self):
-    self._previous = None
-
-  @property
-  def requested(self) -> bool:
-    return _Preemption._flag
-
-  def __enter__(self):
-    if _Preemption._depth == 0:
-      _Preemption._flag = False
-    _Preemption._depth += 1
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, *_):
-    _Preemption._flag = True
-
-  def __exit__(self, *exc):
-    _Preemption._depth -= 1
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-Preemption = _Preemption
-
-
 def run_stage(
   config: ml_collections.ConfigDict, name: str, workdir: str
 ) -> tuple[TrainState, dict]:
@@ -373,7 +333,7 @@ def _loop(
   nan_at = int(stage.cfg.get("debug_nan_at_step", 0) or 0)  # for tests: step `nan_at` goes NaN
   last_good = start
   started = time.monotonic()
-  with _Preemption() as preempt:
+  with Preemption() as preempt:
     window: list[dict] = []  # device metrics not yet checked for NaN/Inf
     # Host metrics since the last log row; saved in each checkpoint's meta, so a log row averages
     # the same steps whether or not the run was interrupted in between.
