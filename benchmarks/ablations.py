@@ -40,6 +40,9 @@ COMPARISON = ("recipe", "pq", "dkm", "pq_recipe", "dkm_recipe")
 
 
 def _changes(variant: str) -> dict:
+  variant, _, d = variant.partition("@")
+  if d:
+    return {**_changes(variant), "d": int(d[1:])}
   if variant == "recipe":
     return dict(ablations.RECIPE)
   return dict(ablations.VARIANTS.get(variant, {}))
@@ -49,26 +52,23 @@ def _touches_lowrank(changes: dict) -> bool:
   return any(k.startswith("lowrank.") or k == "quant.projection" for k in changes)
 
 
-def run_job(variant: str, blocks: str, seed: int, out: str, pareto: str) -> dict:
-  """One (variant, block size, seed): its remaining stages, reusing pareto.py's shared stages."""
+def run_job(variant: str, blocks: str, seed: int, out: str, pareto: str, d: int = 0) -> dict:
+  """One (variant, block size, seed[, d̃]): its remaining stages, reusing pareto.py's stages."""
   from absl import logging
 
   from lr2vq_jax.train import pipeline
   from lr2vq_jax.train.config import load_config
 
   logging.set_verbosity(logging.WARNING)
-  workdir = Path(out) / f"seed{seed}" / f"{variant}_{blocks}"
+  workdir = Path(out) / f"seed{seed}" / (f"{variant}_{blocks}" + (f"_d{d}" if d else ""))
   cached = workdir / "results.json"
   if cached.exists():
-    return {
-      **json.loads(cached.read_text())[-1],
-      "variant": variant,
-      "blocks": blocks,
-      "seed": seed,
-    }
-  config = load_config(f"{CONFIG}:{variant},{blocks}")
+    rec = json.loads(cached.read_text())[-1]
+    if "val_loss" not in rec:  # runs from before the pipeline recorded it: evaluate the artifact
+      rec["val_loss"] = _artifact_val_loss(workdir / rec["stage"] / "artifact")
+    return {**rec, "variant": _label(variant, d), "blocks": blocks, "seed": seed}
+  config = load_config(f"{CONFIG}:{variant},{blocks}" + (f",d{d}" if d else ""))
   config.seed = config.data.seed = seed
-  b = ablations.BLOCKS[blocks]
   m = 9 if blocks == "m9" else 18
   shared = Path(pareto) / f"seed{seed}"
   float_dir = str(shared / "base" / "float")
@@ -84,9 +84,9 @@ def run_job(variant: str, blocks: str, seed: int, out: str, pareto: str) -> dict
     config[method].init_from = float_dir
     config.stages = method
   elif not _touches_lowrank(changes):
-    lowrank_dir = shared / f"lowrank_m{m}_d{b['d']}" / "lowrank"
+    lowrank_dir = shared / f"lowrank_m{m}_d{config.d}" / "lowrank"
     if set(changes) <= EXPORT_ONLY:
-      _copy_stage(shared / f"lr2vq_k16_m{m}_d{b['d']}" / "quantize", workdir / "quantize")
+      _copy_stage(shared / f"lr2vq_k16_m{m}_d{config.d}" / "quantize", workdir / "quantize")
     config.quantize.init_from = str(lowrank_dir)
     config.stages = "quantize"
   else:
@@ -96,7 +96,33 @@ def run_job(variant: str, blocks: str, seed: int, out: str, pareto: str) -> dict
     records = pipeline.run(config, str(workdir))
   if records is None:
     raise RuntimeError(f"{workdir} was preempted; rerun to resume")
-  return {**records[-1], "variant": variant, "blocks": blocks, "seed": seed}
+  return {**records[-1], "variant": _label(variant, d), "blocks": blocks, "seed": seed}
+
+
+def _label(variant: str, d: int) -> str:
+  return f"{variant}@d{d}" if d else variant
+
+
+def _artifact_val_loss(artifact: Path) -> float:
+  """Validation loss of an exported artifact, as the pipeline's record computes it."""
+  import ml_collections
+
+  import lr2vq_jax as lq
+  from lr2vq_jax.models import create_model
+  from lr2vq_jax.train import input_pipeline, partitioning
+  from lr2vq_jax.train.trainer import evaluate
+
+  loaded = lq.load(str(artifact))
+  meta = loaded.manifest["metadata"]
+  model = create_model(meta["model"], num_classes=meta["num_classes"])
+  data = ml_collections.ConfigDict(meta["data"])
+  result = evaluate(
+    model,
+    loaded.decode(),
+    lambda: input_pipeline.build_input(data, split="eval"),
+    partitioning.make_mesh(),
+  )
+  return round(result["loss"], 4)
 
 
 def _copy_stage(src: Path, dst: Path) -> None:
@@ -115,7 +141,10 @@ def aggregate(records: list[dict]) -> dict[tuple[str, str], dict]:
   for key, rs in groups.items():
     test = np.array([r["top1"] for r in rs])
     val = np.array([r["val_top1"] for r in rs])
+    loss = np.array([r["val_loss"] for r in rs])
     out[key] = {
+      "val_loss": float(loss.mean()),
+      "val_loss_std": float(loss.std()),
       "test": float(test.mean()),
       "test_std": float(test.std()),
       "val": float(val.mean()),
@@ -128,22 +157,23 @@ def aggregate(records: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def table(rows: dict, variants: list[str], blocks: list[str]) -> str:
+  """One row per variant; Δ = change of the mean validation loss against `reference`."""
   head = "| variant | changes | bytes | " + " | ".join(
-    f"{b} val top-1 | {b} test top-1 | {b} Δval" for b in blocks
+    f"{b} val loss | {b} Δ val loss | {b} val top-1 | {b} test top-1" for b in blocks
   )
-  lines = [head + " |", "|---|---|---|" + "---|---|---|" * len(blocks)]
+  lines = [head + " |", "|---|---|---|" + "---|---|---|---|" * len(blocks)]
   for v in variants:
     cells = []
     for b in blocks:
       r, ref = rows.get((v, b)), rows.get(("reference", b))
       if r is None:
-        cells += ["-", "-", "-"]
+        cells += ["-"] * 4
         continue
-      delta = f"{r['val'] - ref['val']:+.2f}" if ref else "-"
       cells += [
+        f"{r['val_loss']:.4f}",
+        f"{r['val_loss'] - ref['val_loss']:+.4f}" if ref else "-",
         f"{r['val']:.2f} ± {r['val_std']:.2f}",
         f"{r['test']:.2f} ± {r['test_std']:.2f}",
-        delta,
       ]
     changes = ", ".join(f"{k}={v_}" for k, v_ in _changes(v).items()) or "-"
     sizes = "/".join(f"{rows[(v, b)]['bytes']:,}" for b in blocks if (v, b) in rows)
@@ -154,28 +184,32 @@ def table(rows: dict, variants: list[str], blocks: list[str]) -> str:
 def comparison(rows: dict, blocks: list[str]) -> str:
   """LR²VQ (recipe) vs the better-on-validation variant of each baseline, at equal bytes."""
   lines = [
-    "| m | method | config | bytes | val top-1 | test top-1 | LR²VQ margin / larger std |",
-    "|---|---|---|---|---|---|---|",
+    "| m | method | config | bytes | val loss | val top-1 | test top-1 | LR²VQ margin / larger std |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for b in blocks:
-    lr = rows.get(("recipe", b))
-    if lr is None:
+    mine = [v for v, b_ in rows if b_ == b and (v == "recipe" or v.startswith("recipe@"))]
+    if not mine:
       continue
+    pick = min(mine, key=lambda v: rows[(v, b)]["val_loss"])  # d̃ chosen on validation
+    lr = rows[(pick, b)]
+    arg = f"recipe,{b}" + (f",d{lr['d']}" if "@" in pick else "")
     lines.append(
-      f"| {b[1:]} | LR²VQ (d̃ {lr['d']}) | recipe,{b} | {lr['bytes']:,} "
+      f"| {b[1:]} | LR²VQ (d̃ {lr['d']}) | {arg} | {lr['bytes']:,} | {lr['val_loss']:.4f} "
       f"| {lr['val']:.2f} ± {lr['val_std']:.2f} | {lr['test']:.2f} ± {lr['test_std']:.2f} | |"
     )
     for name, label in (("pq", "PQ"), ("dkm", "vanilla DKM")):
       options = [v for v in (name, f"{name}_recipe") if (v, b) in rows]
       if not options:
         continue
-      best = max(options, key=lambda v: rows[(v, b)]["val"])
+      best = min(options, key=lambda v: rows[(v, b)]["val_loss"])
       r = rows[(best, b)]
       margin = lr["test"] - r["test"]
       std = max(lr["test_std"], r["test_std"])
       verdict = "yes" if margin > std else "no"
       lines.append(
-        f"| {b[1:]} | {label} | {best},{b} | {r['bytes']:,} | {r['val']:.2f} ± {r['val_std']:.2f} "
+        f"| {b[1:]} | {label} | {best},{b} | {r['bytes']:,} | {r['val_loss']:.4f} "
+        f"| {r['val']:.2f} ± {r['val_std']:.2f} "
         f"| {r['test']:.2f} ± {r['test_std']:.2f} | {margin:+.2f} / {std:.2f}: {verdict} |"
       )
   return "\n".join(lines)
@@ -189,14 +223,18 @@ def main() -> None:
   ap.add_argument("--blocks", default="m9,m18")
   ap.add_argument("--variants", default=",".join(ablations.VARIANTS))
   ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
+  ap.add_argument("--ds", default="", help="d̃ sweep of the variants (default: each block's d̃)")
   args = ap.parse_args()
   variants = [v for v in args.variants.split(",") if v]
   blocks = [b for b in args.blocks.split(",") if b]
-  jobs = [(v, b, s) for v in variants for b in blocks for s in range(args.seeds)]
+  ds = [int(d) for d in args.ds.split(",") if d] or [0]
+  jobs = [(v, b, s, d) for v in variants for b in blocks for d in ds for s in range(args.seeds)]
   records = []
   ctx = multiprocessing.get_context("spawn")
   with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-    pending = {pool.submit(run_job, *job, args.out, args.pareto): job for job in jobs}
+    pending = {
+      pool.submit(run_job, v, b, s, args.out, args.pareto, d): (v, b, s, d) for v, b, s, d in jobs
+    }
     for done in futures.as_completed(pending):
       rec = done.result()
       records.append(rec)
@@ -212,10 +250,13 @@ def main() -> None:
       {"records": records, "rows": {f"{v},{b}": r for (v, b), r in rows.items()}}, indent=1
     )
   )
-  print(f"\nk = 16, digits CNN, {args.seeds} seeds, mean ± std; Δval against `reference`")
-  print(table(rows, [v for v in variants if v not in COMPARISON], blocks))
+  print(f"\nk = 16, digits CNN, {args.seeds} seeds, mean ± std; Δ val loss against `reference`")
+  shown = list(dict.fromkeys(v for v, _ in rows if v.split("@")[0] not in COMPARISON))
+  print(table(rows, shown, blocks))
   if any(v in COMPARISON for v in variants):
-    print("\nEqual exported bytes; baselines: the better of plain and with the recipe's help (val)")
+    print(
+      "\nEqual exported bytes; baselines: the better (val loss) of plain and with the recipe's help"
+    )
     print(comparison(rows, blocks))
 
 

@@ -4,13 +4,16 @@ Run all:   python benchmarks/ablations.py --seeds 5     (table: README "Ablation
 Run one:   python -m lr2vq_jax.main --config configs/digits_ablations.py:distill,m18 \
              --workdir runs/ablation_distill_m18
 Hardware:  2 CPU cores; one variant at one block size and seed ≈ 30 s after the float model.
-Arg:       "<variant>,m9" or "<variant>,m18" (k = 16; conv2 and conv3 compressed, as configs/default.py).
+Arg:       "<variant>,m9" or "<variant>,m18" (k = 16; conv2 and conv3 compressed, as configs/default.py),
+           optionally ",d<d̃>" to override d̃ (the sweep that chooses it).
 
 Every variant changes exactly one thing of `reference`, the recipe before issue 8 (written out
 here, so that later changes to configs/default.py do not change what these rows mean). `recipe`
 is the combination chosen on the validation split, which configs/default.py uses. The baselines
-`pq` and `dkm` at the same bytes get the recipe's method-independent parts (distillation, BN
-re-estimation) so that the comparison is at equal training help.
+run plain (`pq`, `dkm`: the pareto.py runs) and as `pq_recipe` / `dkm_recipe`: with the recipe's
+method-independent parts (distillation, BN re-estimation) and as many fine-tuning epochs as LR²VQ
+spends on low-rank pre-training and fine-tuning together, so that the comparison is at equal
+training help and budget.
 """
 
 import os
@@ -40,6 +43,7 @@ VARIANTS = {
   "reference": {},
   "lowrank_0": {"lowrank.num_epochs": 0},
   "lowrank_30": {"lowrank.num_epochs": 30},
+  "lowrank_60": {"lowrank.num_epochs": 60},
   "distill": {"lowrank.distill": 0.5, "quantize.distill": 0.5},
   "tau_anneal": {"quantize.tau_final_factor": 0.1},
   "dkm_iters_1": {"quant.dkm_iters": 1},
@@ -63,12 +67,13 @@ def apply(config: ml_collections.ConfigDict, overrides: dict) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _, blocks = (arg or "recipe,m9").partition(",")
+  variant, _, rest = (arg or "recipe,m9").partition(",")
+  blocks, _, d = rest.partition(",")
   known = {*VARIANTS, "recipe", "pq", "dkm", "pq_recipe", "dkm_recipe"}
-  if variant not in known or blocks not in BLOCKS:
+  if variant not in known or blocks not in BLOCKS or not (d == "" or d[1:].isdigit()):
     raise ValueError(
-      f"configs/digits_ablations.py: argument {arg!r}; expected '<variant>,m9|m18' with variant "
-      f"one of {sorted(known)}"
+      f"configs/digits_ablations.py: argument {arg!r}; expected '<variant>,m9|m18[,d<d̃>]' with "
+      f"variant one of {sorted(known)}"
     )
   config = load_config(os.path.join(os.path.dirname(__file__), "default.py"))
   b = BLOCKS[blocks]
@@ -83,5 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif variant.endswith("_recipe"):  # the baseline with the recipe's method-independent help
     helps = {k.split(".")[1]: v for k, v in RECIPE.items() if k.split(".")[1] in BASELINE_HELP}
     apply(config, {f"{method}.{name}": v for name, v in helps.items()})
+    # and as many fine-tuning epochs as LR²VQ's low-rank pre-training and fine-tuning together
+    epochs = [RECIPE.get(f"{s}.num_epochs", config[s].num_epochs) for s in ("lowrank", "quantize")]
+    config[method].num_epochs = sum(epochs)
+  if d:  # the d̃ sweep of the recipe (benchmarks/ablations.py --ds)
+    config.d = int(d[1:])
   config.stages = METHOD_STAGE[method]
   return config

@@ -116,6 +116,7 @@ def _record(config, stage, variables, payload: int) -> dict:
     "top1": round(test["top1"], 2),
     "top5": round(test["top5"], 2),
     "val_top1": round(val["top1"], 2),
+    "val_loss": round(val["loss"], 4),
   }
 
 

@@ -1,0 +1,68 @@
+"""The chosen LR²VQ recipe is what users get: every LR²VQ config uses it, ablations change one thing."""
+
+import glob
+import importlib.util
+
+import pytest
+
+from lr2vq_jax.train import recipes
+from lr2vq_jax.train.config import load_config
+
+
+def _ablations():
+  spec = importlib.util.spec_from_file_location("digits_ablations", "configs/digits_ablations.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _get(config, dotted: str):
+  section, name = dotted.split(".")
+  return config[section][name]
+
+
+def _flat(config) -> dict:
+  return {
+    f"{s}.{k}": v
+    for s, section in config.items()
+    if hasattr(section, "items")
+    for k, v in section.items()
+  } | {k: v for k, v in config.items() if not hasattr(v, "items")}
+
+
+def test_default_config_is_the_chosen_recipe():
+  ablations = _ablations()
+  default = load_config("configs/default.py")
+  recipe = load_config("configs/digits_ablations.py:recipe,m9")
+  assert ablations.RECIPE, "the ablations chose no recipe"
+  for key, value in ablations.RECIPE.items():
+    assert _get(default, key) == value, key
+  assert default.d == ablations.BLOCKS["m9"]["d"] == recipe.d
+  assert default.preset == recipe.preset
+  # The LR²VQ stages are configured identically (the ablation file only adds stage selection).
+  for section in ("quant", "lowrank", "quantize"):
+    assert default[section].to_dict() == recipe[section].to_dict(), section
+
+
+@pytest.mark.parametrize(
+  "path", ["configs/cifar10_resnet18_lr2vq.py", *sorted(glob.glob("configs/imagenet_*_lr2vq.py"))]
+)
+def test_every_lr2vq_config_uses_the_general_recipe(path):
+  config = load_config(path)
+  assert recipes.LR2VQ_RECIPE
+  for key, value in recipes.LR2VQ_RECIPE.items():
+    assert _get(config, key) == value, (path, key)
+
+
+@pytest.mark.parametrize("variant", sorted(_ablations().VARIANTS))
+def test_each_ablation_changes_exactly_its_own_settings(variant):
+  ablations = _ablations()
+  reference = _flat(load_config("configs/digits_ablations.py:reference,m18"))
+  config = _flat(load_config(f"configs/digits_ablations.py:{variant},m18"))
+  changed = {k for k in config if config[k] != reference.get(k)}
+  assert changed == set(ablations.VARIANTS[variant]), variant
+
+
+def test_ablation_config_rejects_unknown_variants():
+  with pytest.raises(ValueError, match="expected '<variant>,m9\\|m18'"):
+    load_config("configs/digits_ablations.py:sharpen,m9")
