@@ -11,7 +11,7 @@ Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import quant, shorten, stage
+from lr2vq_jax.train.recipes import lowrank_epochs, quant, shorten, stage
 
 
 def get_config(arg=None):
@@ -28,7 +28,7 @@ def get_config(arg=None):
   config.quant = quant()
   sgd = dict(optimizer="sgd", weight_decay=5e-4, warmup_steps=500)
   config.float = stage(100, 0.1, **sgd)
-  config.lowrank = stage(10, 1e-3)
+  config.lowrank = stage(lowrank_epochs(20), 1e-3)
   config.quantize = stage(20, 1e-3)
   config.pq = stage(20, 1e-3, freeze=("projection",))
   config.dkm = stage(20, 1e-3, freeze=("projection",))

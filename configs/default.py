@@ -13,7 +13,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import quant, shorten, stage
+from lr2vq_jax.train.recipes import lowrank_epochs, quant, shorten, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.quant = quant()
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)
   config.float = stage(40, 2e-3, **short)
-  config.lowrank = stage(10, 1e-3, **short)
+  config.lowrank = stage(lowrank_epochs(20), 1e-3, **short)  # 30 epochs
   config.quantize = stage(20, 1e-3, **short)
   config.pq = stage(20, 1e-3, **short)
   config.dkm = stage(20, 1e-3, tau_alpha=0.01, freeze=("projection",), **short)

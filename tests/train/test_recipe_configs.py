@@ -7,6 +7,7 @@ import pytest
 
 from lr2vq_jax.train import recipes
 from lr2vq_jax.train.config import load_config
+from lr2vq_jax.train.trainer import quant_config
 
 
 def _ablations():
@@ -39,9 +40,11 @@ def test_default_config_is_the_chosen_recipe():
     assert _get(default, key) == value, key
   assert default.d == ablations.BLOCKS["m9"]["d"] == recipe.d
   assert default.preset == recipe.preset
-  # The LR²VQ stages are configured identically (the ablation file only adds stage selection).
-  for section in ("quant", "lowrank", "quantize"):
-    assert default[section].to_dict() == recipe[section].to_dict(), section
+  # The LR²VQ stages are configured identically (the ablation file sets τ per stage).
+  for stage in ("lowrank", "quantize"):
+    assert quant_config(default, stage) == quant_config(recipe, stage), stage
+    mine, theirs = default[stage].to_dict(), recipe[stage].to_dict()
+    assert {**mine, "tau_alpha": 0} == {**theirs, "tau_alpha": 0}, stage
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,16 @@ def test_every_lr2vq_config_uses_the_general_recipe(path):
   assert recipes.LR2VQ_RECIPE
   for key, value in recipes.LR2VQ_RECIPE.items():
     assert _get(config, key) == value, (path, key)
+  ratio = config.lowrank.num_epochs / config.quantize.num_epochs
+  assert ratio == pytest.approx(recipes.LOWRANK_EPOCH_RATIO), path
+
+
+def test_the_digits_recipe_is_the_general_recipe():
+  ablations = _ablations()
+  for key, value in recipes.LR2VQ_RECIPE.items():
+    assert ablations.RECIPE[key] == value
+  default = load_config("configs/default.py")
+  assert default.lowrank.num_epochs == recipes.lowrank_epochs(default.quantize.num_epochs)
 
 
 @pytest.mark.parametrize("variant", sorted(_ablations().VARIANTS))
@@ -64,5 +77,5 @@ def test_each_ablation_changes_exactly_its_own_settings(variant):
 
 
 def test_ablation_config_rejects_unknown_variants():
-  with pytest.raises(ValueError, match="expected '<variant>,m9\\|m18'"):
+  with pytest.raises(ValueError, match="argument 'sharpen,m9'; expected"):
     load_config("configs/digits_ablations.py:sharpen,m9")
