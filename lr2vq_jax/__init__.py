@@ -31,6 +31,16 @@ from lr2vq_jax.nn import QuantConfig, describe, quantize_model
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+  """`lq.select_dim` / `lq.DimSelection`: the task-level d̃ choice, loaded on first use because it
+  trains and evaluates through `lr2vq_jax.train` (which brings TensorFlow's data pipeline)."""
+  if name in ("select_dim", "DimSelection"):
+    from lr2vq_jax.train import dim_select
+
+    return getattr(dim_select, name)
+  raise AttributeError(f"module 'lr2vq_jax' has no attribute {name!r}")
+
 __all__ = [
   "Artifact",
   "ArtifactError",

@@ -16,6 +16,15 @@ assert len(lq.presets.resnet18_large_blocks) == 4
 import lr2vq_jax.core.dkm, lr2vq_jax.core.kmeans
 from lr2vq_jax.core import dkm, kmeans
 assert hasattr(dkm, "dkm_naive") and hasattr(kmeans, "kmeans_plusplus")  # modules, not shadowed
+from lr2vq_jax import *  # noqa: F403  (star import stays light too)
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")]
+assert callable(lq.select_dim) and lq.DimSelection.__name__ == "DimSelection"  # loaded on use
+try:
+  lq.no_such_name
+except AttributeError as e:
+  assert "no_such_name" in str(e)
+else:
+  raise AssertionError("missing attribute did not raise")
 print("ok")
 """
 

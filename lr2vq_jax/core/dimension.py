@@ -59,6 +59,14 @@ class DimEstimate:
     return self.lowrank + self.model
 
   @property
+  def basis(self) -> str:
+    """What `best` rests on (printed by `table`)."""
+    return (
+      "low-rank + k-means error of these weights alone: on trained weights it favours d̃ near m; "
+      "the task-level choice is lr2vq_jax.train.dim_select (`lr2vq estimate-dim --config`)"
+    )
+
+  @property
   def best(self) -> int:
     """The candidate d̃ with the smallest measured total error."""
     return int(self.candidates[int(np.argmin(self.total))])
@@ -88,6 +96,7 @@ class DimEstimate:
       if int(self.candidates[-1]) == self.m
       else f"best d = {self.best} (model predicts {self.best_model})"
     )
+    lines.append(f"based on: {self.basis}")
     return "\n".join(lines)
 
 
