@@ -223,12 +223,19 @@ def main() -> None:
   ap.add_argument("--blocks", default="m9,m18")
   ap.add_argument("--variants", default=",".join(ablations.VARIANTS))
   ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
-  ap.add_argument("--ds", default="", help="d̃ sweep of the variants (default: each block's d̃)")
+  ap.add_argument("--ds", default="", help="d̃ sweep of `recipe` (d̃ ≤ m kept)")
   args = ap.parse_args()
   variants = [v for v in args.variants.split(",") if v]
   blocks = [b for b in args.blocks.split(",") if b]
   ds = [int(d) for d in args.ds.split(",") if d] or [0]
-  jobs = [(v, b, s, d) for v in variants for b in blocks for d in ds for s in range(args.seeds)]
+  jobs = [
+    (v, b, s, d)
+    for v in variants
+    for b in blocks
+    for d in (ds if v == "recipe" else [0])  # the sweep is the recipe's
+    for s in range(args.seeds)
+    if d <= (9 if b == "m9" else 18)
+  ]
   records = []
   ctx = multiprocessing.get_context("spawn")
   with futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:

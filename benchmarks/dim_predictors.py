@@ -127,7 +127,8 @@ def main() -> None:
     print("picks: " + ", ".join(f"{p} → {d}" for p, d in picks.items()))
     print("RESULT " + f"m={m} best={best} " + " ".join(
       f"{p.replace(' ', '_')}={d}" for p, d in picks.items()))  # fmt: skip
-  Path(args.runs, "dim_predictors.json").write_text(json.dumps(summary, indent=1, default=str))
+  name = f"dim_predictors_{args.variant}_{args.blocks.replace(',', '_')}.json"
+  Path(args.runs, name).write_text(json.dumps(summary, indent=1, default=str))
 
 
 if __name__ == "__main__":

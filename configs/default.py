@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 64
   config.data.eval_batch_size = 450
   config.preset = "digits_small_blocks"  # conv2, conv3: k = 16, m = 9; conv1 and fc stay float
-  config.d = 3  # d̃ of the compressed layers (capped at m)
+  config.d = 4  # d̃ of the compressed layers (capped at m); chosen on validation (README)
   config.stages = "float,lowrank,quantize,pq,dkm"
   config.quant = quant()
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)

@@ -22,8 +22,8 @@ import ml_collections
 
 from lr2vq_jax.train.config import load_config
 
-# The per-block-size settings: preset, d̃ (chosen on validation, benchmarks/pareto.py sweep) and the
-# DKM τ multipliers the prototype chose on an inner validation split (EXPERIMENTS.md).
+# The per-block-size settings of `reference`: preset, d̃ (the default before issue 8) and the DKM τ
+# multipliers the prototype chose on an inner validation split (EXPERIMENTS.md).
 BLOCKS = {
   "m9": dict(preset="digits_small_blocks", d=3, quantize_tau=0.03, dkm_tau=0.01),
   "m18": dict(preset="digits_large_blocks", d=3, quantize_tau=0.003, dkm_tau=0.03),
@@ -60,6 +60,8 @@ VARIANTS = {
 # the other), β > 0, 1 or 5 DKM iterations; BN re-estimation and factored storage change nothing
 # measurable in accuracy (factored storage saves 2-6% of the bytes).
 RECIPE: dict = {"lowrank.num_epochs": 30, "quant.projection": "orthonormal"}
+# d̃ of the recipe, chosen by the lowest mean validation loss of its sweep (README "Choosing d̃").
+RECIPE_D = {"m9": 4, "m18": 2}
 BASELINE_HELP = ("distill", "bn_reestimate_batches")  # what pq/dkm also get from RECIPE
 METHOD_STAGE = {"lr2vq": "float,lowrank,quantize", "pq": "float,pq", "dkm": "float,dkm"}
 
@@ -90,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     apply(config, VARIANTS[variant])
   elif variant == "recipe":
     apply(config, RECIPE)
+    config.d = RECIPE_D[blocks]
   elif variant.endswith("_recipe"):  # the baseline with the recipe's method-independent help
     helps = {k.split(".")[1]: v for k, v in RECIPE.items() if k.split(".")[1] in BASELINE_HELP}
     apply(config, {f"{method}.{name}": v for name, v in helps.items()})

@@ -57,7 +57,8 @@ def test_model_term_reported(lowrank_est):
   np.testing.assert_allclose(e.model, e.model_scale * raw)
   assert e.best_model in e.candidates
   table = e.table()
-  assert f"best d = {e.best}" in table and table.count("\n") == M + 2
+  assert f"best d = {e.best}" in table and table.count("\n") == M + 3
+  assert table.endswith(f"based on: {e.basis}")
 
 
 def test_random_kernel_candidates_and_subsampling():

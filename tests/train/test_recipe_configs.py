@@ -38,7 +38,7 @@ def test_default_config_is_the_chosen_recipe():
   assert ablations.RECIPE, "the ablations chose no recipe"
   for key, value in ablations.RECIPE.items():
     assert _get(default, key) == value, key
-  assert default.d == ablations.BLOCKS["m9"]["d"] == recipe.d
+  assert default.d == ablations.RECIPE_D["m9"] == recipe.d
   assert default.preset == recipe.preset
   # The LR²VQ stages are configured identically (the ablation file sets τ per stage).
   for stage in ("lowrank", "quantize"):
