@@ -41,6 +41,7 @@ def __getattr__(name: str):
     return getattr(dim_select, name)
   raise AttributeError(f"module 'lr2vq_jax' has no attribute {name!r}")
 
+
 __all__ = [
   "Artifact",
   "ArtifactError",

@@ -109,6 +109,7 @@ def report(args: argparse.Namespace) -> int:
   arg("--float-dir", default=None, help="with --config: its finished float stage directory"),
   arg("--workdir", default=None, help="with --config: scratch runs (default <float-dir>/../dim)"),
   arg("--pretrain-steps", type=int, default=0, help="with --config: low-rank steps per d̃"),
+  arg("--bn-batches", type=int, default=20, help="with --config: BN re-estimation batches"),
   arg("--layer", default=None, help="only layers whose path re.search-es this regex"),
   arg("--seed", type=int, default=0, help="init and k-means seed"),
   arg("--iters", type=int, default=25, help="Lloyd iterations per k-means"),
@@ -177,7 +178,12 @@ def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> in
     raise CLIError(f"--candidates {cands} outside 1..{m}", f"choose d̃ values in 1..{m}")
   workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.float_dir)), "dim")
   sel = select_dim(
-    config, args.float_dir, workdir, tuple(cands), pretrain_steps=args.pretrain_steps
+    config,
+    args.float_dir,
+    workdir,
+    tuple(cands),
+    pretrain_steps=args.pretrain_steps,
+    bn_batches=args.bn_batches,
   )
   print(f"config {args.config}, float stage {args.float_dir}")
   print(sel.table())

@@ -2,11 +2,11 @@
 
 For each candidate d̃ the float model's compressed kernels are cut to rank d̃ (truncated SVD,
 optionally followed by a short low-rank pre-training), their Z clustered by k-means exactly as the
-quantize stage starts, and the resulting hard-code model evaluated on the validation split. The
-candidate with the lowest validation loss wins. Unlike the weight-error criterion
-(`lq.estimate_dim`), which on trained weights picks d̃ = m (k-means in all m dimensions always
-fits better, PAPER §3.3 made exact in core/dimension.py), this sees what the network loses from
-both errors together — benchmarks/dim_predictors.py compares the candidates on the digits task.
+quantize stage starts, BatchNorm statistics re-estimated with those hard weights on unlabeled
+training batches, and the model evaluated on the validation split; the lowest validation loss
+wins. No training is needed. The weight-error criterion (`lq.estimate_dim`) cannot do this: on
+trained weights k-means in more dimensions always fits better, so it favours d̃ near m.
+benchmarks/dim_predictors.py compares the candidates against the measured best d̃ (README).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class DimSelection:
   val_loss: tuple[float, ...]
   val_top1: tuple[float, ...]
   pretrain_steps: int
+  bn_batches: int = 0
 
   @property
   def best(self) -> int:
@@ -49,7 +50,10 @@ class DimSelection:
       if self.pretrain_steps
       else "from the truncated SVD (no pre-training)"
     )
-    return f"{BASIS}, {steps}"
+    bn = (
+      f", BatchNorm re-estimated on {self.bn_batches} unlabeled batches" if self.bn_batches else ""
+    )
+    return f"{BASIS}, {steps}{bn}"
 
   def table(self) -> str:
     lines = [f"  {'d':>4} {'val loss':>9} {'val top-1':>9}"]
@@ -106,10 +110,13 @@ def select_dim(
   candidates: tuple[int, ...],
   *,
   pretrain_steps: int = 0,
+  bn_batches: int = 20,
 ) -> DimSelection:
   """Scores every candidate d̃ for `config` (its preset and data) from the finished float stage
-  in `float_dir`; with `pretrain_steps`, each rank-d̃ model is first pre-trained that long
-  (a `lowrank` stage under `workdir/d<d̃>`)."""
+  in `float_dir`. Defaults are the predictor that matched the measured best d̃ at both block
+  sizes (README "Choosing d̃"): no pre-training, BN re-estimated on 20 batches. With
+  `pretrain_steps`, each rank-d̃ model is first pre-trained that long (a `lowrank` stage under
+  `workdir/d<d̃>`)."""
   float_stage = build_stage(config, "float", os.path.dirname(float_dir))
   float_vars = partitioning.to_host(restore_final(float_stage, float_dir).variables())
   losses, top1s = [], []
@@ -124,7 +131,7 @@ def select_dim(
       lowrank_vars = partitioning.to_host(state.variables())
     else:
       lowrank_vars = truncated(cfg, float_vars, build_stage(cfg, "lowrank", run_dir).rules)
-    loss, top1 = clustered_score(cfg, lowrank_vars, run_dir)
+    loss, top1 = clustered_score(cfg, lowrank_vars, run_dir, bn_batches)
     losses.append(float(loss))
     top1s.append(float(top1))
   return DimSelection(
