@@ -27,10 +27,12 @@ def reestimate_batch_stats(model, variables: dict, batches: Iterator, num_batche
     return variables
 
   @jax.jit
-  def updated(stats, images):
-    v = {**variables, "batch_stats": stats}
+  def updated(rest, stats, images):  # variables passed in, not closed over: no constant folding
+    v = {**rest, "batch_stats": stats}
     _, new = model.apply(v, images, train=True, quant_train=False, mutable=["batch_stats"])
     return new["batch_stats"]
+
+  rest = {c: v for c, v in variables.items() if c != "batch_stats"}
 
   stats = variables["batch_stats"]
   zeros = jax.tree.map(jnp.zeros_like, stats)
@@ -39,9 +41,9 @@ def reestimate_batch_stats(model, variables: dict, batches: Iterator, num_batche
   with jax.set_mesh(mesh):
     for _ in range(num_batches):
       images = partitioning.global_batch(next(batches), mesh)["image"]
-      from_zero = updated(zeros, images)  # (1 − momentum)·batch statistic
+      from_zero = updated(rest, zeros, images)  # (1 − momentum)·batch statistic
       if keep is None:  # momentum per leaf: new(1) − new(0)
-        keep = jax.tree.map(lambda a, b: a - b, updated(ones, images), from_zero)
+        keep = jax.tree.map(lambda a, b: a - b, updated(rest, ones, images), from_zero)
       batch = jax.tree.map(lambda a, mom: a / (1.0 - mom), from_zero, keep)
       total = batch if total is None else jax.tree.map(jnp.add, total, batch)
   mean = jax.tree.map(lambda t: t / num_batches, total)
