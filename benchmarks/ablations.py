@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 CONFIG = ROOT / "configs" / "digits_ablations.py"
 EXPORT_ONLY = {"quant.store", "quantize.bn_reestimate_batches"}
-COMPARISON = ("recipe", "pq", "dkm", "pq_recipe", "dkm_recipe")
+COMPARISON = ("recipe", "pq", "dkm", "pq_recipe", "dkm_recipe", *ablations.ON_RECIPE)
 
 
 def _changes(variant: str) -> dict:
@@ -45,6 +45,8 @@ def _changes(variant: str) -> dict:
     return {**_changes(variant), "d": int(d[1:])}
   if variant == "recipe":
     return dict(ablations.RECIPE)
+  if variant in ablations.ON_RECIPE:
+    return {"recipe": "+", **ablations.ON_RECIPE[variant]}
   return dict(ablations.VARIANTS.get(variant, {}))
 
 
@@ -188,12 +190,12 @@ def comparison(rows: dict, blocks: list[str]) -> str:
     "|---|---|---|---|---|---|---|---|",
   ]
   for b in blocks:
-    mine = [v for v, b_ in rows if b_ == b and (v == "recipe" or v.startswith("recipe@"))]
+    mine = [v for v, b_ in rows if b_ == b and v.split("@")[0] in ("recipe", *ablations.ON_RECIPE)]
     if not mine:
       continue
     pick = min(mine, key=lambda v: rows[(v, b)]["val_loss"])  # d̃ chosen on validation
     lr = rows[(pick, b)]
-    arg = f"recipe,{b}" + (f",d{lr['d']}" if "@" in pick else "")
+    arg = f"{pick.split('@')[0]},{b}" + (f",d{lr['d']}" if "@" in pick else "")
     lines.append(
       f"| {b[1:]} | LR²VQ (d̃ {lr['d']}) | {arg} | {lr['bytes']:,} | {lr['val_loss']:.4f} "
       f"| {lr['val']:.2f} ± {lr['val_std']:.2f} | {lr['test']:.2f} ± {lr['test_std']:.2f} | |"
@@ -260,6 +262,16 @@ def main() -> None:
   print(f"\nk = 16, digits CNN, {args.seeds} seeds, mean ± std; Δ val loss against `reference`")
   shown = list(dict.fromkeys(v for v, _ in rows if v.split("@")[0] not in COMPARISON))
   print(table(rows, shown, blocks))
+  for v in ablations.ON_RECIPE:
+    for b in blocks:
+      base = rows.get((f"recipe@d{ablations.RECIPE_D[b]}", b))
+      if (v, b) in rows and base:
+        r = rows[(v, b)]
+        print(
+          f"{v} {b}: val loss {r['val_loss']:.4f} vs recipe {base['val_loss']:.4f} "
+          f"({r['val_loss'] - base['val_loss']:+.4f}); test {r['test']:.2f} ± {r['test_std']:.2f} "
+          f"vs {base['test']:.2f} ± {base['test_std']:.2f}"
+        )
   if any(v in COMPARISON for v in variants):
     print(
       "\nEqual exported bytes; baselines: the better (val loss) of plain and with the recipe's help"

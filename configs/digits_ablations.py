@@ -62,6 +62,8 @@ VARIANTS = {
 RECIPE: dict = {"lowrank.num_epochs": 30, "quant.projection": "orthonormal"}
 # d̃ of the recipe, chosen by the lowest mean validation loss of its sweep (README "Choosing d̃").
 RECIPE_D = {"m9": 4, "m18": 2}
+# Changes tried on top of the recipe (at RECIPE_D), kept when they lower the validation loss again.
+ON_RECIPE = {"recipe_dkm_iters_1": {"quant.dkm_iters": 1}}
 BASELINE_HELP = ("distill", "bn_reestimate_batches")  # what pq/dkm also get from RECIPE
 METHOD_STAGE = {"lr2vq": "float,lowrank,quantize", "pq": "float,pq", "dkm": "float,dkm"}
 
@@ -75,7 +77,7 @@ def apply(config: ml_collections.ConfigDict, overrides: dict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, _, rest = (arg or "recipe,m9").partition(",")
   blocks, _, d = rest.partition(",")
-  known = {*VARIANTS, "recipe", "pq", "dkm", "pq_recipe", "dkm_recipe"}
+  known = {*VARIANTS, *ON_RECIPE, "recipe", "pq", "dkm", "pq_recipe", "dkm_recipe"}
   if variant not in known or blocks not in BLOCKS or not (d == "" or d[1:].isdigit()):
     raise ValueError(
       f"configs/digits_ablations.py: argument {arg!r}; expected '<variant>,m9|m18[,d<d̃>]' with "
@@ -90,8 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   method = variant.split("_")[0] if variant in baselines else "lr2vq"
   if variant in VARIANTS:
     apply(config, VARIANTS[variant])
-  elif variant == "recipe":
-    apply(config, RECIPE)
+  elif variant == "recipe" or variant in ON_RECIPE:
+    apply(config, {**RECIPE, **ON_RECIPE.get(variant, {})})
     config.d = RECIPE_D[blocks]
   elif variant.endswith("_recipe"):  # the baseline with the recipe's method-independent help
     helps = {k.split(".")[1]: v for k, v in RECIPE.items() if k.split(".")[1] in BASELINE_HELP}
