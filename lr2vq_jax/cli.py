@@ -109,7 +109,7 @@ def report(args: argparse.Namespace) -> int:
   arg("--float-dir", default=None, help="with --config: its finished float stage directory"),
   arg("--workdir", default=None, help="with --config: scratch runs (default <float-dir>/../dim)"),
   arg("--pretrain-steps", type=int, default=0, help="with --config: low-rank steps per d̃"),
-  arg("--bn-batches", type=int, default=20, help="with --config: BN re-estimation batches"),
+  arg("--bn-batches", type=int, default=0, help="with --config: BN re-estimation batches"),
   arg("--layer", default=None, help="only layers whose path re.search-es this regex"),
   arg("--seed", type=int, default=0, help="init and k-means seed"),
   arg("--iters", type=int, default=25, help="Lloyd iterations per k-means"),

@@ -1,12 +1,13 @@
 """Choosing d̃ on the task before quantization fine-tuning: the clustered rank-d̃ model's val loss.
 
-For each candidate d̃ the float model's compressed kernels are cut to rank d̃ (truncated SVD,
-optionally followed by a short low-rank pre-training), their Z clustered by k-means exactly as the
-quantize stage starts, BatchNorm statistics re-estimated with those hard weights on unlabeled
-training batches, and the model evaluated on the validation split; the lowest validation loss
-wins. No training is needed. The weight-error criterion (`lq.estimate_dim`) cannot do this: on
-trained weights k-means in more dimensions always fits better, so it favours d̃ near m.
-benchmarks/dim_predictors.py compares the candidates against the measured best d̃ (README).
+For each candidate d̃ the float model's compressed kernels are cut to rank d̃ (truncated SVD), their
+Z clustered by k-means exactly as the quantize stage starts, and the hard-code model evaluated on
+the validation split; the lowest validation loss wins. No training is needed. Of the predictors
+benchmarks/dim_predictors.py compares on the digits task, this is the one that picked the measured
+best d̃ at both block sizes (README "Choosing d̃"). Optional: a short low-rank pre-training per
+candidate, label-free BN re-estimation before scoring (both picked worse there). The weight-error
+criterion (`lq.estimate_dim`) cannot see the task: on trained weights k-means in more dimensions
+always fits better, so it favours d̃ near m.
 """
 
 from __future__ import annotations
@@ -110,11 +111,11 @@ def select_dim(
   candidates: tuple[int, ...],
   *,
   pretrain_steps: int = 0,
-  bn_batches: int = 20,
+  bn_batches: int = 0,
 ) -> DimSelection:
   """Scores every candidate d̃ for `config` (its preset and data) from the finished float stage
-  in `float_dir`. Defaults are the predictor that matched the measured best d̃ at both block
-  sizes (README "Choosing d̃"): no pre-training, BN re-estimated on 20 batches. With
+  in `float_dir`. The defaults are the predictor that matched the measured best d̃ at both block
+  sizes (README "Choosing d̃"): no pre-training, no BN re-estimation. With
   `pretrain_steps`, each rank-d̃ model is first pre-trained that long (a `lowrank` stage under
   `workdir/d<d̃>`)."""
   float_stage = build_stage(config, "float", os.path.dirname(float_dir))
@@ -134,6 +135,5 @@ def select_dim(
     loss, top1 = clustered_score(cfg, lowrank_vars, run_dir, bn_batches)
     losses.append(float(loss))
     top1s.append(float(top1))
-  return DimSelection(
-    tuple(int(c) for c in candidates), tuple(losses), tuple(top1s), pretrain_steps
-  )
+  cands = tuple(int(c) for c in candidates)
+  return DimSelection(cands, tuple(losses), tuple(top1s), pretrain_steps, bn_batches)
