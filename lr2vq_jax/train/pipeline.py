@@ -117,6 +117,7 @@ def _record(config, stage, variables, payload: int) -> dict:
     "top5": round(test["top5"], 2),
     "val_top1": round(val["top1"], 2),
     "val_loss": round(val["loss"], 4),
+    "test_loss": round(test["loss"], 4),
   }
 
 
