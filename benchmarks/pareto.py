@@ -1,5 +1,7 @@
 """Accuracy vs exported bytes on the embedded digits task: PQ, vanilla DKM and LR²VQ over (k, m, d̃).
 
+Runs the recipe `configs/digits_ablations.py:reference` (the one before the ablations, fixed so that
+`benchmarks/ablations.py` can reuse these runs); the current recipe is compared there.
 Drives the project's own pipeline (`lr2vq_jax.train.pipeline.run`) stage by stage: the float model
 is trained once per seed and every method starts from it (`init_from`), the low-rank pre-training
 is shared by all LR²VQ runs with the same (m, d̃). top-1 is that of the exported artifact on the 450
@@ -31,6 +33,7 @@ import lr2vq_jax as lq  # noqa: E402
 from lr2vq_jax import presets  # noqa: E402
 from lr2vq_jax.train import pipeline  # noqa: E402
 from lr2vq_jax.train.config import load_config  # noqa: E402
+from lr2vq_jax.train.recipes import shorten  # noqa: E402
 from lr2vq_jax.train.trainer import build_stage, restore_final  # noqa: E402
 
 METHODS = ("PQ", "vanilla DKM", "LR²VQ")
@@ -58,7 +61,10 @@ class Runner:
     self.out, self.quick, self.log = out, quick, log
 
   def config(self, seed: int, stage: str, k: int, m: int, d: int, init_from: str = ""):
-    config = load_config(str(ROOT / "configs" / "default.py") + (":quick" if self.quick else ""))
+    # The pre-issue-8 recipe, fixed: benchmarks/ablations.py reuses these runs as its `reference`.
+    config = load_config(str(ROOT / "configs" / "digits_ablations.py") + ":reference,m9")
+    if self.quick:
+      shorten(config, steps=6, kmeans_iters=3)
     config.seed = seed
     config.data.seed = seed
     config.preset = preset_name(k, m)
