@@ -63,7 +63,10 @@ RECIPE: dict = {"lowrank.num_epochs": 30, "quant.projection": "orthonormal"}
 # d̃ of the recipe, chosen by the lowest mean validation loss of its sweep (README "Choosing d̃").
 RECIPE_D = {"m9": 4, "m18": 2}
 # Changes tried on top of the recipe (at RECIPE_D), kept when they lower the validation loss again.
-ON_RECIPE = {"recipe_dkm_iters_1": {"quant.dkm_iters": 1}}
+ON_RECIPE = {
+  "recipe_dkm_iters_1": {"quant.dkm_iters": 1},
+  "recipe_learned_p": {"quant.projection": "learned"},  # is the orthonormal P still needed?
+}
 BASELINE_HELP = ("distill", "bn_reestimate_batches")  # what pq/dkm also get from RECIPE
 METHOD_STAGE = {"lr2vq": "float,lowrank,quantize", "pq": "float,pq", "dkm": "float,dkm"}
 
