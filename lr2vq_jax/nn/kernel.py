@@ -61,17 +61,23 @@ class QuantConfig:
 
 
 def effective_projection(p: jax.Array, mode: str) -> jax.Array:
-  """The P a layer multiplies by (float32): the param itself, or its row-orthonormal QR factor.
+  """The P a layer multiplies by (float32): the param itself, or its rows orthonormalised.
 
-  QR with diag(R) > 0 is unique and differentiable for full-rank P, and leaves an already
-  orthonormal P (the SVD init) unchanged.
+  "orthonormal" is Gram-Schmidt on the rows (= the Q of QR with diag(R) > 0): unique and
+  differentiable for full-rank P, and an already orthonormal P (the SVD init) is left unchanged.
+  Written with plain element-wise ops and small reductions rather than a LAPACK QR, whose rounding
+  can depend on the thread count, so that runs on different meshes and process layouts agree.
   """
   p = p.astype(jnp.float32)
   if mode == "learned":
     return p
-  q, r = jnp.linalg.qr(p.T)
-  sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
-  return (q * sign).T
+  rows: list[jax.Array] = []
+  for i in range(p.shape[0]):
+    v = p[i]
+    for q in rows:
+      v = v - jnp.sum(q * v) * q  # modified Gram-Schmidt: project out the finished rows
+    rows.append(v * jax.lax.rsqrt(jnp.sum(v * v)))
+  return jnp.stack(rows)
 
 
 def fp16_round(x: jax.Array) -> jax.Array:

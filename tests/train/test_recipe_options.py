@@ -23,6 +23,9 @@ def test_orthonormal_projection_has_orthonormal_rows_and_keeps_svd_init():
   p = jax.random.normal(jax.random.key(0), (3, 9))
   q = effective_projection(p, "orthonormal")
   np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-5)
+  # Gram-Schmidt is the Q of QR with a positive diagonal of R.
+  qq, rr = np.linalg.qr(np.asarray(p, np.float64).T)
+  np.testing.assert_allclose(q, (qq * np.sign(np.diag(rr))).T, atol=1e-5)
   # Same row space: q = L·p for a lower-triangular L (Gram-Schmidt), so p's rows are in span(q).
   np.testing.assert_allclose(p @ q.T @ q, p, atol=1e-4)
   _, p_svd = lowrank.svd_init(jax.random.normal(jax.random.key(1), (50, 9)), 3)
