@@ -76,7 +76,7 @@ def effective_projection(p: jax.Array, mode: str) -> jax.Array:
     v = p[i]
     for q in rows:
       v = v - jnp.sum(q * v) * q  # modified Gram-Schmidt: project out the finished rows
-    rows.append(v * jax.lax.rsqrt(jnp.sum(v * v)))
+    rows.append(v / jnp.sqrt(jnp.sum(v * v)))  # exact for unit rows: P = I stays I
   return jnp.stack(rows)
 
 

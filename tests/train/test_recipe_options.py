@@ -34,6 +34,8 @@ def test_orthonormal_projection_has_orthonormal_rows_and_keeps_svd_init():
   assert np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0
   assert effective_projection(p, "learned") is not None
   np.testing.assert_array_equal(effective_projection(p, "learned"), p)
+  # The baselines keep P = I exactly (PQ and vanilla DKM are unchanged by the option).
+  np.testing.assert_array_equal(effective_projection(jnp.eye(9), "orthonormal"), np.eye(9))
 
 
 def test_distillation_loss_is_zero_at_the_teacher_and_positive_elsewhere():
