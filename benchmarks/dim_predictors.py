@@ -28,12 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import pareto  # noqa: E402
 from absl import logging  # noqa: E402
 
 import lr2vq_jax as lq  # noqa: E402
-from lr2vq_jax.nn.kernel import effective_projection  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
 from lr2vq_jax.train.config import load_config  # noqa: E402
 from lr2vq_jax.train.dim_select import clustered_score, truncated  # noqa: E402
@@ -50,13 +49,7 @@ def weight_errors(float_params, lowrank_params: dict, rules, m: int, d: int, key
   est = lq.estimate_dim_model(float_params, rules, candidates=[d], key=key)
   energy = sum(e.energy for e in est.layers.values())
   float_err = sum(e.error_at(d) for e in est.layers.values()) / energy
-  err = en = 0.0
-  for layer in ("conv2", "conv3"):
-    p = lowrank_params[layer]
-    x = jnp.asarray(p["z"], jnp.float32) @ effective_projection(p["projection"], mode)
-    e = lq.estimate_dim(x.T, k=lq.clamp_k(16, x.shape[0]), m=m, candidates=[d], key=key)
-    err, en = err + e.error_at(d), en + e.energy
-  return float_err, err / en
+  return float_err, pareto.lowrank_cluster_error(lowrank_params, 16, m, d, key, mode)
 
 
 def scores_for_seed(args, seed: int, blocks: str, ds: list[int]) -> dict:
@@ -83,7 +76,7 @@ def scores_for_seed(args, seed: int, blocks: str, ds: list[int]) -> dict:
     out["rank-d̃ val loss"][d] = last["eval_loss"]
     out["rank-d̃ val top-1"][d] = last["eval_top1"]
     tmp = str(run / "dim_predictors")
-    svd_vars = truncated(config, float_vars, rules)
+    svd_vars = truncated(config, float_vars)
     out["clustered SVD"][d] = clustered_score(config, svd_vars, tmp)[0]
     out["clustered SVD + BN"][d] = clustered_score(config, svd_vars, tmp, BN_BATCHES)[0]
     out["clustered LR"][d] = clustered_score(config, lr_vars, tmp)[0]

@@ -36,10 +36,10 @@ def naive_estimate_bytes(n: int) -> int:
 def run_case(variant: str, n: int, d: int, chunk_size: int, repeats: int) -> dict:
   """Compile and time one case in this process (called in a child); returns the measurements."""
   import resource
-  import time
 
   import jax
   import jax.numpy as jnp
+  from timing import timed_runs
 
   from lr2vq_jax.core.dkm import dkm, dkm_naive
 
@@ -55,24 +55,19 @@ def run_case(variant: str, n: int, d: int, chunk_size: int, repeats: int) -> dic
 
   compiled = jax.jit(jax.value_and_grad(loss)).lower(z).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  jax.block_until_ready(compiled(z))  # warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(z))
-    times.append(time.perf_counter() - t0)
+  times = timed_runs(compiled, z, repeats=repeats)
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   return {"temp_gib": temp / GIB, "time_s": min(times), "rss_gib": rss / GIB}
 
 
 def run_sharded_case(n: int, d: int, chunk_size: int, repeats: int) -> dict:
   """Per-device temp bytes and time of sharded DKM forward + grad on all local devices (a child)."""
-  import time
 
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
+  from timing import timed_runs
 
   from lr2vq_jax.core.dkm import dkm
   from lr2vq_jax.train.partitioning import DATA, make_mesh
@@ -99,12 +94,7 @@ def run_sharded_case(n: int, d: int, chunk_size: int, repeats: int) -> dict:
   half = compiled_for(n // 2)[0].memory_analysis().temp_size_in_bytes
   fixed = temp - 2 * (temp - half)  # temp = fixed + rows term linear in n (fit through n/2, n)
   hlo = compiled.as_text()
-  jax.block_until_ready(compiled(z))  # warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(z))
-    times.append(time.perf_counter() - t0)
+  times = timed_runs(compiled, z, repeats=repeats)
   return {
     "devices": devices,
     "rows_per_device": -(-n // devices),

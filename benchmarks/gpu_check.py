@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import timed_runs  # noqa: E402
 
 from lr2vq_jax.core.dkm import dkm, dkm_naive  # noqa: E402
 
@@ -53,12 +54,7 @@ def measure(variant: str, z, c, *, iters: int, chunk: int, repeats: int) -> dict
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-  jax.block_until_ready(compiled(z, c))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(z, c))
-    times.append(time.perf_counter() - t0)
+  times = timed_runs(compiled, z, c, repeats=repeats)
   return {
     "variant": variant,
     "chunk": chunk if variant != "naive" else "-",

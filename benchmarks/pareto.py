@@ -31,6 +31,7 @@ from absl import logging  # noqa: E402
 
 import lr2vq_jax as lq  # noqa: E402
 from lr2vq_jax import presets  # noqa: E402
+from lr2vq_jax.nn.kernel import effective_projection  # noqa: E402
 from lr2vq_jax.train import pipeline  # noqa: E402
 from lr2vq_jax.train.config import load_config  # noqa: E402
 from lr2vq_jax.train.recipes import shorten  # noqa: E402
@@ -136,6 +137,19 @@ def restored_params(runner: Runner, seed: int, stage: str, tag: str, k: int, m: 
   return jax.device_get(restore_final(st, st.workdir).params)
 
 
+def lowrank_cluster_error(params, k: int, m: int, d: int, key, mode: str = "learned") -> float:
+  """k-means error at d̃ of the low-rank weights Z·P of conv2/conv3, relative to their energy
+  (their low-rank error is zero by construction)."""
+  err = en = 0.0
+  for layer in ("conv2", "conv3"):
+    x = jnp.asarray(params[layer]["z"], jnp.float32)
+    x = x @ effective_projection(params[layer]["projection"], mode)
+    # X (n, m) given as a dense kernel X.T: to_subvectors(X.T, m) gives back the rows of X.
+    e = lq.estimate_dim(x.T, k=lq.clamp_k(k, x.shape[0]), m=m, candidates=[d], key=key)
+    err, en = err + e.error_at(d), en + e.energy
+  return err / en
+
+
 def dim_estimates(runner: Runner, seed: int, k: int, m: int, ds: list[int]) -> dict:
   """estimate_dim's d̃ on the float weights (all d̃ ≤ m) and on each low-rank pre-trained model."""
   rules = (lq.Rule(LAYERS, k=k, m=m),)
@@ -146,17 +160,16 @@ def dim_estimates(runner: Runner, seed: int, k: int, m: int, ds: list[int]) -> d
     int(c): sum(e.error_at(int(c)) for e in est.layers.values()) / energy
     for c in next(iter(est.layers.values())).candidates
   }
-  lowrank_total = {}
-  for d in ds:
-    p = restored_params(runner, seed, "lowrank", f"lowrank_m{m}_d{d}", k, m, d)
-    err = en = 0.0
-    for layer in ("conv2", "conv3"):
-      x = jnp.asarray(p[layer]["z"], jnp.float32) @ jnp.asarray(p[layer]["projection"], jnp.float32)
-      # X (n, m) given as a dense kernel X.T: to_subvectors(X.T, m) gives back the rows of X.
-      kk = lq.clamp_k(k, x.shape[0])
-      e = lq.estimate_dim(x.T, k=kk, m=m, candidates=[d], key=jax.random.key(seed))
-      err, en = err + e.error_at(d), en + e.energy
-    lowrank_total[d] = err / en
+  lowrank_total = {
+    d: lowrank_cluster_error(
+      restored_params(runner, seed, "lowrank", f"lowrank_m{m}_d{d}", k, m, d),
+      k,
+      m,
+      d,
+      jax.random.key(seed),
+    )
+    for d in ds
+  }
   return {
     "float_best": est.global_best()[m],
     "float_rel_error": float_total,

@@ -33,13 +33,19 @@ except ImportError:  # the GPU image lacks it; lr2vq_jax.train.step uses it in a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import timed_runs  # noqa: E402
 
 from lr2vq_jax import convert, presets  # noqa: E402
 from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
 from lr2vq_jax.models import create_model  # noqa: E402
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
-from lr2vq_jax.train.step import TrainState, create_optimizer, make_train_step  # noqa: E402
+from lr2vq_jax.train.step import (  # noqa: E402
+  OPTIMIZER_DEFAULTS,
+  TrainState,
+  create_optimizer,
+  make_train_step,
+)
 
 # name: (model, preset, LR²VQ d̃, classes); d̃ as in configs/imagenet_*_lr2vq.py
 MODELS = {
@@ -58,24 +64,13 @@ VARIANTS = {
 
 class Section(dict):
   """A stage config section with attribute access (no ml_collections/TF import: runs on the GPU
-  image too); the fields and defaults of `lr2vq_jax.train.recipes.stage`."""
+  image too); the optimizer fields of `lr2vq_jax.train.step.OPTIMIZER_DEFAULTS`."""
 
   __getattr__ = dict.__getitem__
 
 
 def stage_section(lr: float, **kw) -> Section:
-  base = dict(
-    optimizer="adam",
-    lr=lr,
-    schedule="cosine",
-    warmup_steps=0,
-    final_lr_factor=0.0,
-    weight_decay=0.0,
-    weight_decay_exclude=("codebook",),
-    freeze=(),
-    grad_clip=0.0,
-  )
-  return Section({**base, **kw})
+  return Section({**OPTIMIZER_DEFAULTS, "lr": lr, **kw})
 
 
 def build(model_name: str, variant: str, args, quant: QuantConfig):
@@ -174,13 +169,7 @@ def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float
     return total
 
   fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if grad else loss)
-  jax.block_until_ready(fn(zs, cs))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(zs, cs))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
 
 
 def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 
 from lr2vq_jax import convert
-from lr2vq_jax.core.rules import Rule
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
@@ -97,11 +96,12 @@ def clustered_score(
   return result["loss"], result["top1"]
 
 
-def truncated(config: ml_collections.ConfigDict, float_variables: dict, rules: tuple[Rule, ...]):
-  stage = build_stage(config, "lowrank", "/nonexistent")
+def truncated(config: ml_collections.ConfigDict, float_variables: dict) -> dict:
+  """The low-rank stage's variables at `config.d` straight from the float ones (SVD, no training)."""
+  stage = build_stage(config, "lowrank", "")  # geometry only: nothing is read or written
   sample = jax.numpy.zeros((1, *stage.info.image_shape))
-  plan = plan_model(stage.float_model, rules, sample, train=False)
-  return convert.float_to_lowrank(float_variables, rules, plan=plan)
+  plan = plan_model(stage.float_model, stage.rules, sample, train=False)
+  return convert.float_to_lowrank(float_variables, stage.rules, plan=plan)
 
 
 def select_dim(
@@ -131,7 +131,7 @@ def select_dim(
       state, _ = run_stage(cfg, "lowrank", run_dir)
       lowrank_vars = partitioning.to_host(state.variables())
     else:
-      lowrank_vars = truncated(cfg, float_vars, build_stage(cfg, "lowrank", run_dir).rules)
+      lowrank_vars = truncated(cfg, float_vars)
     loss, top1 = clustered_score(cfg, lowrank_vars, run_dir, bn_batches)
     losses.append(float(loss))
     top1s.append(float(top1))

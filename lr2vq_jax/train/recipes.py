@@ -14,6 +14,7 @@ codebooks with codes frozen for the same 9 epochs; vanilla DKM fine-tunes for th
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
 EXPECTED_TOP1 = {  # PAPER.md §4: PQF published; LR²VQ inferred as PQF + the claimed gain
   ("resnet18", "small"): {"pq": 66.74, "lr2vq": None, "dkm": None, "float": 69.76},
@@ -43,15 +44,8 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
     dict(
       num_epochs=num_epochs,
       num_steps=0,
-      optimizer="adam",
       lr=lr,
-      schedule="cosine",
-      warmup_steps=0,
-      final_lr_factor=0.0,
-      weight_decay=0.0,
-      weight_decay_exclude=("codebook",),
-      freeze=(),
-      grad_clip=0.0,
+      **OPTIMIZER_DEFAULTS,
       log_every=100,
       checkpoint_every=1000,
       init_from="",

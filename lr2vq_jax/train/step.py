@@ -38,6 +38,19 @@ class TrainState:
     return {"params": self.params, **self.model_state}
 
 
+# The optimizer fields of a stage section and their defaults (`recipes.stage` adds the rest).
+OPTIMIZER_DEFAULTS = dict(
+  optimizer="adam",
+  schedule="cosine",
+  warmup_steps=0,
+  final_lr_factor=0.0,
+  weight_decay=0.0,
+  weight_decay_exclude=("codebook",),
+  freeze=(),
+  grad_clip=0.0,
+)
+
+
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Linear warmup then `cfg.schedule` ("cosine" to cfg.lr·cfg.final_lr_factor, or "constant")."""
   warmup = int(cfg.get("warmup_steps", 0))
