@@ -151,10 +151,6 @@ def estimate_dim(args: argparse.Namespace) -> int:
   if len(est.layers) > 1:
     print()
     print(est.table())
-  print(
-    "based on: low-rank + k-means error of the weights alone, which favours d̃ = m on trained "
-    "weights; choose on the task with --config (README, 'Choosing d̃')"
-  )
   return 0
 
 

@@ -45,6 +45,7 @@ def main(argv) -> None:
   logging.info(
     "JAX %s: %d processes, %d devices", jax.__version__, jax.process_count(), jax.device_count()
   )
+  from lr2vq_jax.train.checkpointing import CheckpointMismatchError
   from lr2vq_jax.train.input_pipeline import ImageNetNotPreparedError
   from lr2vq_jax.train.trainer import NonFiniteError
   from lr2vq_jax.train.validate import ConfigError
@@ -52,6 +53,8 @@ def main(argv) -> None:
   try:
     pipeline.run(FLAGS.config, FLAGS.workdir)  # validates the config before writing anything
   except ConfigError as e:
+    _fail(str(e), e.hint, 2, FLAGS.verbose)
+  except CheckpointMismatchError as e:
     _fail(str(e), e.hint, 2, FLAGS.verbose)
   except NonFiniteError as e:
     hint = "lower the stage's lr or set its grad_clip; rerunning resumes from the last good step"

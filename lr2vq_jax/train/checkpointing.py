@@ -34,6 +34,15 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint written with other shapes than the config asks for (another d̃, preset...)."""
+
+  hint = (
+    "use a new --workdir (with the stage's init_from pointing at the stage to start from), "
+    "or the config that wrote the checkpoint"
+  )
+
+
 class Checkpointer:
   """Keeps the last `max_to_keep` step checkpoints of (state, meta) under `directory`."""
 
@@ -86,7 +95,15 @@ class Checkpointer:
     args = ocp.args.Composite(
       **{_STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}
     )
-    restored = self._manager.restore(step, args=args)
+    try:
+      restored = self._manager.restore(step, args=args)
+    except ValueError as e:
+      if "shape" not in str(e):
+        raise
+      raise CheckpointMismatchError(
+        f"checkpoint step {step} in {self.directory} does not fit this config's shapes "
+        f"({str(e).split('.')[0]}): it was written with another d̃, preset or model"
+      ) from None
     return restored[_STATE], dict(restored[_META])
 
   def restore_meta(self, step: int | None = None) -> dict[str, Any]:

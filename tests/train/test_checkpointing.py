@@ -11,7 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr2vq_jax.train.checkpointing import Checkpointer, abstract_like, checkpoint_dir
+from lr2vq_jax.train.checkpointing import (
+  CheckpointMismatchError,
+  Checkpointer,
+  abstract_like,
+  checkpoint_dir,
+)
 
 
 @flax.struct.dataclass
@@ -140,3 +145,15 @@ def test_restore_onto_another_mesh(tmp_path):
     timeout=120,
   )
   assert out.returncode == 0 and "RESHARD_OK" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_restoring_into_other_shapes_is_one_clear_error(tmp_path):
+  ckpt = Checkpointer(checkpoint_dir(str(tmp_path)))
+  ckpt.save(1, _state(), {"stage": "x"}, force=True)
+  ckpt.wait()
+  other = _state()
+  other = other.replace(params={**other.params, "w": jnp.zeros((5, 4))})  # another d̃, say
+  with pytest.raises(CheckpointMismatchError, match=r"step 1 .* does not fit this config"):
+    ckpt.restore(1, abstract_state=abstract_like(other))
+  assert "new --workdir" in CheckpointMismatchError.hint
+  ckpt.close()
