@@ -65,6 +65,15 @@ class Rule:
     return f"Rule({self.pattern!r}, k={self.k}, m={self.m}{d})"
 
 
+def as_rules(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
+  """A tuple of rules from a sequence of them or a single `Rule`; TypeError on anything else."""
+  rules = (rules,) if isinstance(rules, Rule) else tuple(rules)
+  for rule in rules:
+    if not isinstance(rule, Rule):
+      raise TypeError(f"rules must be Rule instances, got {rule!r}")
+  return rules
+
+
 def resolve(rules: Sequence[Rule], path: str) -> Rule | None:
   """The first rule whose pattern `re.search`es `path`, or None."""
   for rule in rules:
@@ -172,10 +181,7 @@ def plan_layers(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerPlan]:
   `params` is a nested dict of arrays or jax.ShapeDtypeStruct (or a variables dict, whose
   'params' is used). Raises ValueError naming any rule that matches no layer at all.
   """
-  rules = tuple(rules)
-  for rule in rules:
-    if not isinstance(rule, Rule):
-      raise TypeError(f"rules must be Rule instances, got {rule!r}")
+  rules = as_rules(rules)
   layers = list(iter_layers(params))
   for rule in rules:
     if not any(rule.matches(path) for path, _ in layers):

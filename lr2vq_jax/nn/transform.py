@@ -9,6 +9,7 @@ the original model's paths: only the kernels of matched layers become z/projecti
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
 from lr2vq_jax.nn import layers
-from lr2vq_jax.nn.kernel import STAGES, QuantConfig
+from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
+
+# Call arguments that name the training mode in models people write, and their sense.
+TRAIN_FLAGS = {"train": True, "training": True, "is_training": True, "deterministic": False}
 
 _REPLACEMENTS = {nn.Conv: layers.Conv, nn.Dense: layers.Dense, nn.DenseGeneral: layers.DenseGeneral}
 
@@ -56,8 +60,12 @@ def _make_interceptor(rules: Sequence[Rule], stage: str, train: bool, config: Qu
 class QuantizedModel(nn.Module):
   """`model` with LR²VQ kernels where `rules` say; same variable paths as `model`.
 
-  The quantize stage runs soft DKM when training and hard codes otherwise: the mode is
-  `quant_train` when given, else the wrapped call's `train=` keyword, else `not deterministic`.
+  The quantize stage runs soft DKM (training) or hard codes (evaluation, what export ships). The
+  mode is `quant_train=` when given (the explicit way, whatever the model calls its flag), else
+  the wrapped model's own flag found by name in its call, positional or keyword: `train`,
+  `training`, `is_training` (or the negation `deterministic`). Without either it is hard codes,
+  and a call that makes `losses` mutable or takes gradients then raises instead of silently
+  training nothing.
   """
 
   model: nn.Module
@@ -75,10 +83,43 @@ class QuantizedModel(nn.Module):
       return self.model(*args, **kwargs)
     train = quant_train
     if train is None:
-      train = bool(kwargs["train"]) if "train" in kwargs else not kwargs.get("deterministic", True)
-    interceptor = _make_interceptor(self.rules, self.stage, train, self.config)
+      train = model_train_flag(self.model, args, kwargs)
+    if train is None:
+      train = False
+      if self.stage == "quantize" and (self.is_mutable_collection(LOSSES) or _under_grad(args)):
+        raise ValueError(
+          "quantize_model: the quantize stage would run hard codes (no gradient reaches z or the "
+          f"codebook) although {'losses is mutable' if self.is_mutable_collection(LOSSES) else 'gradients are taken'}, and "
+          f"{type(self.model).__name__}'s call has no train/training/deterministic argument: "
+          "pass quant_train=True to apply() for soft-DKM training (quant_train=False: hard codes)"
+        )
+    interceptor = _make_interceptor(self.rules, self.stage, bool(train), self.config)
     with nn.intercept_methods(interceptor):
       return self.model(*args, **kwargs)
+
+
+def model_train_flag(model: nn.Module, args: tuple, kwargs: dict) -> bool | None:
+  """The training mode `model`'s call was given (positional or keyword), or None if it has no
+  argument named in TRAIN_FLAGS or the call leaves it at its default None."""
+  try:
+    bound = inspect.signature(type(model).__call__).bind(model, *args, **kwargs)
+  except TypeError:
+    return None
+  bound.apply_defaults()
+  for name, sense in TRAIN_FLAGS.items():
+    value = bound.arguments.get(name)
+    if name in bound.arguments and value is not None:
+      return bool(value) == sense
+  return None
+
+
+def _under_grad(args: tuple) -> bool:
+  """True when an input is being differentiated (a JVP tracer): the detectable gradient case."""
+  try:
+    from jax.interpreters.ad import JVPTracer
+  except ImportError:  # pragma: no cover - jax moved it
+    return False
+  return any(isinstance(x, JVPTracer) for x in jax.tree.leaves(args))
 
 
 def quantize_model(
@@ -87,8 +128,11 @@ def quantize_model(
   stage: str = "quantize",
   config: QuantConfig | None = None,
 ) -> QuantizedModel:
-  """Returns `model` transformed to `stage` by `rules` (first match wins on module paths)."""
-  return QuantizedModel(model, tuple(rules), stage, config or QuantConfig())
+  """Returns `model` transformed to `stage` by `rules` (first match wins on module paths).
+
+  `rules` is a sequence of `Rule`s or a single one.
+  """
+  return QuantizedModel(model, as_rules(rules), stage, config or QuantConfig())
 
 
 def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> list[tuple]:

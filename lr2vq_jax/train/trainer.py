@@ -145,19 +145,19 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   prev_state = restore_final(prev, directory)
   variables = partitioning.to_host(prev_state.variables())  # Z may span processes
   plan = plan_model(stage.float_model, stage.rules, _sample_input(stage), train=False)
-  q, tau_alpha = stage.config.quant, stage.quant.tau_alpha
+  q, quant = stage.config.quant, stage.quant
   if stage.name == "lowrank":
-    return convert.float_to_lowrank(variables, stage.rules, plan=plan)
+    return convert.float_to_lowrank(variables, stage.rules, plan=plan, config=quant)
   if stage.name == "quantize":
     return convert.lowrank_to_quantize(
-      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, config=quant
     )
   if stage.name == "pq":
     return convert.float_to_pq(
-      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan, config=quant
     )
   return convert.float_to_dkm(
-    variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha, plan=plan
+    variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan, config=quant
   )
 
 
