@@ -16,6 +16,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
 from lr2vq_jax.nn import layers
@@ -86,16 +87,35 @@ class QuantizedModel(nn.Module):
       train = model_train_flag(self.model, args, kwargs)
     if train is None:
       train = False
-      if self.stage == "quantize" and (self.is_mutable_collection(LOSSES) or _under_grad(args)):
-        raise ValueError(
-          "quantize_model: the quantize stage would run hard codes (no gradient reaches z or the "
-          f"codebook) although {'losses is mutable' if self.is_mutable_collection(LOSSES) else 'gradients are taken'}, and "
-          f"{type(self.model).__name__}'s call has no train/training/deterministic argument: "
-          "pass quant_train=True to apply() for soft-DKM training (quant_train=False: hard codes)"
-        )
+      self._check_hard_is_meant(args)
     interceptor = _make_interceptor(self.rules, self.stage, bool(train), self.config)
     with nn.intercept_methods(interceptor):
       return self.model(*args, **kwargs)
+
+
+  def _check_hard_is_meant(self, args: tuple) -> None:
+    """Hard codes where training is evident (`losses` mutable, gradients taken) is an error."""
+    if self.stage != "quantize" or self.is_initializing():
+      return
+    if self.is_mutable_collection(LOSSES):
+      why = "'losses' is mutable"
+    elif _under_grad(args, self.variables.get("params", {})):
+      why = "gradients are taken"
+    else:
+      return
+    raise ValueError(
+      f"quantize_model: {type(self.model).__name__}'s call has no train/training/deterministic "
+      f"argument, so the quantize stage would run hard codes (no gradient reaches z or the "
+      f"codebook) although {why}: pass quant_train=True to apply() for soft-DKM training "
+      "(quant_train=False: hard codes on purpose)"
+    )
+
+
+def sum_losses(updates: Any) -> jax.Array:
+  """The sum of every term sown into the `losses` collection (e.g. β·commitment) of the mutable
+  collections an `apply(..., mutable=[..., "losses"])` returned; 0.0 when there are none."""
+  leaves = jax.tree.leaves(dict(updates).get(LOSSES, {}))
+  return sum((jnp.sum(x).astype(jnp.float32) for x in leaves), jnp.zeros((), jnp.float32))
 
 
 def model_train_flag(model: nn.Module, args: tuple, kwargs: dict) -> bool | None:
@@ -113,13 +133,14 @@ def model_train_flag(model: nn.Module, args: tuple, kwargs: dict) -> bool | None
   return None
 
 
-def _under_grad(args: tuple) -> bool:
-  """True when an input is being differentiated (a JVP tracer): the detectable gradient case."""
-  try:
-    from jax.interpreters.ad import JVPTracer
-  except ImportError:  # pragma: no cover - jax moved it
-    return False
-  return any(isinstance(x, JVPTracer) for x in jax.tree.leaves(args))
+# Tracer types of forward/reverse differentiation (by name: their home module is private).
+_GRAD_TRACERS = ("JVPTracer", "LinearizeTracer")
+
+
+def _under_grad(*trees) -> bool:
+  """True when params or inputs are being differentiated here (`jax.grad`/`value_and_grad`
+  around the apply; a `jit` between them hides it, `losses` being mutable still shows)."""
+  return any(type(x).__name__ in _GRAD_TRACERS for x in jax.tree.leaves(trees))
 
 
 def quantize_model(
