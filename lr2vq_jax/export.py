@@ -123,7 +123,11 @@ def export(
         settings=settings, chunk_size=chunk_size,
       )  # fmt: skip
     else:
-      codes, c, p = layer_quant["codes"], codebook, projection_as(projection, settings["projection"])
+      codes, c, p = (
+        layer_quant["codes"],
+        codebook,
+        projection_as(projection, settings["projection"]),
+      )
     store = settings["store"]
     tables = frozen_tables(c, p, store)
     k, d, m = codebook.shape[0], codebook.shape[1], projection.shape[1]

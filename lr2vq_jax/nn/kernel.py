@@ -136,9 +136,7 @@ def hard_codes(z, codebook, projection, tau, *, settings: dict, chunk_size: int)
 
   `settings` holds projection and dkm_iters (names/counts, or recorded, maybe traced, scalars).
   """
-  centroids = refined_codebook(
-    z, codebook, tau, iters=settings["dkm_iters"], chunk_size=chunk_size
-  )
+  centroids = refined_codebook(z, codebook, tau, iters=settings["dkm_iters"], chunk_size=chunk_size)
   codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
   return codes, centroids, projection_as(projection, settings["projection"])
 

@@ -92,7 +92,6 @@ class QuantizedModel(nn.Module):
     with nn.intercept_methods(interceptor):
       return self.model(*args, **kwargs)
 
-
   def _check_hard_is_meant(self, args: tuple) -> None:
     """Hard codes where training is evident (`losses` mutable, gradients taken) is an error."""
     if self.stage != "quantize" or self.is_initializing():

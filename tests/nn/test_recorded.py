@@ -48,7 +48,9 @@ def _trained(config, steps=4):
 
 @pytest.mark.parametrize("projection", ["learned", "orthonormal"])
 @pytest.mark.parametrize("store", ["codebook", "factored"])
-def test_artifact_decodes_to_the_evaluated_model_with_or_without_config(tmp_path, projection, store):
+def test_artifact_decodes_to_the_evaluated_model_with_or_without_config(
+  tmp_path, projection, store
+):
   config = lq.QuantConfig(projection=projection, store=store, dkm_iters=2, commitment=0.1)
   variables = _trained(config)
   # Evaluated as the training loop would: jitted, no config (read from the variables).
@@ -126,7 +128,9 @@ def test_stage_checks_name_the_conversion():
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
   with pytest.raises(StageError, match="float-stage.*float_to_lowrank, then"):
     lq.quantize_model(PlainNet(), RULES).apply(float_vars, X)
-  with pytest.raises(StageError, match="got float-stage.*run lq.convert.float_to_lowrank on them first"):
+  with pytest.raises(
+    StageError, match="got float-stage.*run lq.convert.float_to_lowrank on them first"
+  ):
     convert.lowrank_to_quantize(float_vars, RULES, key=jax.random.key(0))
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
   assert convert.stage_of(lowrank) == "lowrank"
