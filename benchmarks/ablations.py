@@ -35,7 +35,9 @@ import digits_ablations as ablations  # noqa: E402
 import numpy as np  # noqa: E402
 
 CONFIG = ROOT / "configs" / "digits_ablations.py"
-EXPORT_ONLY = {"quant.store", "quantize.bn_reestimate_batches"}
+# quant.store is not here: it is recorded in the quantize stage's variables (and changes the fp16
+# rounding evaluation uses), so the store variant retrains that stage.
+EXPORT_ONLY = {"quantize.bn_reestimate_batches"}
 COMPARISON = ("recipe", "pq", "dkm", "pq_recipe", "dkm_recipe", *ablations.ON_RECIPE)
 
 
