@@ -120,6 +120,33 @@ class LayerPlan:
     return subvectors.from_subvectors(rows, self.view_shape).reshape(self.shape)
 
 
+def k_cell(requested: int, used: int) -> str:
+  """A table's k: "64", or "1024→64" where the clamp lowered the requested k."""
+  return str(used) if requested == used else f"{requested}→{used}"
+
+
+def k_notes(layers: Sequence[tuple[str, int, int]]) -> list[str]:
+  """Lines announcing clamped and non-power-of-two k for (path, requested k, used k) triples."""
+  notes = []
+  clamped: dict[tuple[int, int], list[str]] = {}
+  for path, requested, used in layers:
+    if requested != used:
+      clamped.setdefault((requested, used), []).append(path)
+  for (requested, used), paths in clamped.items():
+    more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
+    notes.append(
+      f"note: k={requested} clamped to {used} on {', '.join(paths[:3])}{more} "
+      "(k ≤ 2^floor(log2(n/4)), the PQF/BGD rule: at least 4 subvectors per centroid)"
+    )
+  for k in sorted({used for _, _, used in layers if used & (used - 1)}):
+    bits = (k - 1).bit_length()
+    notes.append(
+      f"note: k={k} is not a power of two: codes still take {bits} bits, "
+      f"{(1 << bits) - k} of {1 << bits} code values unused"
+    )
+  return notes
+
+
 def params_collection(params: Mapping) -> Mapping:
   """Accept either a params tree or a variables dict: {'params': ..., 'batch_stats': ...}."""
   inner = params.get("params") if isinstance(params, Mapping) else None

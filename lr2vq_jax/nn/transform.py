@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
 from lr2vq_jax.nn import layers
 from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
 
@@ -160,6 +160,7 @@ def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> l
 
   Abstract (`jax.eval_shape`): no weights are computed.
   """
+  rules = as_rules(rules)
   found = []
 
   def record(next_fun, a, kw, context):
@@ -184,45 +185,41 @@ def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict
 
   A rule that matches no layer is an error.
   """
+  rules = as_rules(rules)
   return {
-    path: plan_layer(path, shape, rule, list(rules).index(rule), n_out_dims=n_out)
+    path: plan_layer(path, shape, rule, rules.index(rule), n_out_dims=n_out)
     for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs)
     if rule is not None and not rule.skip
   }
 
 
-def describe(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> str:
-  """A table of every linear layer: the rule it matched, n, k (clamped), m, d̃, code bits, bytes.
+def describe(model: nn.Module, rules: Rule | Sequence[Rule], *args, **kwargs) -> str:
+  """A table of every linear layer: the rule it matched, n, k (requested→used where clamped), m,
+  d̃, bits per code and bytes; notes on clamped or non-power-of-two k follow the table.
 
   Bytes are the PQF-convention payload of the layer: packed codes + fp16 k×m codebook, or the
   fp32 kernel for layers left float.
   """
   rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
-  total = 0
+  total, ks = 0, []
   for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs):
     if rule is None or rule.skip:
       nbytes = 4 * math.prod(shape)
       label = "float" if rule is None else f"{rule.pattern} (skip)"
-      rows.append((path, label, str(shape), "-", "-", "-", "-", "-", str(nbytes)))
+      rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
     else:
       plan = plan_layer(path, shape, rule, n_out_dims=n_out)
       nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
-      rows.append(
-        (
-          path,
-          rule.pattern,
-          str(shape),
-          str(plan.n),
-          str(plan.k),
-          str(plan.m),
-          str(plan.d),
-          str(plan.code_bits),
-          str(nbytes),
-        )
-      )
+      ks.append((path, rule.k, plan.k))
+      cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
+      rows.append((path, rule.pattern, str(shape), *map(str, cells)))
     total += nbytes
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
   lines.insert(1, "-" * len(lines[0]))
-  lines.append(f"total {total} bytes (kernels only; biases and norms not included)")
+  lines += k_notes(ks)
+  lines.append(
+    f"total {total} bytes (kernels only; biases and norms not included); bits: per code "
+    "(ceil(log2 k)), 32 for a float kernel's weights"
+  )
   return "\n".join(lines)
