@@ -74,6 +74,33 @@ def as_rules(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
   return rules
 
 
+def parse_rules(spec: str | Sequence[str]) -> tuple[Rule, ...]:
+  """Rules from text, as a config field or the command line holds them: "PATTERN:k=K,m=M[,d=D]"
+  or "PATTERN:skip", several joined by ";" (or given as a list). ValueError names a bad one."""
+  items = spec.split(";") if isinstance(spec, str) else list(spec)
+  rules = []
+  for item in (i.strip() for i in items):
+    if not item:
+      continue
+    pattern, sep, fields = item.rpartition(":")
+    if not sep or not pattern:
+      raise ValueError(f"rule {item!r}: write PATTERN:k=K,m=M[,d=D] or PATTERN:skip")
+    if fields.strip() == "skip":
+      rules.append(Rule(pattern, skip=True))
+      continue
+    try:
+      kv = dict(f.split("=") for f in fields.split(","))
+      values = {name.strip(): int(v) for name, v in kv.items()}
+    except ValueError:
+      raise ValueError(f"rule {item!r}: fields must be k=K,m=M[,d=D] integers") from None
+    if not set(values) <= {"k", "m", "d"}:
+      raise ValueError(f"rule {item!r}: unknown fields {sorted(set(values) - {'k', 'm', 'd'})}")
+    rules.append(Rule(pattern, **values))
+  if not rules:
+    raise ValueError(f"rules {spec!r}: no rule given")
+  return tuple(rules)
+
+
 def resolve(rules: Sequence[Rule], path: str) -> Rule | None:
   """The first rule whose pattern `re.search`es `path`, or None."""
   for rule in rules:

@@ -24,7 +24,7 @@ from lr2vq_jax import convert
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
-from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
 from lr2vq_jax.train.preemption import Preemption
@@ -222,6 +222,8 @@ def run_stage(
   """
   stage = build_stage(config, name, workdir)
   os.makedirs(stage.workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    run_config.save(config, stage.workdir)
   target = abstract_state(stage)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(stage.workdir), max_to_keep=2)
   logger = MetricsLogger(stage.workdir, stage=name)
