@@ -162,27 +162,36 @@ def _initial_variables(stage: Stage, key) -> dict | None:
 
 
 def restore_final(stage: Stage, directory: str) -> TrainState:
-  """The last checkpoint of a finished stage, checked to be that stage of the same model."""
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(directory))
-  step = ckpt.latest_step()
-  if step is None:
+  """The last checkpoint of a finished stage, checked to be that stage of the same model.
+
+  Reads only: a directory without checkpoints is an error before anything is opened (Orbax would
+  create the folder), and the checkpoint manager is closed on every path.
+  """
+  root = checkpointing.checkpoint_dir(directory)
+  if "://" not in root and not os.path.isdir(root):
     raise FileNotFoundError(
       f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
       f"(--config.stages={stage.name}) or set init_from"
     )
-  meta = ckpt.restore_meta(step)
-  if meta.get("stage") != stage.name or meta.get("model") != stage.config.model:
-    raise ValueError(
-      f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
-      f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
-    )
-  if meta.get("step", step) < meta.get("num_steps", 0):
-    raise ValueError(
-      f"stage {stage.name!r} in {directory} stopped at step {meta['step']} of "
-      f"{meta['num_steps']}; rerun it to the end (--config.stages={stage.name}) first"
-    )
-  state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
-  ckpt.close()
+  with checkpointing.Checkpointer(root) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+        f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
+        f"(--config.stages={stage.name}) or set init_from"
+      )
+    meta = ckpt.restore_meta(step)
+    if meta.get("stage") != stage.name or meta.get("model") != stage.config.model:
+      raise ValueError(
+        f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
+        f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
+      )
+    if meta.get("step", step) < meta.get("num_steps", 0):
+      raise ValueError(
+        f"stage {stage.name!r} in {directory} stopped at step {meta['step']} of "
+        f"{meta['num_steps']}; rerun it to the end (--config.stages={stage.name}) first"
+      )
+    state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
   return state
 
 
@@ -227,6 +236,15 @@ def run_stage(
   target = abstract_state(stage)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(stage.workdir), max_to_keep=2)
   logger = MetricsLogger(stage.workdir, stage=name)
+  try:
+    return _train_and_evaluate(stage, target, ckpt, logger)
+  finally:  # also on errors: pending saves finish and Orbax's threads stop before exit
+    ckpt.close()
+    logger.close()
+
+
+def _train_and_evaluate(stage: Stage, target, ckpt, logger) -> tuple[TrainState, dict]:
+  config, name = stage.config, stage.name
   start = ckpt.latest_step()
   key = jax.random.fold_in(jax.random.key(config.seed), sorted(STAGE_KIND).index(name))
   pending = []
@@ -266,8 +284,6 @@ def run_stage(
   else:
     results["preempted"] = True
   ckpt.wait()
-  ckpt.close()
-  logger.close()
   return state, results
 
 
