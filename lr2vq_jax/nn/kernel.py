@@ -40,7 +40,8 @@ class QuantConfig:
 
   `dkm_iters`, `store` and `projection` are recorded in the variables when they are made (init
   or a conversion); None (the default) means "as the variables say" (`DEFAULTS` where they say
-  nothing), a set value must agree with them.
+  nothing), a set value must agree with them: `SettingError` in conversions, export and calls
+  outside `jit` (under `jit` the recorded value is read as a traced scalar and always wins).
   """
 
   tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
