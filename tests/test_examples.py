@@ -20,3 +20,26 @@ def test_own_model_example(tmp_path, capsys):
   assert 0 <= result["lr2vq_top1"] <= 100
   out = capsys.readouterr().out
   assert "decoded artifact == evaluated model" in out and "conv   ^conv$" in out
+
+
+def test_readme_own_model_snippet_runs(tmp_path, monkeypatch):
+  """README "Use in your own model": the code block runs as written on the example's model."""
+  import jax
+  import optax
+
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  section = readme.split("## Use in your own model", 1)[1]
+  code = section.split("```python\n", 1)[1].split("```", 1)[0]
+  example = _example("own_model")
+  x, y = example.make_data(jax.random.key(0), n=16)
+  monkeypatch.chdir(tmp_path)
+  namespace = {
+    "MyNet": example.MyNet,
+    "x": x,
+    "key": jax.random.key(1),
+    "task_loss": lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+  }
+  exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 -- the README's own code
+  assert namespace["float_vars_again"]["params"]["conv"]["kernel"].shape == (3, 3, 16, 32)
+  assert float(namespace["loss"]) > 0 and (tmp_path / "artifact" / "manifest.json").exists()
