@@ -63,8 +63,9 @@ class QuantizedModel(nn.Module):
 
   The quantize stage runs soft DKM (training) or hard codes (evaluation, what export ships). The
   mode is `quant_train=` when given (the explicit way, whatever the model calls its flag), else
-  the wrapped model's own flag found by name in its call, positional or keyword: `train`,
-  `training`, `is_training` (or the negation `deterministic`). Without either it is hard codes,
+  the wrapped model's own flag found by name in its call, positional or keyword (or its default
+  when the call leaves it out): `train`, `training`, `is_training` (or the negation
+  `deterministic`). Without either it is hard codes,
   and a call that makes `losses` mutable or takes gradients then raises instead of silently
   training nothing.
   """
