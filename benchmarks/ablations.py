@@ -139,7 +139,8 @@ def _copy_stage(src: Path, dst: Path) -> None:
     return
   if not (src / "checkpoints").exists():
     raise FileNotFoundError(f"{src} has no checkpoints: run benchmarks/pareto.py --seeds N first")
-  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("artifact"))
+  # config.json stays behind: the job writes its own (equal in everything but export-only fields)
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("artifact", "config.json"))
 
 
 def aggregate(records: list[dict]) -> dict[tuple[str, str], dict]:

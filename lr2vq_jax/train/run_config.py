@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from lr2vq_jax.train.config import config_rules
+from lr2vq_jax.train.config import stage_rules
 
 CONFIG_FILE = "config.json"
 # Upstream stages whose settings shape a stage's starting point.
@@ -32,6 +32,8 @@ STAGE_SECTIONS = ("float", "lowrank", "quantize", "pq", "dkm")
 # Fields (dotted, regex on the full name) that do not change what a stage computes.
 NEUTRAL = (
   r"^stages$",
+  r"^(preset|k|m|d|rules)$",  # compared through resolved_rules, the rules they resolve to
+  r"\.init_from$",  # a stage with checkpoints resumes from them, not from init_from
   r"^sharding$",
   r"\.(log_every|checkpoint_every|stop_after_steps|debug_nan_at_step|bn_reestimate_batches)$",
   r"^data\.(eval_batch_size|data_dir|manual_dir|prepare_if_missing|shuffle_buffer)$",
@@ -51,10 +53,11 @@ class ConfigChangedError(ValueError):
   )
 
 
-def resolved(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON data, with the rules it resolves to (`config_rules`)."""
+def resolved(config: ml_collections.ConfigDict, stage: str) -> dict:
+  """The config as plain JSON data, with the rules it resolves to for `stage` (`stage_rules`:
+  d̃ = m for the pq and dkm baselines)."""
   data = json.loads(config.to_json())
-  data["resolved_rules"] = [repr(r) for r in config_rules(config)]
+  data["resolved_rules"] = [repr(r) for r in stage_rules(config, stage)]
   return data
 
 
@@ -96,8 +99,8 @@ def check_unchanged(
 ) -> None:
   """`ConfigChangedError` when a stage with checkpoints in `workdir` ran with a config whose
   result-changing fields differ from `config` (unless `allow`). Reads only."""
-  new = resolved(config)
   for stage in stages:
+    new = resolved(config, stage)
     stage_dir = os.path.join(workdir, stage)
     path = config_path(stage_dir)
     if not (epath.Path(stage_dir) / "checkpoints").is_dir() or not path.is_file():
@@ -111,10 +114,10 @@ def check_unchanged(
       )
 
 
-def save(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+def save(config: ml_collections.ConfigDict, stage: str, stage_dir: str) -> None:
   """Writes the resolved config of the stage about to run (atomically)."""
   path = config_path(stage_dir)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f"{CONFIG_FILE}.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(resolved(config), indent=1, sort_keys=True))
+  tmp.write_text(json.dumps(resolved(config, stage), indent=1, sort_keys=True))
   tmp.replace(path)

@@ -232,7 +232,7 @@ def run_stage(
   stage = build_stage(config, name, workdir)
   os.makedirs(stage.workdir, exist_ok=True)
   if jax.process_index() == 0:
-    run_config.save(config, stage.workdir)
+    run_config.save(config, name, stage.workdir)
   target = abstract_state(stage)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(stage.workdir), max_to_keep=2)
   logger = MetricsLogger(stage.workdir, stage=name)

@@ -8,7 +8,7 @@ from tests.reliability import helpers
 
 
 def test_differences_ignore_cadence_and_other_stages():
-  old = run_config.resolved(load_config(helpers.QUICK))
+  old = run_config.resolved(load_config(helpers.QUICK), "quantize")
   new = json.loads(json.dumps(old))
   new["quantize"]["log_every"] = 1
   new["pq"]["lr"] = 0.5
@@ -17,9 +17,12 @@ def test_differences_ignore_cadence_and_other_stages():
   new["quant"]["commitment"] = 1.0
   new["lowrank"]["lr"] = 0.5
   assert run_config.differences(old, new, "float") == []
+  new["d"], new["lowrank"]["init_from"] = 2, "elsewhere"
+  new["resolved_rules"] = ["Rule('^conv[23]$', k=16, m=9, d=2)"]
   assert run_config.differences(old, new, "quantize") == [
     "lowrank.lr: 0.001 → 0.5",
     "quant.commitment: 0.0 → 1.0",
+    "resolved_rules: [\"Rule('^conv[23]$', k=16, m=9, d=4)\"] → [\"Rule('^conv[23]$', k=16, m=9, d=2)\"]",
   ]
 
 
