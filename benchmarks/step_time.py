@@ -216,7 +216,7 @@ def main() -> None:
   ap.add_argument("--cnn-steps", type=int, default=20)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--chunk-size", type=int, default=QuantConfig.chunk_size)
-  ap.add_argument("--dkm-iters", type=int, default=QuantConfig.dkm_iters)
+  ap.add_argument("--dkm-iters", type=int, default=QuantConfig().value("dkm_iters"))
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
   ap.add_argument(
     "--profile-scope",

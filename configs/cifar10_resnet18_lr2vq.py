@@ -11,7 +11,7 @@ Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import lowrank_epochs, quant, shorten, stage
+from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
 
 
 def get_config(arg=None):
@@ -24,6 +24,7 @@ def get_config(arg=None):
   config.data.eval_batch_size = 500
   config.preset = "resnet18_small_blocks"
   config.d = 4
+  config.update(compression_overrides())
   config.stages = "float,lowrank,quantize,pq,dkm"
   config.quant = quant()
   sgd = dict(optimizer="sgd", weight_decay=5e-4, warmup_steps=500)

@@ -13,7 +13,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import lowrank_epochs, quant, shorten, stage
+from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_batch_size = 450
   config.preset = "digits_small_blocks"  # conv2, conv3: k = 16, m = 9; conv1 and fc stay float
   config.d = 4  # d̃ of the compressed layers (capped at m); chosen on validation (README)
+  config.update(compression_overrides())
   config.stages = "float,lowrank,quantize,pq,dkm"
   config.quant = quant()
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)

@@ -23,8 +23,9 @@ from lr2vq_jax.core import (
 )
 from lr2vq_jax.core.dkm import dkm
 from lr2vq_jax.core.kmeans import KMeansResult, kmeans
+from lr2vq_jax.dim_choice import DimScores
 from lr2vq_jax.export import Artifact, ArtifactError, export, load
-from lr2vq_jax.nn import QuantConfig, describe, quantize_model
+from lr2vq_jax.nn import QuantConfig, describe, quantize_model, sum_losses
 
 # `export` is imported eagerly on purpose: binding the function here, after the submodule
 # `lr2vq_jax.export` is loaded, keeps `lq.export` the function for good.
@@ -32,13 +33,28 @@ from lr2vq_jax.nn import QuantConfig, describe, quantize_model
 __version__ = "0.1.0"
 
 
+def select_dim(model, *args, **kwargs):
+  """d̃ by the clustered-SVD predictor. `select_dim(model, variables, rules, eval_fn, candidates)`
+  for any linen model (`lr2vq_jax.dim_choice`); `select_dim(config, float_dir, workdir,
+  candidates)` for an experiment config (`lr2vq_jax.train.dim_select`, loaded on first use: it
+  brings TensorFlow's data pipeline)."""
+  import flax.linen
+
+  from lr2vq_jax import dim_choice
+
+  if isinstance(model, flax.linen.Module):
+    return dim_choice.select_dim(model, *args, **kwargs)
+  from lr2vq_jax.train import dim_select
+
+  return dim_select.select_dim(model, *args, **kwargs)
+
+
 def __getattr__(name: str):
-  """`lq.select_dim` / `lq.DimSelection`: the task-level d̃ choice, loaded on first use because it
-  trains and evaluates through `lr2vq_jax.train` (which brings TensorFlow's data pipeline)."""
-  if name in ("select_dim", "DimSelection"):
+  """`lq.DimSelection`: the config-level result, loaded on first use (see `select_dim`)."""
+  if name == "DimSelection":
     from lr2vq_jax.train import dim_select
 
-    return getattr(dim_select, name)
+    return dim_select.DimSelection
   raise AttributeError(f"module 'lr2vq_jax' has no attribute {name!r}")
 
 
@@ -47,6 +63,7 @@ __all__ = [
   "ArtifactError",
   "CompressedTensor",
   "DimEstimate",
+  "DimScores",
   "KMeansResult",
   "LayerPlan",
   "QuantConfig",
@@ -68,6 +85,8 @@ __all__ = [
   "plan_layers",
   "presets",
   "quantize_model",
+  "select_dim",
   "size_report",
+  "sum_losses",
   "to_subvectors",
 ]

@@ -14,7 +14,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-MODELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50"}
+# Registered models (lr2vq_jax.models.MODELS) → the input shape `--model` traces them with.
+MODELS = {
+  "digits_cnn": (8, 8, 1),
+  "resnet18": (224, 224, 3),
+  "resnet34": (224, 224, 3),
+  "resnet50": (224, 224, 3),
+}
+PRESET_PREFIX = {"digits_cnn": "digits"}  # presets are named <prefix>_<blocks>_blocks
 
 
 class CLIError(Exception):
@@ -52,18 +59,19 @@ def command(name: str, help_text: str, *arguments):
 
 
 def _model(name: str, num_classes: int):
-  from lr2vq_jax import models
+  from lr2vq_jax.models import create_model
 
-  return getattr(models, MODELS[name])(num_classes=num_classes)
+  return create_model(name, num_classes=num_classes)
 
 
 def _rules(model_name: str, preset: str | None, d: int | None):
   from lr2vq_jax import presets
 
-  preset = preset or f"{model_name}_large_blocks"
+  prefix = PRESET_PREFIX.get(model_name, model_name)
+  preset = preset or f"{prefix}_large_blocks"
   if preset not in presets.PRESETS:
     raise CLIError(f"unknown preset {preset!r}", f"choose one of: {', '.join(presets.PRESETS)}")
-  if not preset.startswith(model_name + "_"):
+  if not preset.startswith(prefix + "_"):
     print(f"note: preset {preset} was written for another model than {model_name}", file=sys.stderr)
   rules = presets.get_preset(preset)
   return preset, (rules if d is None else presets.with_d(rules, d))
@@ -78,10 +86,56 @@ def _model_args():
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Target:
+  """What report / estimate-dim look at: a model, its input shape, its rules, a label."""
+
+  model: Any
+  input_shape: tuple[int, ...]
+  rules: tuple
+  label: str
+
+
+def _load_config(spec: str):
+  from lr2vq_jax.train.config import load_config
+
+  try:
+    return load_config(spec)
+  except (FileNotFoundError, ValueError) as e:
+    raise CLIError(str(e), "give --config FILE.py[:arg]") from None
+
+
+def _target(args: argparse.Namespace) -> _Target:
+  """From `--config` (its model, input size, rules with k/m/d̃/rules overrides) or from
+  `--model/--preset/--d`."""
+  if not getattr(args, "config", None):
+    preset, rules = _rules(args.model, args.preset, args.d)
+    model = _model(args.model, args.num_classes)
+    return _Target(model, MODELS[args.model], rules, f"model {args.model}, preset {preset}")
+  from lr2vq_jax import presets
+  from lr2vq_jax.train.config import config_rules
+  from lr2vq_jax.train.validate import ConfigError, validate_config
+
+  config = _load_config(args.config)
+  try:
+    validate_config(config)
+  except ConfigError as e:
+    raise CLIError(str(e), e.hint) from None
+  rules = config_rules(config)
+  rules = rules if args.d is None else presets.with_d(rules, args.d)
+  from lr2vq_jax.train.input_pipeline import _NUM_CLASSES
+
+  data = config.data
+  model = _model(config.model, _NUM_CLASSES[data.name])
+  shape = (data.image_size, data.image_size, 1 if data.name == "digits" else 3)
+  return _Target(model, shape, rules, f"config {args.config}: model {config.model}")
+
+
 @command(
   "report",
   "print the per-layer size table (PQF/BGD convention) from shapes alone",
   *_model_args(),
+  arg("--config", default=None, help="experiment config FILE[:arg]: its model, input and rules"),
   arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
 )
 def report(args: argparse.Namespace) -> int:
@@ -90,12 +144,12 @@ def report(args: argparse.Namespace) -> int:
 
   from lr2vq_jax.core.accounting import size_report
 
-  preset, rules = _rules(args.model, args.preset, args.d)
-  model = _model(args.model, args.num_classes)
-  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  target = _target(args)
+  x = jax.ShapeDtypeStruct((1, *target.input_shape), jnp.float32)
+  model = target.model
   shapes = jax.eval_shape(lambda key, x: model.init(key, x, train=False), jax.random.key(0), x)
-  rep = size_report(shapes, rules, store=args.store)
-  print(f"model {args.model}, preset {preset}, store {args.store}")
+  rep = size_report(shapes, target.rules, store=args.store)
+  print(f"{target.label}, store {args.store}")
   print(rep.table())
   return 0
 
@@ -106,6 +160,12 @@ def report(args: argparse.Namespace) -> int:
   "benchmarks/dim_predictors.py found to work); else low-rank + k-means weight errors",
   *_model_args(),
   arg("--config", default=None, help="experiment config FILE[:arg]: choose d̃ on its task"),
+  arg(
+    "--weights",
+    default=None,
+    help="trained weights FILE (.npz/.safetensors: torchvision names or flax paths like "
+    "conv2/kernel): weight errors of these instead of a random init",
+  ),
   arg("--float-dir", default=None, help="with --config: its finished float stage directory"),
   arg("--workdir", default=None, help="with --config: scratch runs (default <float-dir>/../dim)"),
   arg("--pretrain-steps", type=int, default=0, help="with --config: low-rank steps per d̃"),
@@ -122,36 +182,62 @@ def estimate_dim(args: argparse.Namespace) -> int:
 
   from lr2vq_jax.core.dimension import estimate_dim_model
 
-  preset, rules = _rules(args.model, args.preset, args.d)
   try:
     cands = None if args.candidates is None else [int(c) for c in args.candidates.split(",")]
   except ValueError:
     raise CLIError(
       f"bad --candidates {args.candidates!r}", "write e.g. --candidates 1,2,4,8"
     ) from None
-  if args.config:
+  if args.config and not args.weights:
     return _select_dim_on_task(args, cands)
-  model = _model(args.model, args.num_classes)
+  target = _target(args)
   key = jax.random.key(args.seed)
-  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))
-  # An "rbg" key for init: XLA:CPU compiles a threefry ResNet init ~4× slower (20+ s).
-  params = init(jax.random.key(args.seed, impl="rbg"))
+  if args.weights:
+    params, source = read_weights(args.weights), f"weights {args.weights}"
+  else:
+    model, (h, w, c) = target.model, target.input_shape
+    shape = (1, min(h, 32), min(w, 32), c)  # kernel shapes do not depend on the image size
+    init = jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))
+    # An "rbg" key for init: XLA:CPU compiles a threefry ResNet init ~4× slower (20+ s).
+    params, source = init(jax.random.key(args.seed, impl="rbg")), f"random init, seed {args.seed}"
   est = estimate_dim_model(
     params,
-    rules,
+    target.rules,
     layers=args.layer,
     candidates=cands,
     key=key,
     iters=args.iters,
     max_rows=args.max_rows,
   )
-  print(f"model {args.model} (random init, seed {args.seed}), preset {preset}")
+  print(f"{target.label} ({source})")
   for path, e in est.layers.items():
     print(f"\n{path}\n{e.table()}")
   if len(est.layers) > 1:
     print()
     print(est.table())
   return 0
+
+
+def read_weights(path: str) -> dict:
+  """Params from a `.npz`/`.safetensors` file: flax paths ("conv2/kernel", optionally under
+  "params/") or a torchvision state dict ("layer1.0.conv1.weight")."""
+  import numpy as np
+  from flax import traverse_util
+
+  from lr2vq_jax.models.torch_import import read_state_dict, torch_to_flax
+
+  try:
+    flat = read_state_dict(path)
+  except (OSError, ValueError) as e:
+    raise CLIError(
+      f"cannot read --weights {path}: {e}", "give a .npz or .safetensors file"
+    ) from None
+  if flat and all("/" in k for k in flat):
+    tree = traverse_util.unflatten_dict(
+      {tuple(k.split("/")): np.asarray(v) for k, v in flat.items()}
+    )
+    return tree.get("params", tree)
+  return torch_to_flax(flat)["params"]
 
 
 def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> int:

@@ -9,6 +9,11 @@ rules select change, everything else passes through untouched, so the result plu
   quantize_to_frozen   hard codes from the DKM-refined codebook          (export / PQ-style tuning)
   float_to_pq          k-means on raw subvectors, codes frozen           (PQ / BGD / PQF baseline)
   float_to_dkm         z = X, projection = I, codebook by k-means        (vanilla DKM, d̃ = m)
+
+Each conversion checks the stage of what it is given (`StageError` naming the conversion to run
+instead; nothing is returned unchanged by accident) and records the result-changing settings of
+its `config` (projection mode, store, DKM iterations) in each layer's `quant` collection, where
+evaluation and export read them (`lr2vq_jax.nn.recorded`).
 """
 
 from __future__ import annotations
@@ -24,17 +29,47 @@ from flax import traverse_util
 
 from lr2vq_jax.core import codec, lowrank, subvectors
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layers, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve
+from lr2vq_jax.nn import recorded
 from lr2vq_jax.nn.kernel import QUANT, QuantConfig, refined_codebook, temperature
+from lr2vq_jax.nn.recorded import StageError
 
 Variables = Mapping[str, Any]
 Plan = Mapping[str, LayerPlan]
 Path = tuple[str, ...]
 
 
-def vanilla(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+def vanilla(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
   """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
-  return tuple(dataclasses.replace(r, d=None) for r in rules)
+  return tuple(dataclasses.replace(r, d=None) for r in as_rules(rules))
+
+
+def stage_of(variables: Variables) -> str:
+  """The stage of `variables`: "float", "lowrank", "quantize", "frozen", or "mixed"."""
+  params = traverse_util.flatten_dict(dict(variables.get("params", {})))
+  layers: dict[Path, set] = {}
+  for k in params:
+    layers.setdefault(k[:-1], set()).add(k[-1])
+  stages = {recorded.layer_stage(leaves) for leaves in layers.values()} - {"float"}
+  if len(stages) > 1:
+    return "mixed"
+  return stages.pop() if stages else "float"
+
+
+def _expect(variables: Variables, wanted: str, conversion: str) -> None:
+  """`StageError` unless `variables` are of stage `wanted`, naming what to run instead."""
+  if "params" not in variables:
+    raise StageError(f"{conversion}: expected a flax variables dict with 'params'")
+  found = stage_of(variables)
+  if found == wanted:
+    return
+  if found == "mixed":
+    raise StageError(f"{conversion}: variables mix layers of several stages; expected {wanted}")
+  how = recorded.CONVERSIONS.get((found, wanted))
+  hint = f"; run {how} on them first" if how else ""
+  raise StageError(
+    f"{conversion}: got {found}-stage variables, it converts {wanted}-stage ones{hint}"
+  )
 
 
 def _split(variables: Variables):
@@ -75,6 +110,9 @@ def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None
   """Flat params/quant/rest with the selected kernels removed, and (key, geometry, rows) per layer."""
   params, quant, rest = _split(variables)
   plan = plan if plan is not None else plan_layers(variables["params"], rules)
+  missing = [p for p in plan if (tuple(p.split("/")) if p else ()) + ("kernel",) not in params]
+  if missing:
+    raise StageError(f"layer {missing[0]!r} of the plan has no float kernel in the variables")
   layers = []
   for path, geo in sorted(plan.items()):
     key = tuple(path.split("/")) if path else ()
@@ -85,26 +123,48 @@ def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None
 
 
 def float_to_lowrank(
-  variables: Variables, rules: Sequence[Rule], *, plan: Plan | None = None
+  variables: Variables,
+  rules: Rule | Sequence[Rule],
+  *,
+  plan: Plan | None = None,
+  config: QuantConfig | None = None,
 ) -> dict:
-  """Replaces selected kernels by their rank-d̃ factors Z·P (truncated SVD, exact at d̃ = m)."""
-  params, quant, rest, layers = _float_layers(variables, rules, plan)
+  """Replaces selected kernels by their rank-d̃ factors Z·P (truncated SVD, exact at d̃ = m);
+  records `config.projection` (default "learned") for the low-rank and later stages."""
+  _expect(variables, "float", "float_to_lowrank")
+  config = config or QuantConfig()
+  params, quant, rest, layers = _float_layers(variables, as_rules(rules), plan)
   for key, geo, rows in layers:
     params[key + ("z",)], params[key + ("projection",)] = _svd(rows, geo.d)
+    recorded.record(quant, key, config.settings("lowrank"))
   return _join(params, quant, rest)
 
 
 def lowrank_to_quantize(
   variables: Variables,
-  rules: Sequence[Rule],
+  rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
   kmeans_iters: int = 25,
-  tau_alpha: float = 0.03,
+  tau_alpha: float | None = None,
+  config: QuantConfig | None = None,
 ) -> dict:
-  """Adds a k-means++/Lloyd codebook on Z and the DKM temperature τ to every low-rank layer."""
+  """Adds a k-means++/Lloyd codebook on Z and the DKM temperature τ to every low-rank layer.
+
+  τ = α·(mean squared distance to the nearest centroid), α = `tau_alpha`, else
+  `config.tau_alpha`; `config`'s store and DKM iterations are recorded (its projection must
+  agree with the low-rank stage's).
+  """
+  _expect(variables, "lowrank", "lowrank_to_quantize")
+  config = config or QuantConfig()
+  tau_alpha = config.tau_alpha if tau_alpha is None else tau_alpha
+  rules = as_rules(rules)
   params, quant, rest = _split(variables)
   for i, layer in enumerate(_layers_with(params, "z")):
+    where = f"lowrank_to_quantize, layer {'/'.join(layer)!r}"
+    layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
+    settings = recorded.resolve(layer_quant, config, "lowrank", where)
+    recorded.record(quant, layer, {**config.settings("quantize"), **settings})
     rule = resolve(rules, "/".join(layer))
     if rule is None or rule.skip:
       raise ValueError(f"low-rank layer {'/'.join(layer)!r} matches no quantizing rule")
@@ -117,14 +177,23 @@ def lowrank_to_quantize(
 
 
 def quantize_to_frozen(variables: Variables, config: QuantConfig | None = None) -> dict:
-  """Fixes hard codes from the DKM-refined codebook, exactly as evaluation does; drops Z."""
-  config = config or QuantConfig()
+  """Fixes hard codes from the DKM-refined codebook, exactly as evaluation does; drops Z.
+
+  The DKM iterations are the recorded ones (`config`, if given, must agree with them).
+  """
+  _expect(variables, "quantize", "quantize_to_frozen")
+  chunk_size = (config or QuantConfig()).chunk_size
   params, quant, rest = _split(variables)
   for layer in _layers_with(params, "z"):
+    where = f"quantize_to_frozen, layer {'/'.join(layer)!r}"
+    layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
+    settings = recorded.resolve(layer_quant, config, "quantize", where)
+    quant.pop(layer + (recorded.KEYS["dkm_iters"],), None)
+    recorded.record(quant, layer, {n: settings[n] for n in recorded.STAGE_SETTINGS["frozen"]})
     z = params.pop(layer + ("z",))
     tau = quant.pop(layer + ("tau",))
     centroids = refined_codebook(
-      z, params[layer + ("codebook",)], tau, iters=config.dkm_iters, chunk_size=config.chunk_size
+      z, params[layer + ("codebook",)], tau, iters=settings["dkm_iters"], chunk_size=chunk_size
     )
     params[layer + ("codebook",)] = centroids
     quant[layer + ("codes",)] = codec.encode(z.astype(jnp.float32), centroids).astype(jnp.int32)
@@ -133,15 +202,19 @@ def quantize_to_frozen(variables: Variables, config: QuantConfig | None = None) 
 
 def float_to_pq(
   variables: Variables,
-  rules: Sequence[Rule],
+  rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
   kmeans_iters: int = 25,
   plan: Plan | None = None,
+  config: QuantConfig | None = None,
 ) -> dict:
   """Product quantization of the raw subvectors (d̃ = m): codebook k×m, projection I, codes fixed."""
+  _expect(variables, "float", "float_to_pq")
+  config = config or QuantConfig()
   params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
   for i, (layer, geo, rows) in enumerate(layers):
+    recorded.record(quant, layer, config.settings("frozen"))
     result = _kmeans(rows, geo.k, jax.random.fold_in(key, i), kmeans_iters)
     params[layer + ("codebook",)] = result.centroids
     params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
@@ -151,19 +224,28 @@ def float_to_pq(
 
 def float_to_dkm(
   variables: Variables,
-  rules: Sequence[Rule],
+  rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
   kmeans_iters: int = 25,
-  tau_alpha: float = 0.03,
+  tau_alpha: float | None = None,
   plan: Plan | None = None,
+  config: QuantConfig | None = None,
 ) -> dict:
   """Vanilla DKM: quantize stage with Z = X and P = I (d̃ = m, no low-rank representation)."""
+  _expect(variables, "float", "float_to_dkm")
+  config = config or QuantConfig()
   params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
   for layer, geo, rows in layers:
     params[layer + ("z",)] = rows
     params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
+    recorded.record(quant, layer, config.settings("lowrank"))
   lowrank_vars = _join(params, quant, rest)
   return lowrank_to_quantize(
-    lowrank_vars, vanilla(rules), key=key, kmeans_iters=kmeans_iters, tau_alpha=tau_alpha
+    lowrank_vars,
+    vanilla(rules),
+    key=key,
+    kmeans_iters=kmeans_iters,
+    tau_alpha=tau_alpha,
+    config=config,
   )

@@ -27,14 +27,9 @@ import numpy as np
 from flax import traverse_util
 
 from lr2vq_jax.core import codec, subvectors
-from lr2vq_jax.core.rules import Rule, resolve
-from lr2vq_jax.nn.kernel import (
-  QUANT,
-  QuantConfig,
-  effective_projection,
-  frozen_tables,
-  hard_tables,
-)
+from lr2vq_jax.core.rules import Rule, as_rules, resolve
+from lr2vq_jax.nn import recorded
+from lr2vq_jax.nn.kernel import QUANT, QuantConfig, frozen_tables, hard_codes, projection_as
 
 FORMAT = "lr2vq-artifact"
 FORMAT_VERSION = 2  # 2: manifest_sha256 (a digest of the manifest itself)
@@ -90,16 +85,27 @@ def export(
 ) -> dict:
   """Writes the artifact of quantize- or frozen-stage `variables` to directory `path`.
 
-  Returns the manifest. `config.store` picks the codebook layout ("codebook": C·P as k×m fp16,
-  the PQF convention; "factored": C k×d̃ and P d̃×m fp16). `metadata` (JSON) is kept as is,
-  e.g. the model name and input shape that `lr2vq eval` needs.
+  Returns the manifest. Projection mode, store ("codebook": C·P as k×m fp16, the PQF
+  convention; "factored": C k×d̃ and P d̃×m fp16), DKM iterations and τ are read from the
+  variables, so the artifact decodes to the model that was evaluated; `config` is optional and
+  an explicit field that disagrees with the variables is an error. `metadata` (JSON) is kept as
+  is, e.g. the model name and input shape that `lr2vq eval` needs.
   """
-  config = config or QuantConfig()
+  rules = as_rules(rules)
+  chunk_size = (config or QuantConfig()).chunk_size
   params = traverse_util.flatten_dict(dict(variables["params"]))
   stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
   quant = traverse_util.flatten_dict(dict(variables.get(QUANT, {})))
   if any(k[-1] == "z" and k[:-1] + ("codebook",) not in params for k in params):
-    raise ArtifactError("export needs quantize- or frozen-stage variables; found low-rank layers")
+    raise ArtifactError(
+      "export needs quantize- or frozen-stage variables; got low-rank layers "
+      "(run lq.convert.lowrank_to_quantize, then train the quantize stage)"
+    )
+  if not _quantized_layers(params):
+    raise ArtifactError(
+      "export needs quantize- or frozen-stage variables; got float-stage ones (no codebook): "
+      "run lq.convert.float_to_lowrank and lq.convert.lowrank_to_quantize first"
+    )
   arrays: dict[str, np.ndarray] = {}
   layers, consumed = {}, set()
   for layer in _quantized_layers(params):
@@ -108,13 +114,22 @@ def export(
     if rule is None or rule.skip:
       raise ArtifactError(f"quantized layer {name!r} matches no rule in {list(rules)}")
     codebook, projection = params[layer + ("codebook",)], params[layer + ("projection",)]
-    if layer + ("z",) in params:
-      codes, tables = hard_tables(
-        params[layer + ("z",)], codebook, projection, quant[layer + ("tau",)], config
-      )
+    stage = "quantize" if layer + ("z",) in params else "frozen"
+    layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
+    settings = recorded.resolve(layer_quant, config, stage, f"export, layer {name!r}")
+    if stage == "quantize":
+      codes, c, p = hard_codes(
+        params[layer + ("z",)], codebook, projection, layer_quant["tau"],
+        settings=settings, chunk_size=chunk_size,
+      )  # fmt: skip
     else:
-      p_eff = effective_projection(projection, config.projection)
-      codes, tables = quant[layer + ("codes",)], frozen_tables(codebook, p_eff, config.store)
+      codes, c, p = (
+        layer_quant["codes"],
+        codebook,
+        projection_as(projection, settings["projection"]),
+      )
+    store = settings["store"]
+    tables = frozen_tables(c, p, store)
     k, d, m = codebook.shape[0], codebook.shape[1], projection.shape[1]
     codes = np.asarray(codes)
     entry = {
@@ -127,10 +142,11 @@ def export(
       "d": int(d),
       "bits": codec.bits_per_code(int(k)),
       "dtype": str(np.asarray(codebook).dtype),
-      "store": config.store,
+      "store": store,
+      "projection": settings["projection"],
       "arrays": {"codes": _entry(arrays, f"{name}/codes", codec.pack_codes(codes, int(k)))},
     }
-    names = ("table",) if config.store == "codebook" else ("codebook", "projection")
+    names = ("table",) if store == "codebook" else ("codebook", "projection")
     for part, table in zip(names, tables, strict=True):
       entry["arrays"][part] = _entry(arrays, f"{name}/{part}", np.asarray(table, np.float16))
     layers[name] = entry

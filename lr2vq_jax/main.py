@@ -17,10 +17,18 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, artifacts and results.json go.")
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (default: one line + hint).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+  "show_config", False, "Print every config field (after overrides) and the rules; run nothing."
+)
+flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Continue a work dir whose stages ran with another config (default: stop and name the fields).",
+)
+flags.mark_flags_as_required(["config"])
 FLAG_HINT = (
   "flags are --config FILE[:arg] --workdir DIR [--config.<field>=<value> ...], each field one "
-  "the config has; --helpfull lists them"
+  "the config has; `lr2vq train --config FILE --show-config` prints them all"
 )
 
 
@@ -36,6 +44,11 @@ def _fail(message: str, hint: str, code: int, verbose: bool) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.show_config:
+    show_config(FLAGS.config)
+    return
+  if not FLAGS.workdir:
+    _fail("--workdir is required", FLAG_HINT, 2, FLAGS.verbose)
   import jax
 
   from lr2vq_jax.train import distributed, pipeline
@@ -47,12 +60,13 @@ def main(argv) -> None:
   )
   from lr2vq_jax.train.checkpointing import CheckpointMismatchError
   from lr2vq_jax.train.input_pipeline import ImageNetNotPreparedError
+  from lr2vq_jax.train.run_config import ConfigChangedError
   from lr2vq_jax.train.trainer import NonFiniteError
   from lr2vq_jax.train.validate import ConfigError
 
-  try:
-    pipeline.run(FLAGS.config, FLAGS.workdir)  # validates the config before writing anything
-  except ConfigError as e:
+  try:  # validates the config (and a rerun's earlier config) before writing anything
+    pipeline.run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+  except (ConfigError, ConfigChangedError) as e:
     _fail(str(e), e.hint, 2, FLAGS.verbose)
   except CheckpointMismatchError as e:
     _fail(str(e), e.hint, 2, FLAGS.verbose)
@@ -61,6 +75,25 @@ def main(argv) -> None:
     _fail(str(e), hint, 1, FLAGS.verbose)
   except (ImageNetNotPreparedError, FileNotFoundError) as e:
     _fail(str(e), "rerun with --verbose for the traceback", 2, FLAGS.verbose)
+
+
+def show_config(config) -> None:
+  """Every field of the config as the run would see it (after overrides), then its rules."""
+  import json
+
+  from lr2vq_jax.train.config import config_rules
+  from lr2vq_jax.train.run_config import flatten
+
+  for name, value in sorted(flatten(json.loads(config.to_json())).items()):
+    print(f"{name} = {value!r}")
+  try:
+    rules = config_rules(config)
+  except (ValueError, TypeError) as e:
+    _fail(str(e), "fix config.preset / rules / k / m / d", 2, FLAGS.verbose)
+  print("# rules (first match wins):")
+  for rule in rules:
+    print(f"#   {rule!r}")
+  print("# override any field with --config.<field>=<value>, e.g. --config.k=32 --config.m=4")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -76,7 +109,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> None:
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+  argv = list(sys.argv if argv is None else argv)
+  dashed = {"--show-config": "--show_config", "--allow-config-change": "--allow_config_change"}
+  app.run(main, argv=[dashed.get(a, a) for a in argv], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

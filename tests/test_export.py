@@ -18,11 +18,11 @@ def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-def _quantized(model, rules, x, plan=None):
+def _quantized(model, rules, x, plan=None, config=None):
   float_vars = model.init(jax.random.key(0), x, train=False)
-  lowrank = convert.float_to_lowrank(float_vars, rules, plan=plan)
+  lowrank = convert.float_to_lowrank(float_vars, rules, plan=plan, config=config)
   return float_vars, convert.lowrank_to_quantize(
-    lowrank, rules, key=jax.random.key(1), kmeans_iters=3
+    lowrank, rules, key=jax.random.key(1), kmeans_iters=3, config=config
   )
 
 
@@ -30,7 +30,7 @@ def _quantized(model, rules, x, plan=None):
 def test_plain_model_roundtrip(tmp_path, store):
   config = lq.nn.QuantConfig(store=store)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
-  _, variables = _quantized(PlainNet(), RULES, X, plan)
+  _, variables = _quantized(PlainNet(), RULES, X, plan, config)
   # Give BatchNorm non-trivial statistics so folding is exercised.
   variables["batch_stats"] = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
   evaluated = lq.nn.quantize_model(PlainNet(), RULES, "quantize", config).apply(variables, X)

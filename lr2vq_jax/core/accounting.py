@@ -19,7 +19,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from lr2vq_jax.core.rules import Rule, iter_leaves, params_collection, plan_layers
+from lr2vq_jax.core.rules import (
+  Rule,
+  as_rules,
+  iter_leaves,
+  k_cell,
+  k_notes,
+  params_collection,
+  plan_layers,
+)
 
 STORES = ("codebook", "factored")
 MIB = 2**20
@@ -39,6 +47,7 @@ class LayerSize:
   code_bits: int  # n · bits, exact
   code_bytes: int  # ceil(code_bits / 8), packed
   codebook_bytes: int  # fp16: 2·k·m (codebook) or 2·(k·d̃ + d̃·m) (factored)
+  requested_k: int | None = None  # the rule's k, when the clamp lowered it to `k`
 
   @property
   def num_params(self) -> int:
@@ -89,19 +98,20 @@ class SizeReport:
   def table(self) -> str:
     """Printable per-layer table and the totals line."""
     head = (
-      f"{'layer':<28} {'shape':<18} {'n':>8} {'k':>6} {'m':>3} {'d':>3} {'bits':>4} {'bytes':>10}"
+      f"{'layer':<28} {'shape':<18} {'n':>8} {'k':>9} {'m':>3} {'d':>3} {'bits':>4} {'bytes':>10}"
     )
     lines = [head, "-" * len(head)]
     rows = [(r.path, r) for r in self.layers] + [(p, s) for p, s in self.float_layers]
     for path, r in sorted(rows, key=lambda row: _natural_key(row[0])):
       if isinstance(r, LayerSize):
         shape = "x".join(map(str, r.shape))
+        k = k_cell(r.requested_k or r.k, r.k)
         lines.append(
-          f"{path:<28} {shape:<18} {r.n:>8} {r.k:>6} {r.m:>3} {r.d:>3} {r.bits:>4} {r.total_bytes:>10}"
+          f"{path:<28} {shape:<18} {r.n:>8} {k:>9} {r.m:>3} {r.d:>3} {r.bits:>4} {r.total_bytes:>10}"
         )
       else:
         shape = "x".join(map(str, r))
-        fp32 = f"{'fp32':>8} {'':>6} {'':>3} {'':>3} {32:>4}"
+        fp32 = f"{'fp32':>8} {'':>9} {'':>3} {'':>3} {32:>4}"
         lines.append(f"{path:<28} {shape:<18} {fp32} {4 * math.prod(r):>10}")
     lines.append("-" * len(head))
     lines.append(
@@ -109,8 +119,13 @@ class SizeReport:
       f"{self.codebook_bytes / MIB:.3f} MiB, other fp32 ({self.other_params} params) "
       f"{self.other_bytes / MIB:.3f} MiB"
     )
+    lines += k_notes([(r.path, r.requested_k or r.k, r.k) for r in self.layers])
+    lines.append("bits: per code, ceil(log2 k) (32: a float kernel's weights)")
     lines.append(self.totals_line())
     return "\n".join(lines)
+
+  def __str__(self) -> str:
+    return self.table()
 
 
 def _natural_key(path: str) -> list:
@@ -130,6 +145,7 @@ def size_report(params: Mapping, rules: Sequence[Rule], *, store: str = "codeboo
   """Size of `params` (arrays or jax.ShapeDtypeStruct) compressed by `rules`, PQF/BGD convention."""
   if store not in STORES:
     raise ValueError(f"store={store!r}: expected one of {STORES}")
+  rules = as_rules(rules)
   plans = plan_layers(params, rules)
   num_params = 0
   float_layers = []
@@ -145,7 +161,7 @@ def size_report(params: Mapping, rules: Sequence[Rule], *, store: str = "codeboo
     rows.append(
       LayerSize(
         p.path, p.shape, p.n, p.k, p.m, p.d, p.bits_per_code, code_bits, -(-code_bits // 8),
-        table_bytes(p.k, p.m, p.d, store),
+        table_bytes(p.k, p.m, p.d, store), rules[p.rule_index].k,
       )
     )  # fmt: skip
   compressed_params = sum(r.num_params for r in rows)

@@ -41,6 +41,14 @@ class CompressedTensor:
   def n(self) -> int:
     return self.codes.shape[0]
 
+  def __repr__(self) -> str:
+    shape = "x".join(map(str, self.shape))
+    return (
+      f"CompressedTensor(shape {shape}: n={self.n} subvectors of m={self.m}, k={self.k} "
+      f"centroids in d̃={self.d}, {self.num_bits('codebook')} bits stored as C·P, "
+      f"{self.num_bits('factored')} as C and P)"
+    )
+
   def decompress(self) -> jax.Array:
     """The kernel W ≈ from_subvectors(C[a]·P, shape), float32."""
     rows = jnp.take(self.codebook, self.codes, axis=0) @ self.projection

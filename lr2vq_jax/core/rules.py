@@ -65,6 +65,42 @@ class Rule:
     return f"Rule({self.pattern!r}, k={self.k}, m={self.m}{d})"
 
 
+def as_rules(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
+  """A tuple of rules from a sequence of them or a single `Rule`; TypeError on anything else."""
+  rules = (rules,) if isinstance(rules, Rule) else tuple(rules)
+  for rule in rules:
+    if not isinstance(rule, Rule):
+      raise TypeError(f"rules must be Rule instances, got {rule!r}")
+  return rules
+
+
+def parse_rules(spec: str | Sequence[str]) -> tuple[Rule, ...]:
+  """Rules from text, as a config field or the command line holds them: "PATTERN:k=K,m=M[,d=D]"
+  or "PATTERN:skip", several joined by ";" (or given as a list). ValueError names a bad one."""
+  items = spec.split(";") if isinstance(spec, str) else list(spec)
+  rules = []
+  for item in (i.strip() for i in items):
+    if not item:
+      continue
+    pattern, sep, fields = item.rpartition(":")
+    if not sep or not pattern:
+      raise ValueError(f"rule {item!r}: write PATTERN:k=K,m=M[,d=D] or PATTERN:skip")
+    if fields.strip() == "skip":
+      rules.append(Rule(pattern, skip=True))
+      continue
+    try:
+      kv = dict(f.split("=") for f in fields.split(","))
+      values = {name.strip(): int(v) for name, v in kv.items()}
+    except ValueError:
+      raise ValueError(f"rule {item!r}: fields must be k=K,m=M[,d=D] integers") from None
+    if not set(values) <= {"k", "m", "d"}:
+      raise ValueError(f"rule {item!r}: unknown fields {sorted(set(values) - {'k', 'm', 'd'})}")
+    rules.append(Rule(pattern, **values))
+  if not rules:
+    raise ValueError(f"rules {spec!r}: no rule given")
+  return tuple(rules)
+
+
 def resolve(rules: Sequence[Rule], path: str) -> Rule | None:
   """The first rule whose pattern `re.search`es `path`, or None."""
   for rule in rules:
@@ -109,6 +145,33 @@ class LayerPlan:
   def to_kernel(self, rows):
     """Inverse of `to_rows`."""
     return subvectors.from_subvectors(rows, self.view_shape).reshape(self.shape)
+
+
+def k_cell(requested: int, used: int) -> str:
+  """A table's k: "64", or "1024→64" where the clamp lowered the requested k."""
+  return str(used) if requested == used else f"{requested}→{used}"
+
+
+def k_notes(layers: Sequence[tuple[str, int, int]]) -> list[str]:
+  """Lines announcing clamped and non-power-of-two k for (path, requested k, used k) triples."""
+  notes = []
+  clamped: dict[tuple[int, int], list[str]] = {}
+  for path, requested, used in layers:
+    if requested != used:
+      clamped.setdefault((requested, used), []).append(path)
+  for (requested, used), paths in clamped.items():
+    more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
+    notes.append(
+      f"note: k={requested} clamped to {used} on {', '.join(paths[:3])}{more} "
+      "(k ≤ 2^floor(log2(n/4)), the PQF/BGD rule: at least 4 subvectors per centroid)"
+    )
+  for k in sorted({used for _, _, used in layers if used & (used - 1)}):
+    bits = (k - 1).bit_length()
+    notes.append(
+      f"note: k={k} is not a power of two: codes still take {bits} bits, "
+      f"{(1 << bits) - k} of {1 << bits} code values unused"
+    )
+  return notes
 
 
 def params_collection(params: Mapping) -> Mapping:
@@ -172,10 +235,7 @@ def plan_layers(params: Mapping, rules: Sequence[Rule]) -> dict[str, LayerPlan]:
   `params` is a nested dict of arrays or jax.ShapeDtypeStruct (or a variables dict, whose
   'params' is used). Raises ValueError naming any rule that matches no layer at all.
   """
-  rules = tuple(rules)
-  for rule in rules:
-    if not isinstance(rule, Rule):
-      raise TypeError(f"rules must be Rule instances, got {rule!r}")
+  rules = as_rules(rules)
   layers = list(iter_layers(params))
   for rule in rules:
     if not any(rule.matches(path) for path, _ in layers):

@@ -8,6 +8,7 @@ from lr2vq_jax.nn.transform import (
   module_path,
   plan_model,
   quantize_model,
+  sum_losses,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
   "n_out_dims",
   "plan_model",
   "quantize_model",
+  "sum_losses",
 ]

@@ -10,7 +10,8 @@ computed from other params), so a quantized layer has the same path as the float
   frozen     codebook, projection           shapes, codes (n,)    C[a]·P
 
 "shapes" are `shape` (the kernel's) and `view_shape` (what is cut into subvectors), kept so that
-an export or a later stage needs nothing but the variables.
+an export or a later stage needs nothing but the variables. The settings that change the result
+(projection mode, store, DKM iterations) are recorded there too (`recorded.py`).
 """
 
 from __future__ import annotations
@@ -25,39 +26,55 @@ import jax.numpy as jnp
 from lr2vq_jax.core import codec, lowrank
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer
+from lr2vq_jax.nn import recorded
+from lr2vq_jax.nn.recorded import DEFAULTS, PROJECTIONS, STORES
 
 STAGES = ("float", "lowrank", "quantize", "frozen")
-STORES = ("codebook", "factored")
-PROJECTIONS = ("learned", "orthonormal")
 QUANT = "quant"  # non-trainable collection: kernel shape, DKM temperature, frozen codes
 LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
-  """Stage-independent knobs of the quantized layers (one per model, hashable)."""
+  """Stage-independent knobs of the quantized layers (one per model, hashable).
+
+  `dkm_iters`, `store` and `projection` are recorded in the variables when they are made (init
+  or a conversion); None (the default) means "as the variables say" (`DEFAULTS` where they say
+  nothing), a set value must agree with them: `SettingError` in conversions, export and calls
+  outside `jit` (under `jit` the recorded value is read as a traced scalar and always wins).
+  """
 
   tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
-  dkm_iters: int = 3  # centroid updates per training forward pass
+  dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
-  store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
-  # "learned": P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR) factor,
-  # rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
-  projection: str = "learned"
+  # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
+  store: str | None = None
+  # "learned" (default): P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR)
+  # factor, rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
+  projection: str | None = None
   chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
   # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
   # see train/partitioning.py); None or a one-device axis: unsharded.
   shard_axis: str | None = None
 
   def __post_init__(self):
-    if self.store not in STORES:
+    if self.store not in (None, *STORES):
       raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
-    if self.projection not in PROJECTIONS:
+    if self.projection not in (None, *PROJECTIONS):
       raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
-    if self.dkm_iters < 0:
+    if self.dkm_iters is not None and self.dkm_iters < 0:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.tau_alpha <= 0:
       raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
+
+  def value(self, name: str):
+    """Setting `name` as given, or its default when unset (for making new variables)."""
+    given = getattr(self, name)
+    return DEFAULTS[name] if given is None else given
+
+  def settings(self, stage: str) -> dict:
+    """The settings variables of `stage` record, as this config makes them."""
+    return {name: self.value(name) for name in recorded.STAGE_SETTINGS[stage]}
 
 
 def effective_projection(p: jax.Array, mode: str) -> jax.Array:
@@ -80,34 +97,49 @@ def effective_projection(p: jax.Array, mode: str) -> jax.Array:
   return jnp.stack(rows)
 
 
+def projection_as(p: jax.Array, mode) -> jax.Array:
+  """`effective_projection` for a mode given as a name or a recorded (maybe traced) index."""
+  if isinstance(mode, str):
+    return effective_projection(p, mode)
+  if recorded.is_concrete(mode):
+    return effective_projection(p, recorded.decode("projection", mode))
+  branches = [lambda p, name=name: effective_projection(p, name) for name in PROJECTIONS]
+  return jax.lax.switch(mode, branches, p)
+
+
 def fp16_round(x: jax.Array) -> jax.Array:
   """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
   return x.astype(jnp.float16).astype(jnp.float32)
 
 
-def refined_codebook(z, codebook, tau, *, iters: int, chunk_size: int) -> jax.Array:
-  """DKM-refined centroids from the current Z: the centroids training ends its forward pass with."""
-  _, centroids = dkm_lib.dkm(
-    jax.lax.stop_gradient(z).astype(jnp.float32),
-    jax.lax.stop_gradient(codebook).astype(jnp.float32),
-    tau=jax.lax.stop_gradient(tau),
-    iters=iters,
-    chunk_size=chunk_size,
-  )
+def refined_codebook(z, codebook, tau, *, iters, chunk_size: int) -> jax.Array:
+  """DKM-refined centroids from the current Z: the centroids training ends its forward pass with.
+
+  `iters` may be a recorded (traced) count: the updates run in a `while_loop` for every caller,
+  so evaluation under `jit` and an eager export compute the same codes.
+  """
+  z = jax.lax.stop_gradient(z).astype(jnp.float32)
+  tau = jax.lax.stop_gradient(tau)
+
+  def update(carry):
+    i, c = carry
+    _, c = dkm_lib.dkm(z, c, tau=tau, iters=1, chunk_size=chunk_size)
+    return i + 1, c
+
+  c0 = jax.lax.stop_gradient(codebook).astype(jnp.float32)
+  iters = jnp.asarray(iters, jnp.int32)
+  _, centroids = jax.lax.while_loop(lambda carry: carry[0] < iters, update, (iters * 0, c0))
   return centroids
 
 
-def hard_tables(z, codebook, projection, tau, config: QuantConfig):
-  """Hard codes and the fp16-rounded tables that evaluation and export share.
+def hard_codes(z, codebook, projection, tau, *, settings: dict, chunk_size: int):
+  """(codes, refined C, effective P): what evaluation and export decode, from the same function.
 
-  Returns (codes, tables) where tables is (C·P,) for store="codebook" or (C, P) for "factored".
+  `settings` holds projection and dkm_iters (names/counts, or recorded, maybe traced, scalars).
   """
-  centroids = refined_codebook(
-    z, codebook, tau, iters=config.dkm_iters, chunk_size=config.chunk_size
-  )
+  centroids = refined_codebook(z, codebook, tau, iters=settings["dkm_iters"], chunk_size=chunk_size)
   codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
-  projection = effective_projection(projection, config.projection)
-  return codes, frozen_tables(centroids, projection, config.store)
+  return codes, centroids, projection_as(projection, settings["projection"])
 
 
 def frozen_tables(codebook, projection, store: str):
@@ -124,6 +156,17 @@ def decode_rows(codes, tables) -> jax.Array:
   if len(tables) == 1:
     return jnp.take(tables[0], codes, axis=0)
   return jnp.take(tables[0], codes, axis=0) @ tables[1]
+
+
+def stored_rows(codes, codebook, projection, store) -> jax.Array:
+  """Rows decoded from the fp16 tables of `store` (a name or a recorded, maybe traced, index)."""
+  if isinstance(store, str) or recorded.is_concrete(store):
+    name = store if isinstance(store, str) else recorded.decode("store", store)
+    return decode_rows(codes, frozen_tables(codebook, projection, name))
+  branches = [
+    lambda c, p, name=name: decode_rows(codes, frozen_tables(c, p, name)) for name in STORES
+  ]
+  return jax.lax.switch(store, branches, codebook, projection)
 
 
 def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array:
@@ -156,8 +199,10 @@ def quantized_kernel(
   if stage not in STAGES:
     raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
   geo = plan_layer("/".join(map(str, mdl.path)), shape, rule, n_out_dims=n_out_dims)
+  _check_stage(mdl, stage)
   mdl.variable(QUANT, "shape", lambda: jnp.asarray(geo.shape, jnp.int32))
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
+  settings = _settings(mdl, stage, config)
   initializing = mdl.is_initializing()
   rows0 = _init_rows(mdl, init_fn, geo, param_dtype) if initializing else None
   z0 = p0 = None
@@ -167,7 +212,7 @@ def quantized_kernel(
   if stage == "lowrank":
     z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
     p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    p = effective_projection(p, config.projection)
+    p = projection_as(p, settings["projection"])
     return geo.to_kernel(z.astype(jnp.float32) @ p).astype(param_dtype)
 
   if stage == "quantize":
@@ -177,14 +222,15 @@ def quantized_kernel(
     c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
     tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
     if not train:
-      codes, tables = hard_tables(z, c, p, tau, config)
-      return geo.to_kernel(decode_rows(codes, tables)).astype(param_dtype)
+      codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
+      rows = stored_rows(codes, c, p, settings["store"])
+      return geo.to_kernel(rows).astype(param_dtype)
     z32 = z.astype(jnp.float32)
     z_soft, centroids = dkm_lib.dkm(
       z32,
       c.astype(jnp.float32),
       tau=jax.lax.stop_gradient(tau),
-      iters=config.dkm_iters,
+      iters=_train_iters(settings["dkm_iters"], config),
       chunk_size=config.chunk_size,
       axis_name=config.shard_axis,
     )
@@ -193,7 +239,7 @@ def quantized_kernel(
       codes = codec.encode(jax.lax.stop_gradient(z32), target)
       err = jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
       mdl.sow(LOSSES, "commitment", config.commitment * err)
-    p = effective_projection(p, config.projection)
+    p = projection_as(p, settings["projection"])
     return geo.to_kernel(z_soft @ p).astype(param_dtype)
 
   if stage == "frozen":
@@ -204,14 +250,56 @@ def quantized_kernel(
       c0 = _random_rows(mdl, z0, geo.k)
     c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
     p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    p = effective_projection(p, config.projection)
+    p = projection_as(p, settings["projection"])
     if train:
-      tables = (c.astype(jnp.float32), p)
+      rows = decode_rows(codes, (c.astype(jnp.float32), p))
     else:
-      tables = frozen_tables(c, p, config.store)
-    return geo.to_kernel(decode_rows(codes, tables)).astype(param_dtype)
+      rows = stored_rows(codes, c, p, settings["store"])
+    return geo.to_kernel(rows).astype(param_dtype)
 
   raise ValueError(f"stage={stage!r} has no quantized kernel")  # "float" never gets here
+
+
+def _check_stage(mdl, stage: str) -> None:
+  """Outside init, the layer's params must be of `stage`: else the conversion to run, by name."""
+  if mdl.is_initializing() or mdl.scope is None:
+    return
+  names = {n for n in ("kernel", "z", "codebook") if mdl.has_variable("params", n)}
+  found = recorded.layer_stage(names)
+  if found != stage:
+    raise recorded.stage_error(module_name(mdl), found, stage, "quantize_model(stage=...)")
+
+
+def module_name(mdl) -> str:
+  return "/".join(map(str, mdl.path))
+
+
+def _settings(mdl, stage: str, config: QuantConfig) -> dict:
+  """The stage's recorded settings: created at init from `config`, else read from the variables
+  (a concrete value is checked against an explicit `config` field; a traced one is used as is)."""
+  out = {}
+  for name in recorded.STAGE_SETTINGS[stage]:
+    key, explicit = recorded.KEYS[name], getattr(config, name)
+    if mdl.is_initializing():
+      out[name] = mdl.variable(QUANT, key, lambda n=name: recorded.encode(n, config.value(n))).value
+    elif mdl.has_variable(QUANT, key):
+      out[name] = value = mdl.get_variable(QUANT, key)
+      if recorded.is_concrete(value):
+        out[name] = recorded.decode(name, value)
+        recorded.check(name, explicit, out[name], f"layer {module_name(mdl)!r}")
+    else:  # variables made before settings were recorded
+      out[name] = config.value(name)
+  return out
+
+
+def _train_iters(recorded_iters, config: QuantConfig) -> int:
+  """Soft DKM's static iteration count: the explicit setting, else the recorded one when Python
+  can read it, else the default."""
+  if config.dkm_iters is not None:
+    return config.dkm_iters
+  if isinstance(recorded_iters, int):
+    return recorded_iters
+  return DEFAULTS["dkm_iters"]
 
 
 def _given(value, shape, dtype) -> Callable:

@@ -9,16 +9,21 @@ the original model's paths: only the kernels of matched layers become z/projecti
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
 from lr2vq_jax.nn import layers
-from lr2vq_jax.nn.kernel import STAGES, QuantConfig
+from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
+
+# Call arguments that name the training mode in models people write, and their sense.
+TRAIN_FLAGS = {"train": True, "training": True, "is_training": True, "deterministic": False}
 
 _REPLACEMENTS = {nn.Conv: layers.Conv, nn.Dense: layers.Dense, nn.DenseGeneral: layers.DenseGeneral}
 
@@ -56,8 +61,13 @@ def _make_interceptor(rules: Sequence[Rule], stage: str, train: bool, config: Qu
 class QuantizedModel(nn.Module):
   """`model` with LR²VQ kernels where `rules` say; same variable paths as `model`.
 
-  The quantize stage runs soft DKM when training and hard codes otherwise: the mode is
-  `quant_train` when given, else the wrapped call's `train=` keyword, else `not deterministic`.
+  The quantize stage runs soft DKM (training) or hard codes (evaluation, what export ships). The
+  mode is `quant_train=` when given (the explicit way, whatever the model calls its flag), else
+  the wrapped model's own flag found by name in its call, positional or keyword (or its default
+  when the call leaves it out): `train`, `training`, `is_training` (or the negation
+  `deterministic`). Without either it is hard codes,
+  and a call that makes `losses` mutable or takes gradients then raises instead of silently
+  training nothing.
   """
 
   model: nn.Module
@@ -75,10 +85,62 @@ class QuantizedModel(nn.Module):
       return self.model(*args, **kwargs)
     train = quant_train
     if train is None:
-      train = bool(kwargs["train"]) if "train" in kwargs else not kwargs.get("deterministic", True)
-    interceptor = _make_interceptor(self.rules, self.stage, train, self.config)
+      train = model_train_flag(self.model, args, kwargs)
+    if train is None:
+      train = False
+      self._check_hard_is_meant(args)
+    interceptor = _make_interceptor(self.rules, self.stage, bool(train), self.config)
     with nn.intercept_methods(interceptor):
       return self.model(*args, **kwargs)
+
+  def _check_hard_is_meant(self, args: tuple) -> None:
+    """Hard codes where training is evident (`losses` mutable, gradients taken) is an error."""
+    if self.stage != "quantize" or self.is_initializing():
+      return
+    if self.is_mutable_collection(LOSSES):
+      why = "'losses' is mutable"
+    elif _under_grad(args, self.variables.get("params", {})):
+      why = "gradients are taken"
+    else:
+      return
+    raise ValueError(
+      f"quantize_model: {type(self.model).__name__}'s call has no train/training/deterministic "
+      f"argument, so the quantize stage would run hard codes (no gradient reaches z or the "
+      f"codebook) although {why}: pass quant_train=True to apply() for soft-DKM training "
+      "(quant_train=False: hard codes on purpose)"
+    )
+
+
+def sum_losses(updates: Any) -> jax.Array:
+  """The sum of every term sown into the `losses` collection (e.g. β·commitment) of the mutable
+  collections an `apply(..., mutable=[..., "losses"])` returned; 0.0 when there are none."""
+  leaves = jax.tree.leaves(dict(updates).get(LOSSES, {}))
+  return sum((jnp.sum(x).astype(jnp.float32) for x in leaves), jnp.zeros((), jnp.float32))
+
+
+def model_train_flag(model: nn.Module, args: tuple, kwargs: dict) -> bool | None:
+  """The training mode `model`'s call was given (positional or keyword), or None if it has no
+  argument named in TRAIN_FLAGS or the call leaves it at its default None."""
+  try:
+    bound = inspect.signature(type(model).__call__).bind(model, *args, **kwargs)
+  except TypeError:
+    return None
+  bound.apply_defaults()
+  for name, sense in TRAIN_FLAGS.items():
+    value = bound.arguments.get(name)
+    if name in bound.arguments and value is not None:
+      return bool(value) == sense
+  return None
+
+
+# Tracer types of forward/reverse differentiation (by name: their home module is private).
+_GRAD_TRACERS = ("JVPTracer", "LinearizeTracer")
+
+
+def _under_grad(*trees) -> bool:
+  """True when params or inputs are being differentiated here (`jax.grad`/`value_and_grad`
+  around the apply; a `jit` between them hides it, `losses` being mutable still shows)."""
+  return any(type(x).__name__ in _GRAD_TRACERS for x in jax.tree.leaves(trees))
 
 
 def quantize_model(
@@ -87,8 +149,11 @@ def quantize_model(
   stage: str = "quantize",
   config: QuantConfig | None = None,
 ) -> QuantizedModel:
-  """Returns `model` transformed to `stage` by `rules` (first match wins on module paths)."""
-  return QuantizedModel(model, tuple(rules), stage, config or QuantConfig())
+  """Returns `model` transformed to `stage` by `rules` (first match wins on module paths).
+
+  `rules` is a sequence of `Rule`s or a single one.
+  """
+  return QuantizedModel(model, as_rules(rules), stage, config or QuantConfig())
 
 
 def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> list[tuple]:
@@ -96,6 +161,7 @@ def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> l
 
   Abstract (`jax.eval_shape`): no weights are computed.
   """
+  rules = as_rules(rules)
   found = []
 
   def record(next_fun, a, kw, context):
@@ -120,45 +186,41 @@ def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict
 
   A rule that matches no layer is an error.
   """
+  rules = as_rules(rules)
   return {
-    path: plan_layer(path, shape, rule, list(rules).index(rule), n_out_dims=n_out)
+    path: plan_layer(path, shape, rule, rules.index(rule), n_out_dims=n_out)
     for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs)
     if rule is not None and not rule.skip
   }
 
 
-def describe(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> str:
-  """A table of every linear layer: the rule it matched, n, k (clamped), m, d̃, code bits, bytes.
+def describe(model: nn.Module, rules: Rule | Sequence[Rule], *args, **kwargs) -> str:
+  """A table of every linear layer: the rule it matched, n, k (requested→used where clamped), m,
+  d̃, bits per code and bytes; notes on clamped or non-power-of-two k follow the table.
 
   Bytes are the PQF-convention payload of the layer: packed codes + fp16 k×m codebook, or the
   fp32 kernel for layers left float.
   """
   rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
-  total = 0
+  total, ks = 0, []
   for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs):
     if rule is None or rule.skip:
       nbytes = 4 * math.prod(shape)
       label = "float" if rule is None else f"{rule.pattern} (skip)"
-      rows.append((path, label, str(shape), "-", "-", "-", "-", "-", str(nbytes)))
+      rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
     else:
       plan = plan_layer(path, shape, rule, n_out_dims=n_out)
       nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
-      rows.append(
-        (
-          path,
-          rule.pattern,
-          str(shape),
-          str(plan.n),
-          str(plan.k),
-          str(plan.m),
-          str(plan.d),
-          str(plan.code_bits),
-          str(nbytes),
-        )
-      )
+      ks.append((path, rule.k, plan.k))
+      cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
+      rows.append((path, rule.pattern, str(shape), *map(str, cells)))
     total += nbytes
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
   lines.insert(1, "-" * len(lines[0]))
-  lines.append(f"total {total} bytes (kernels only; biases and norms not included)")
+  lines += k_notes(ks)
+  lines.append(
+    f"total {total} bytes (kernels only; biases and norms not included); bits: per code "
+    "(ceil(log2 k)), 32 for a float kernel's weights"
+  )
   return "\n".join(lines)

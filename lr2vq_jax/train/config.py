@@ -9,17 +9,28 @@ import os
 import ml_collections
 
 from lr2vq_jax import convert, presets
-from lr2vq_jax.core.rules import Rule
+from lr2vq_jax.core.rules import Rule, parse_rules
 
 STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
 
 
 def config_rules(config: ml_collections.ConfigDict) -> tuple[Rule, ...]:
-  """`config.preset` with `config.d` (when set) as d̃ of every compressed layer (capped at m)."""
-  rules = presets.get_preset(config.preset)
+  """The experiment's rules: `config.rules` (text, see `parse_rules`) when set, else
+  `config.preset`; then `config.k`, `config.m` (when > 0) on every compressed layer, and
+  `config.d` (when set) as d̃ (capped at m)."""
+  spec = config.get("rules") or ""
+  rules = parse_rules(spec) if spec else presets.get_preset(config.preset)
+  for field in ("k", "m"):
+    value = config.get(field) or 0
+    if value:
+      rules = tuple(r if r.skip else dataclasses.replace(r, **{field: int(value)}) for r in rules)
   d = config.get("d")
   if d:
     rules = tuple(r if r.skip else dataclasses.replace(r, d=min(int(d), r.m)) for r in rules)
+  elif config.get("m"):  # a preset's d̃ may exceed the new m: back to d̃ = m
+    rules = tuple(
+      r if r.skip or (r.d or 0) <= r.m else dataclasses.replace(r, d=None) for r in rules
+    )
   return rules
 
 

@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 
 import lr2vq_jax as lq
-from lr2vq_jax.train import input_pipeline, partitioning
+from lr2vq_jax.train import input_pipeline, partitioning, run_config
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
 from lr2vq_jax.train.preemption import Preemption
 from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
@@ -129,13 +129,17 @@ def format_table(records: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> list[dict] | None:
   """Runs `config.stages` in order; returns the results records (None if preempted).
 
-  The config is validated first (`ConfigError`, nothing written); SIGTERM at any point checkpoints
-  the running stage or stops before the next one.
+  The config is validated first (`ConfigError`, nothing written), and so is a rerun of a work dir
+  whose stages ran with another config (`ConfigChangedError` unless `allow_config_change`);
+  SIGTERM at any point checkpoints the running stage or stops before the next one.
   """
   validate_config(config, workdir)
+  run_config.check_unchanged(config, workdir, parse_stages(config.stages), allow_config_change)
   os.makedirs(workdir, exist_ok=True)
   with Preemption() as preempt:
     return _run(config, workdir, preempt)

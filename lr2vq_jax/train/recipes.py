@@ -80,6 +80,13 @@ def quant(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+def compression_overrides() -> dict:
+  """Config fields that override the preset from the command line (0 / "": the preset's own):
+  `k` and `m` on every compressed layer, or `rules` replacing the preset, as text
+  "PATTERN:k=K,m=M[,d=D];PATTERN:skip;..." (see `lr2vq_jax.core.rules.parse_rules`)."""
+  return {"k": 0, "m": 0, "rules": ""}
+
+
 def shorten(config: ml_collections.ConfigDict, *, steps: int, kmeans_iters: int) -> None:
   """Shrinks every stage to `steps` steps (logging and checkpointing along) for smoke runs."""
   config.quant.kmeans_iters = kmeans_iters
@@ -102,6 +109,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.data.eval_batch_size = 1000
   config.preset = f"{model}_{blocks}_blocks"
   config.d = 0 if method != "lr2vq" else (8 if blocks == "large" else 4)  # d̃ (capped at each m)
+  config.update(compression_overrides())
   config.stages = METHOD_STAGES[method]
   config.quant = quant()
   lr = 1e-3 * config.data.batch_size / 128  # PQF: Adam 1e-3 per 128-image worker

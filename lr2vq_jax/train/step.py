@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from lr2vq_jax.nn import LOSSES, QUANT
+from lr2vq_jax.nn import LOSSES, QUANT, sum_losses
 
 
 @flax.struct.dataclass
@@ -153,8 +153,7 @@ def make_train_step(
       if "teacher_logits" in batch and distill > 0:
         kd = distillation_loss(logits, batch["teacher_logits"], temp)
         task = (1.0 - distill) * ce + distill * kd
-      aux = sum(jnp.sum(x) for x in jax.tree.leaves(new_state.get(LOSSES, {})))
-      aux = jnp.asarray(aux, jnp.float32)
+      aux = sum_losses(new_state)
       loss = task + aux + (wd * weight_penalty(params, wd_exclude) if wd else 0.0)
       return loss, (logits, new_state, ce, aux)
 

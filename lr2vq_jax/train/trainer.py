@@ -24,7 +24,7 @@ from lr2vq_jax import convert
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
-from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
 from lr2vq_jax.train.preemption import Preemption
@@ -145,44 +145,53 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   prev_state = restore_final(prev, directory)
   variables = partitioning.to_host(prev_state.variables())  # Z may span processes
   plan = plan_model(stage.float_model, stage.rules, _sample_input(stage), train=False)
-  q, tau_alpha = stage.config.quant, stage.quant.tau_alpha
+  q, quant = stage.config.quant, stage.quant
   if stage.name == "lowrank":
-    return convert.float_to_lowrank(variables, stage.rules, plan=plan)
+    return convert.float_to_lowrank(variables, stage.rules, plan=plan, config=quant)
   if stage.name == "quantize":
     return convert.lowrank_to_quantize(
-      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, config=quant
     )
   if stage.name == "pq":
     return convert.float_to_pq(
-      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan
+      variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan, config=quant
     )
   return convert.float_to_dkm(
-    variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, tau_alpha=tau_alpha, plan=plan
+    variables, stage.rules, key=key, kmeans_iters=q.kmeans_iters, plan=plan, config=quant
   )
 
 
 def restore_final(stage: Stage, directory: str) -> TrainState:
-  """The last checkpoint of a finished stage, checked to be that stage of the same model."""
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(directory))
-  step = ckpt.latest_step()
-  if step is None:
+  """The last checkpoint of a finished stage, checked to be that stage of the same model.
+
+  Reads only: a directory without checkpoints is an error before anything is opened (Orbax would
+  create the folder), and the checkpoint manager is closed on every path.
+  """
+  root = checkpointing.checkpoint_dir(directory)
+  if "://" not in root and not os.path.isdir(root):
     raise FileNotFoundError(
       f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
       f"(--config.stages={stage.name}) or set init_from"
     )
-  meta = ckpt.restore_meta(step)
-  if meta.get("stage") != stage.name or meta.get("model") != stage.config.model:
-    raise ValueError(
-      f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
-      f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
-    )
-  if meta.get("step", step) < meta.get("num_steps", 0):
-    raise ValueError(
-      f"stage {stage.name!r} in {directory} stopped at step {meta['step']} of "
-      f"{meta['num_steps']}; rerun it to the end (--config.stages={stage.name}) first"
-    )
-  state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
-  ckpt.close()
+  with checkpointing.Checkpointer(root) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+        f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
+        f"(--config.stages={stage.name}) or set init_from"
+      )
+    meta = ckpt.restore_meta(step)
+    if meta.get("stage") != stage.name or meta.get("model") != stage.config.model:
+      raise ValueError(
+        f"{directory} holds stage {meta.get('stage')!r} of model {meta.get('model')!r}; "
+        f"expected stage {stage.name!r} of {stage.config.model!r} (fix init_from)"
+      )
+    if meta.get("step", step) < meta.get("num_steps", 0):
+      raise ValueError(
+        f"stage {stage.name!r} in {directory} stopped at step {meta['step']} of "
+        f"{meta['num_steps']}; rerun it to the end (--config.stages={stage.name}) first"
+      )
+    state, _ = ckpt.restore(step, abstract_state=abstract_state(stage))
   return state
 
 
@@ -222,9 +231,20 @@ def run_stage(
   """
   stage = build_stage(config, name, workdir)
   os.makedirs(stage.workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    run_config.save(config, name, stage.workdir)
   target = abstract_state(stage)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(stage.workdir), max_to_keep=2)
   logger = MetricsLogger(stage.workdir, stage=name)
+  try:
+    return _train_and_evaluate(stage, target, ckpt, logger)
+  finally:  # also on errors: pending saves finish and Orbax's threads stop before exit
+    ckpt.close()
+    logger.close()
+
+
+def _train_and_evaluate(stage: Stage, target, ckpt, logger) -> tuple[TrainState, dict]:
+  config, name = stage.config, stage.name
   start = ckpt.latest_step()
   key = jax.random.fold_in(jax.random.key(config.seed), sorted(STAGE_KIND).index(name))
   pending = []
@@ -264,8 +284,6 @@ def run_stage(
   else:
     results["preempted"] = True
   ckpt.wait()
-  ckpt.close()
-  logger.close()
   return state, results
 
 

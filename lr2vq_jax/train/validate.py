@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lr2vq_jax import presets
-from lr2vq_jax.core.rules import MAX_K
+from lr2vq_jax.core.rules import MAX_K, parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
@@ -221,8 +221,22 @@ def check_rules(rules: Sequence[Any], model, sample, *, field: str = "preset") -
     ) from None
 
 
+def _base_rules(config) -> tuple:
+  """`config.rules` (text) when set, else the preset's rules; one ConfigError each."""
+  spec = _get(config, "rules") or ""
+  if not spec:
+    preset = _choice(config, "preset", tuple(presets.PRESETS))
+    return presets.PRESETS[preset]
+  try:
+    return parse_rules(spec)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(
+      "rules", str(e), "write e.g. --config.rules='^conv1$:skip;conv:k=256,m=9,d=4;fc:k=1024,m=4'"
+    ) from None
+
+
 def _check_rules(config) -> None:
-  preset = _choice(config, "preset", tuple(presets.PRESETS))
+  base = _base_rules(config)
   d = _get(config, "d")
   if d is not None and (not _is_int(d) or d < 0):
     raise ConfigError(
@@ -230,15 +244,19 @@ def _check_rules(config) -> None:
       f"d̃={d!r} is not an integer >= 1",
       "set --config.d in [1, m], or 0 for d̃ = m (no low rank)",
     )
-  kept = [r for r in presets.PRESETS[preset] if not r.skip]
-  if d and kept and all(d > r.m for r in kept):
-    raise ConfigError(
-      "d", f"d̃={d} exceeds m of every layer ({sorted({r.m for r in kept})})", "use d̃ <= m"
-    )
+  k = _int(config, "k", low=0, high=MAX_K, default=0)
+  if k == 1:
+    raise ConfigError("k", "k=1 centroid", f"set --config.k in [2, {MAX_K}], or 0 for the rules' k")
+  m = _int(config, "m", low=0, default=0)
+  kept = [r for r in base if not r.skip]
+  ms = sorted({m} if m else {r.m for r in kept})
+  if d and kept and all(d > r for r in ms):
+    raise ConfigError("d", f"d̃={d} exceeds m of every layer ({ms})", "use d̃ <= m")
+  field = "m" if m else ("rules" if _get(config, "rules") else "preset")
   try:
     rules = config_rules(config)
   except (ValueError, TypeError) as e:
-    raise ConfigError("preset", str(e), "fix the preset's rules") from None
+    raise ConfigError(field, str(e), "fix the rules") from None
   name = config.data.name
   size = config.data.image_size
   channels = 1 if name == "digits" else 3
@@ -247,7 +265,7 @@ def _check_rules(config) -> None:
     num_classes=input_pipeline._NUM_CLASSES[name],
     dtype=config.get("dtype", "float32"),
   )
-  check_rules(rules, model, jnp.zeros((1, size, size, channels), jnp.float32))
+  check_rules(rules, model, jnp.zeros((1, size, size, channels), jnp.float32), field=field)
 
 
 def _latest_meta(stage_dir: str) -> dict | None:

@@ -92,10 +92,13 @@ def test_describe_lists_every_layer_with_its_rule():
   text = lq.describe(PlainNet(), RULES, X)
   lines = text.splitlines()
   assert lines[0].split()[:2] == ["layer", "rule"]
-  by_layer = {line.split()[0]: line for line in lines[2:-1]}
+  by_layer = {line.split()[0]: line for line in lines[2:-1] if not line.startswith("note:")}
   assert set(by_layer) == {"stem", "body", "proj", "head"}
   assert "(skip)" in by_layer["stem"]
   body = by_layer["body"].split()
-  # body: 16×(8·9) kernel, m = 8 → n = 144, k = 16, d̃ = 3, 4-bit codes: 576 bits, 72 + 2·16·8 bytes.
-  assert body[-6:] == ["144", "16", "8", "3", "576", str(72 + 256)]
-  assert lines[-1].startswith("total ")
+  # body: 16×(8·9) kernel, m = 8 → n = 144, k = 16, d̃ = 3, 4 bits per code: 72 + 2·16·8 bytes.
+  assert body[-6:] == ["144", "16", "8", "3", "4", str(72 + 256)]
+  # head: n = 20 subvectors clamp k = 8 to 4, and the table says so.
+  assert by_layer["head"].split()[-6:-4] == ["20", "8→4"]
+  assert any(line.startswith("note: k=8 clamped to 4 on head") for line in lines)
+  assert lines[-1].startswith("total ") and "bits: per code" in lines[-1]
