@@ -80,12 +80,16 @@ def main(out_dir: str, steps: int = 150) -> dict:
   model = MyNet()
   float_vars = fit(model, model.init(jax.random.key(1), x[:1]), x, y, steps, 1e-2)
   print(lq.describe(model, RULES, x[:1]))
-  config = lq.QuantConfig(projection="orthonormal", commitment=0.1)  # recorded in the variables
+  # projection (and store, DKM iterations) are recorded in the variables by the conversions;
+  # commitment is a training knob of the quantized model: pass the config to it as well.
+  config = lq.QuantConfig(projection="orthonormal", commitment=0.1)
   plan = lq.nn.plan_model(model, RULES, x[:1])
   lowrank = lq.convert.float_to_lowrank(float_vars, RULES, plan=plan, config=config)
   lowrank = fit(lq.quantize_model(model, RULES, "lowrank"), lowrank, x, y, steps, 1e-3)
   quant = lq.convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(2), config=config)
-  qmodel = lq.quantize_model(model, RULES, "quantize")  # soft DKM when training=True
+  qmodel = lq.quantize_model(model, RULES, "quantize", config)  # soft DKM when training=True
+  _, upd = qmodel.apply(quant, x, training=True, mutable=["batch_stats", "losses"])
+  commitment = float(lq.sum_losses(upd))  # β·mean‖z − sg(C[a])‖², summed over layers
   quant = fit(qmodel, quant, x, y, steps, 1e-3)
   evaluated = jax.jit(qmodel.apply)(quant, x)  # hard codes: what the artifact ships
   manifest = lq.export(quant, RULES, out_dir)
@@ -95,6 +99,7 @@ def main(out_dir: str, steps: int = 150) -> dict:
     "lr2vq_top1": accuracy(evaluated, y),
     "max_abs_diff": float(jnp.max(jnp.abs(decoded - evaluated))),
     "payload_bytes": manifest["payload_bytes"]["total"],
+    "commitment": commitment,
   }
   print(
     f"float top-1 {result['float_top1']:.1f}%, LR²VQ top-1 {result['lr2vq_top1']:.1f}%, "

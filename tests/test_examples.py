@@ -18,6 +18,7 @@ def test_own_model_example(tmp_path, capsys):
   assert result["max_abs_diff"] < 1e-4  # decoded artifact == the evaluated quantized model
   assert 0 < result["payload_bytes"] < 4 * 6000  # far below the float model's fp32 bytes
   assert 0 <= result["lr2vq_top1"] <= 100
+  assert result["commitment"] > 0  # the config's β reaches the quantized model's sown losses
   out = capsys.readouterr().out
   assert "decoded artifact == evaluated model" in out and "conv   ^conv$" in out
 
@@ -42,4 +43,5 @@ def test_readme_own_model_snippet_runs(tmp_path, monkeypatch):
   }
   exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 -- the README's own code
   assert namespace["float_vars_again"]["params"]["conv"]["kernel"].shape == (3, 3, 16, 32)
+  assert float(namespace["lq"].sum_losses(namespace["upd"])) > 0  # β=0.1 is sown
   assert float(namespace["loss"]) > 0 and (tmp_path / "artifact" / "manifest.json").exists()
