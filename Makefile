@@ -21,11 +21,11 @@ test: $(STAMP)
 	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q --durations=15 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check lr2vq_jax tests benchmarks configs
-	$(BIN)/ruff format --check lr2vq_jax tests benchmarks configs
+	$(BIN)/ruff check lr2vq_jax tests benchmarks configs examples
+	$(BIN)/ruff format --check lr2vq_jax tests benchmarks configs examples
 
 format: $(STAMP)
-	$(BIN)/ruff format lr2vq_jax tests benchmarks configs
+	$(BIN)/ruff format lr2vq_jax tests benchmarks configs examples
 
 clean:
 	rm -rf $(VENV) runs

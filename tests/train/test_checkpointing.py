@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.train.checkpointing import (
-  CheckpointMismatchError,
   Checkpointer,
+  CheckpointMismatchError,
   abstract_like,
   checkpoint_dir,
 )
