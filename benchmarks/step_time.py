@@ -6,6 +6,10 @@ step time is the median of --steps steps after one warm-up step. Models: ResNet-
 batch 32, resnet18_small_blocks, LR²VQ d̃ = 4 as configs/imagenet_resnet18_small_lr2vq.py) and the
 embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile, the DKM forward
 + backward of all quantized layers is also timed alone (per layer group and chunk size).
+Then XLA's cost analysis of the compiled float and LR²VQ steps (flops, bytes accessed,
+transcendentals) per device on a --cost-devices host mesh (a child process with
+--xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
+hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1).
 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
@@ -15,8 +19,10 @@ embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 import types
@@ -156,6 +162,42 @@ def time_model(model_name: str, variants: list[str], steps: int, args, quant) ->
   return {r.name: r.result() for r in runners}
 
 
+COST_KEYS = ("flops", "bytes accessed", "transcendentals")
+
+
+def compiled_cost(model_name: str, variant: str, args, quant: QuantConfig) -> dict[str, float]:
+  """XLA's cost analysis of the compiled (per-device, when sharded) train step: no step is run."""
+  step, state, batch, mesh = build(model_name, variant, args, quant)
+  jitted = getattr(step, "jitted", step)
+  with jax.set_mesh(mesh):
+    cost = jitted.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return {key: float(cost.get(key, 0.0)) for key in COST_KEYS}
+
+
+def mesh_costs(args, devices: int) -> dict[str, dict[str, float]]:
+  """Per-device costs of float and lr2vq on a `devices`-device host mesh, in a child process (the
+  device count is fixed when JAX starts), with DKM's rows split over the mesh as in training."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  cmd = [sys.executable, __file__, "--cost-only", "--models", args.cost_model]
+  cmd += ["--image-size", str(args.image_size), "--batch", str(args.batch)]
+  cmd += ["--chunk-size", str(args.chunk_size), "--dkm-iters", str(args.dkm_iters)]
+  out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def print_costs(title: str, costs: dict[str, dict[str, float]]) -> dict[str, float]:
+  """Table of the costs and the lr2vq / float ratio per cost."""
+  print(f"\n{title}")
+  print("| variant | " + " | ".join(COST_KEYS) + " |")
+  print("|---|" + "---|" * len(COST_KEYS))
+  for name, c in costs.items():
+    print(f"| {name} | " + " | ".join(f"{c[key]:.3e}" for key in COST_KEYS) + " |")
+  ratios = {key: costs["lr2vq"][key] / max(costs["float"][key], 1.0) for key in COST_KEYS}
+  print("| lr2vq / float | " + " | ".join(f"{ratios[key]:.2f}" for key in COST_KEYS) + " |")
+  return ratios
+
+
 def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float:
   """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted."""
   zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
@@ -227,8 +269,16 @@ def main() -> None:
   ap.add_argument(
     "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
   )
+  ap.add_argument("--cost-devices", type=int, default=8, help="mesh size of the cost analysis")
+  ap.add_argument("--cost-model", default="resnet18", help="model of the cost analysis ('' skips)")
+  ap.add_argument("--cost-only", action="store_true", help=argparse.SUPPRESS)  # the child process
   args = ap.parse_args()
-  quant = QuantConfig(chunk_size=args.chunk_size, dkm_iters=args.dkm_iters)
+  quant = QuantConfig(
+    chunk_size=args.chunk_size, dkm_iters=args.dkm_iters, shard_axis=partitioning.ROW_AXIS
+  )
+  if args.cost_only:
+    print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in ("float", "lr2vq")}))
+    return
   print(
     f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
     f"{os.cpu_count()} CPUs; dtype {args.dtype}; DKM iters {quant.dkm_iters}, chunk {quant.chunk_size}"
@@ -272,6 +322,17 @@ def main() -> None:
     for desc, chunk, iters, mode, t in rows:
       print(f"| {desc} | {chunk} | {iters} | {mode} | {t:.3f} |")
 
+  cost_parts = []
+  if args.cost_model:
+    costs = mesh_costs(args, args.cost_devices)
+    title = (
+      f"XLA cost analysis, {args.cost_model} {args.image_size} px batch {args.batch}, per device "
+      f"on a {args.cost_devices}-device mesh (DKM rows split over it)"
+    )
+    ratios = print_costs(title, costs)
+    tag = f"{args.cost_devices}dev"
+    cost_parts = [f"{key.split()[0]}_ratio_{tag}={v:.2f}" for key, v in ratios.items()]
+
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
     return f"{a['step_s'] / b['step_s']:.2f}" if a and b else "nan"
@@ -283,6 +344,7 @@ def main() -> None:
         parts.append(f"{variant}_over_float_{model_name}={ratio(model_name, variant)}")
   if any(m != "cnn" for m in args.models.split(",")):
     parts += [f"image_size={args.image_size}", f"batch={args.batch}"]
+  parts += cost_parts
   print(f"RESULT {' '.join(parts)}")
 
 
