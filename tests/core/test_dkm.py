@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from lr2vq_jax.core.dkm import dkm, dkm_naive
+from lr2vq_jax.core.dkm import chunk_rows_for, dkm, dkm_naive
 
 
 def _inputs(seed, n, d, k):
@@ -31,6 +31,7 @@ def _loss(fn, w, iters, **kw):
     (203, 4, 16, 64, 3),  # n not divisible by the chunk
     (50, 8, 32, 1000, 3),  # one chunk, k close to n
     (97, 2, 5, 7, 0),  # no centroid update, many tiny chunks
+    (2100, 3, 2048, 4096, 2),  # large k: CPU caps the chunk at 128 rows (17 chunks)
   ],
 )
 def test_bounded_equals_naive_value_and_grad(n, d, k, chunk, iters):
@@ -95,6 +96,15 @@ def test_softmax_is_safe_for_tiny_tau():
   z, c, _ = _inputs(3, 30, 4, 6)
   z_soft, c_out = dkm(z * 100.0, c * 100.0, tau=1e-4, iters=2, chunk_size=8)
   assert bool(jnp.all(jnp.isfinite(z_soft))) and bool(jnp.all(jnp.isfinite(c_out)))
+
+
+def test_cpu_chunks_shrink_with_k_to_stay_in_cache():
+  assert jax.default_backend() == "cpu"
+  assert chunk_rows_for(4096, 16) == 4096  # small k: the configured chunk
+  assert chunk_rows_for(4096, 2048) == 128  # 2^18 attention entries
+  assert chunk_rows_for(4096, 1 << 20) == 64  # never below 64 rows
+  with pytest.raises(ValueError, match="chunk_size"):
+    chunk_rows_for(0, 16)
 
 
 def test_bf16_inputs_return_input_dtypes():
