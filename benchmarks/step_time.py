@@ -9,7 +9,8 @@ embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profi
 Then XLA's cost analysis of the compiled float and LR²VQ steps (flops, bytes accessed,
 transcendentals) per device on a --cost-devices host mesh (a child process with
 --xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
-hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1).
+hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1). XLA
+counts a loop body once, so that child compiles DKM as one chunk per device (it never runs it).
 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
@@ -19,6 +20,7 @@ hardware-independent ratio that speaks for accelerators this machine lacks (goal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -277,6 +279,11 @@ def main() -> None:
     chunk_size=args.chunk_size, dkm_iters=args.dkm_iters, shard_axis=partitioning.ROW_AXIS
   )
   if args.cost_only:
+    # XLA's cost analysis counts a while loop's body once, whatever its trip count: DKM's scan
+    # over chunks would be undercounted by the number of chunks. Count it as one chunk per device
+    # (compiled only, never run, so the size of that chunk costs nothing here).
+    dkm_lib.CPU_ATTENTION_BUDGET = 1 << 62
+    quant = dataclasses.replace(quant, chunk_size=1 << 30)
     print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in ("float", "lr2vq")}))
     return
   print(
