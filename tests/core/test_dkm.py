@@ -98,6 +98,39 @@ def test_softmax_is_safe_for_tiny_tau():
   assert bool(jnp.all(jnp.isfinite(z_soft))) and bool(jnp.all(jnp.isfinite(c_out)))
 
 
+def test_last_grad_same_values_and_one_step_gradient():
+  z, c, w = _inputs(5, 150, 3, 8)
+  tau = jnp.float32(0.3)
+
+  def run(fn, **kw):
+    def loss(z, c, tau):
+      z_soft, c_out = fn(z, c, tau=tau, iters=3, **kw)
+      return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(z, c, tau)
+
+  (_, (zs_u, c_u)), _ = run(dkm, chunk_size=64)
+  (_, (zs_l, c_l)), g_l = run(dkm, chunk_size=64, grad="last")
+  (_, _), g_n = run(dkm_naive, grad="last")
+  # The forward pass is unchanged up to the rounding of c_in + (c - c_in).
+  np.testing.assert_allclose(zs_l, zs_u, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(c_l, c_u, rtol=1e-5, atol=1e-6)
+  for a, b in zip(g_l, g_n, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+  # The one-step gradient: the soft assignment differentiated at the (fixed) refined centroids,
+  # the centroids' gradient passed straight through to the input centroids.
+  def soft_loss(z, cf, tau):
+    z_soft, _ = dkm_naive(z, cf, tau=tau, iters=0)
+    return jnp.sum(z_soft * w) + jnp.sum(cf**2)
+
+  want = jax.grad(soft_loss, argnums=(0, 1, 2))(z, c_u, tau)
+  for a, b in zip(g_l, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="grad"):
+    dkm(z, c, tau=tau, grad="implicit")
+
+
 def test_cpu_chunks_shrink_with_k_to_stay_in_cache():
   assert jax.default_backend() == "cpu"
   assert chunk_rows_for(4096, 16) == 4096  # small k: the configured chunk
