@@ -39,6 +39,9 @@ class QuantConfig:
 
   tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
   dkm_iters: int = 3  # centroid updates per training forward pass
+  # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
+  # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
+  dkm_grad: str = "unrolled"
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   store: str = "codebook"  # export as C·P (k×m fp16) or as C (k×d̃) + P (d̃×m) fp16
   # "learned": P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR) factor,
@@ -54,6 +57,8 @@ class QuantConfig:
       raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
     if self.projection not in PROJECTIONS:
       raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
+    if self.dkm_grad not in dkm_lib.GRADS:
+      raise ValueError(f"QuantConfig.dkm_grad={self.dkm_grad!r}: expected one of {dkm_lib.GRADS}")
     if self.dkm_iters < 0:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.tau_alpha <= 0:
@@ -187,6 +192,7 @@ def quantized_kernel(
       iters=config.dkm_iters,
       chunk_size=config.chunk_size,
       axis_name=config.shard_axis,
+      grad=config.dkm_grad,
     )
     if config.commitment > 0:
       target = jax.lax.stop_gradient(centroids)
