@@ -1,4 +1,4 @@
-"""Chunked, jittable k-means: batched D^2 (k-means||-style) seeding, Lloyd iterations, repairs.
+"""Chunked, jittable k-means: k-means++ or batched D^2 seeding, Lloyd iterations, repairs.
 
 Distances are computed over chunks of rows (padded, with the padding masked), so memory is
 O(chunk * k + n * d) and never n x k at once.
@@ -43,6 +43,10 @@ def chunk_rows(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
 # Scores per chunk of rows (chunk x k f32, 4 MiB): rows per chunk shrink as k grows, so the
 # (k, chunk) score block stays cache- and memory-friendly whatever k is.
 SCORE_BUDGET = 1 << 20
+
+
+# Largest k seeded by greedy k-means++ in `kmeans` (the digits recipe's k = 16 included).
+GREEDY_MAX_K = 64
 
 
 def _rows(chunk_size: int, k: int) -> int:
@@ -254,7 +258,10 @@ def kmeans(
   init: jax.Array | None = None,
   return_history: bool = False,
 ):
-  """k-means++ init (or `init` (k, d)), `iters` Lloyd steps with empty-cluster repair.
+  """Seeding (or `init` (k, d)), `iters` Lloyd steps with empty-cluster repair.
+
+  Seeding: greedy k-means++ for k <= GREEDY_MAX_K (its k sequential passes are cheap there, and it
+  seeds best), batched D^2 sampling (`kmeans_parallel`, ~one pass) above.
 
   Returns KMeansResult, or (KMeansResult, sse_history (iters + 1,)) when return_history: entry t is
   the SSE of the assignment to the centroids after t steps (non-increasing); the last is `sse`.
@@ -264,7 +271,8 @@ def kmeans(
   mean = jnp.mean(x, axis=0)  # center for a better-conditioned ||x||^2 - 2x.c + ||c||^2
   xc = x - mean
   if init is None:
-    c0 = kmeans_parallel(xc, k, key=key, chunk_size=chunk_size)
+    seed = kmeans_plusplus if k <= GREEDY_MAX_K else kmeans_parallel
+    c0 = seed(xc, k, key=key, chunk_size=chunk_size)
   else:
     c0 = jnp.asarray(init, jnp.float32) - mean
   xs, valid = chunk_rows(xc, _rows(chunk_size, k))
