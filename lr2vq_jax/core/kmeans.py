@@ -215,7 +215,8 @@ def _min_sq(xb: jax.Array, c: jax.Array) -> jax.Array:
 def _round_sizes(k: int, rounds: int) -> list[int]:
   """Centres drawn per round after the first: k - 1 split into `rounds` near-equal parts."""
   rounds = max(1, min(rounds, k - 1))
-  return [(k - 1) // rounds + (r < (k - 1) % rounds) for r in range(rounds)]
+  sizes = [(k - 1) // rounds + (r < (k - 1) % rounds) for r in range(rounds)]
+  return [s for s in sizes if s > 0]  # k = 1: the first point only
 
 
 @functools.partial(jax.jit, static_argnames=("k", "rounds", "chunk_size"))

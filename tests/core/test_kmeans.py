@@ -145,6 +145,8 @@ def test_kmeans_parallel_seeds_are_distinct_points_one_per_cluster(rounds):
   assert len({tuple(r) for r in c.tolist()}) == 6
   if rounds >= 5:  # one centre per round: plain D^2 sampling covers well-separated clusters
     assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 6
+  one = np.asarray(kmeans_parallel(x, 1, key=jax.random.key(0), rounds=rounds))
+  assert one.shape == (1, 4) and np.any(np.all(x == one[0], axis=1))
   p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
   q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
   np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
