@@ -6,6 +6,11 @@ step time is the median of --steps steps after one warm-up step. Models: ResNet-
 batch 32, resnet18_small_blocks, LR²VQ d̃ = 4 as configs/imagenet_resnet18_small_lr2vq.py) and the
 embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile, the DKM forward
 + backward of all quantized layers is also timed alone (per layer group and chunk size).
+Then XLA's cost analysis of the compiled float and LR²VQ steps (flops, bytes accessed,
+transcendentals) per device on a --cost-devices host mesh (a child process with
+--xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
+hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1). XLA
+counts a loop body once, so that child compiles DKM as one chunk per device (it never runs it).
 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
@@ -15,8 +20,11 @@ embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profi
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 import types
@@ -156,7 +164,46 @@ def time_model(model_name: str, variants: list[str], steps: int, args, quant) ->
   return {r.name: r.result() for r in runners}
 
 
-def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float:
+COST_KEYS = ("flops", "bytes accessed", "transcendentals")
+
+
+def compiled_cost(model_name: str, variant: str, args, quant: QuantConfig) -> dict[str, float]:
+  """XLA's cost analysis of the compiled (per-device, when sharded) train step: no step is run."""
+  step, state, batch, mesh = build(model_name, variant, args, quant)
+  jitted = getattr(step, "jitted", step)
+  with jax.set_mesh(mesh):
+    cost = jitted.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return {key: float(cost.get(key, 0.0)) for key in COST_KEYS}
+
+
+def mesh_costs(args, devices: int) -> dict[str, dict[str, float]]:
+  """Per-device costs of float and lr2vq on a `devices`-device host mesh, in a child process (the
+  device count is fixed when JAX starts), with DKM's rows split over the mesh as in training."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  cmd = [sys.executable, __file__, "--cost-only", "--models", args.cost_model]
+  cmd += ["--image-size", str(args.image_size), "--batch", str(args.batch)]
+  cmd += ["--chunk-size", str(args.chunk_size), "--dkm-iters", str(args.dkm_iters)]
+  cmd += ["--dkm-grad", args.dkm_grad]
+  out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def print_costs(title: str, costs: dict[str, dict[str, float]]) -> dict[str, float]:
+  """Table of the costs and the lr2vq / float ratio per cost."""
+  print(f"\n{title}")
+  print("| variant | " + " | ".join(COST_KEYS) + " |")
+  print("|---|" + "---|" * len(COST_KEYS))
+  for name, c in costs.items():
+    print(f"| {name} | " + " | ".join(f"{c[key]:.3e}" for key in COST_KEYS) + " |")
+  ratios = {key: costs["lr2vq"][key] / max(costs["float"][key], 1.0) for key in COST_KEYS}
+  print("| lr2vq / float | " + " | ".join(f"{ratios[key]:.2f}" for key in COST_KEYS) + " |")
+  return ratios
+
+
+def time_dkm(
+  geos, *, chunk: int, iters: int, grad: bool, repeats: int, mode: str = "unrolled"
+) -> float:
   """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted."""
   zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
   cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
@@ -164,7 +211,7 @@ def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float
   def loss(zs, cs):
     total = 0.0
     for z, c in zip(zs, cs, strict=True):
-      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk)
+      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk, grad=mode)
       total = total + jnp.sum(z_soft**2)
     return total
 
@@ -172,9 +219,39 @@ def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int) -> float
   return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
 
 
-def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
-  """DKM alone over the model's quantized layers (LR²VQ d̃): per layer group at the configured
-  chunk and iterations, then all layers with other chunk sizes, fewer iterations, forward only."""
+# DKM levers (--levers), each on top of the previous: name -> (CPU attention budget, grad mode).
+LEVERS = {
+  "before: chunk 4096 rows": (1 << 62, "unrolled"),
+  "+ CPU chunks of 2^18 / k rows": (dkm_lib.CPU_ATTENTION_BUDGET, "unrolled"),
+  "+ one-step gradient (grad='last')": (dkm_lib.CPU_ATTENTION_BUDGET, "last"),
+}
+
+
+def dkm_levers(model_name: str, args, quant: QuantConfig) -> list[tuple]:
+  """DKM forward + backward over the fc layer and all quantized layers, lever by lever."""
+  groups = layer_groups(model_name, args)
+  budget0, rows = dkm_lib.CPU_ATTENTION_BUDGET, []
+  for group in ("fc", "all"):
+    base = None
+    for lever, (budget, mode) in LEVERS.items():
+      dkm_lib.CPU_ATTENTION_BUDGET = budget
+      jax.clear_caches()  # the budget is read when DKM is traced
+      geos = groups[group]
+      t = time_dkm(
+        geos, chunk=quant.chunk_size, iters=quant.dkm_iters, grad=True, mode=mode, repeats=2
+      )
+      base = base or t
+      n = sum(g.n for g in geos)
+      desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
+      rows.append((desc, lever, t, t / base))
+      print(f"  dkm fwd+bwd {desc} {lever}: {t:.3f} s ({t / base:.2f}x)", flush=True)
+  dkm_lib.CPU_ATTENTION_BUDGET = budget0
+  jax.clear_caches()
+  return rows
+
+
+def layer_groups(model_name: str, args) -> dict[str, list]:
+  """The model's quantized layers (LR²VQ d̃) grouped by their path without the block index."""
   name, preset, d, classes = MODELS[model_name]
   rules = presets.with_d(presets.get_preset(preset), d)
   size, _, channels = input_of(model_name, args)
@@ -184,6 +261,13 @@ def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
   for path, geo in plan.items():
     groups.setdefault(re.sub(r"layer\d+_\d+/", "", path), []).append(geo)
   groups["all"] = list(plan.values())
+  return groups
+
+
+def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
+  """DKM alone over the model's quantized layers (LR²VQ d̃): per layer group at the configured
+  chunk and iterations, then all layers with other chunk sizes, fewer iterations, forward only."""
+  groups = layer_groups(model_name, args)
   chunk0, iters0 = args.profile_chunks[0], quant.dkm_iters
   scope = groups if args.profile_scope == "groups" else ["all"]
   cases = [(g, chunk0, iters0, True) for g in scope]
@@ -217,6 +301,7 @@ def main() -> None:
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--chunk-size", type=int, default=QuantConfig.chunk_size)
   ap.add_argument("--dkm-iters", type=int, default=QuantConfig().value("dkm_iters"))
+  ap.add_argument("--dkm-grad", default=QuantConfig.dkm_grad, help="unrolled | last")
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
   ap.add_argument(
     "--profile-scope",
@@ -227,11 +312,29 @@ def main() -> None:
   ap.add_argument(
     "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
   )
+  ap.add_argument("--levers", action="store_true", help="DKM alone, lever by lever (ResNet-18)")
+  ap.add_argument("--cost-devices", type=int, default=8, help="mesh size of the cost analysis")
+  ap.add_argument("--cost-model", default="resnet18", help="model of the cost analysis ('' skips)")
+  ap.add_argument("--cost-only", action="store_true", help=argparse.SUPPRESS)  # the child process
   args = ap.parse_args()
-  quant = QuantConfig(chunk_size=args.chunk_size, dkm_iters=args.dkm_iters)
+  quant = QuantConfig(
+    chunk_size=args.chunk_size,
+    dkm_iters=args.dkm_iters,
+    dkm_grad=args.dkm_grad,
+    shard_axis=partitioning.ROW_AXIS,
+  )
+  if args.cost_only:
+    # XLA's cost analysis counts a while loop's body once, whatever its trip count: DKM's scan
+    # over chunks would be undercounted by the number of chunks. Count it as one chunk per device
+    # (compiled only, never run, so the size of that chunk costs nothing here).
+    dkm_lib.CPU_ATTENTION_BUDGET = 1 << 62
+    quant = dataclasses.replace(quant, chunk_size=1 << 30)
+    print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in ("float", "lr2vq")}))
+    return
   print(
     f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-    f"{os.cpu_count()} CPUs; dtype {args.dtype}; DKM iters {quant.dkm_iters}, chunk {quant.chunk_size}"
+    f"{os.cpu_count()} CPUs; dtype {args.dtype}; DKM iters {quant.dkm_iters}, chunk {quant.chunk_size}, "
+    f"grad {quant.dkm_grad}"
   )
   results: dict[str, dict] = {}
   for model_name in args.models.split(","):
@@ -272,6 +375,25 @@ def main() -> None:
     for desc, chunk, iters, mode, t in rows:
       print(f"| {desc} | {chunk} | {iters} | {mode} | {t:.3f} |")
 
+  cost_parts = []
+  if args.cost_model:
+    costs = mesh_costs(args, args.cost_devices)
+    title = (
+      f"XLA cost analysis, {args.cost_model} {args.image_size} px batch {args.batch}, per device "
+      f"on a {args.cost_devices}-device mesh (DKM rows split over it)"
+    )
+    ratios = print_costs(title, costs)
+    tag = f"{args.cost_devices}dev"
+    cost_parts = [f"{key.split()[0]}_ratio_{tag}={v:.2f}" for key, v in ratios.items()]
+
+  if args.levers and big:
+    print(f"\nDKM levers ({big[0]}: forward + backward, {quant.dkm_iters} iterations):")
+    rows = dkm_levers(big[0], args, quant)
+    print("| layers | lever | DKM s | × before |")
+    print("|---|---|---|---|")
+    for desc, lever, t, r in rows:
+      print(f"| {desc} | {lever} | {t:.3f} | {r:.2f} |")
+
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
     return f"{a['step_s'] / b['step_s']:.2f}" if a and b else "nan"
@@ -283,6 +405,7 @@ def main() -> None:
         parts.append(f"{variant}_over_float_{model_name}={ratio(model_name, variant)}")
   if any(m != "cnn" for m in args.models.split(",")):
     parts += [f"image_size={args.image_size}", f"batch={args.batch}"]
+  parts += cost_parts
   print(f"RESULT {' '.join(parts)}")
 
 

@@ -25,6 +25,40 @@ from lr2vq_jax.core.kmeans import chunk_layout, chunk_rows
 
 # A cluster whose total attention is at or below this keeps its previous centroid.
 EMPTY_EPS = 1e-12
+# On CPU a chunk's n x k attention (and its recomputation in the backward pass) is fastest when it
+# stays in cache: rows per chunk are capped at this many attention entries / k (1 MiB of f32).
+# Measured (benchmarks/step_time.py --profile): the ResNet-18 fc layer (n 128k, k 2048) runs ~5x
+# faster at 128 rows than at 4096. Accelerators keep `chunk_size` (large tiles feed the MXU/SMs).
+CPU_ATTENTION_BUDGET = 1 << 18
+MIN_CPU_ROWS = 64
+
+
+GRADS = ("unrolled", "last")
+
+
+def _check_grad(grad: str) -> None:
+  if grad not in GRADS:
+    raise ValueError(f"dkm grad={grad!r}: expected one of {GRADS}")
+
+
+def _detach_iterations(c_in: jax.Array, c_iter: jax.Array) -> jax.Array:
+  """grad="last": the refined centroids' value, with the identity as their Jacobian w.r.t. c_in.
+
+  The one-step (Jacobian-free) approximation of implicit differentiation at the fixed point: the
+  iterations are not back-propagated through; the loss's gradient w.r.t. the refined centroids is
+  passed to the input centroids unchanged (straight-through), and z gets its gradient from the
+  final soft assignment only.
+  """
+  return c_in + lax.stop_gradient(c_iter - c_in)
+
+
+def chunk_rows_for(chunk_size: int, k: int) -> int:
+  """Rows per DKM chunk: `chunk_size`, capped on CPU so that a chunk's attention fits in cache."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if jax.default_backend() != "cpu":
+    return chunk_size
+  return min(chunk_size, max(MIN_CPU_ROWS, CPU_ATTENTION_BUDGET // k))
 
 
 def _attention(z: jax.Array, c: jax.Array, tau: jax.Array) -> jax.Array:
@@ -48,14 +82,20 @@ def _prepare(z, centroids, tau):
   return jnp.asarray(z, dtype), jnp.asarray(centroids, dtype), jnp.asarray(tau, dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("iters",))
-def dkm_naive(z: jax.Array, centroids: jax.Array, *, tau, iters: int = 3):
+@functools.partial(jax.jit, static_argnames=("iters", "grad"))
+def dkm_naive(z: jax.Array, centroids: jax.Array, *, tau, iters: int = 3, grad: str = "unrolled"):
   """Reference DKM holding the full n x k attention: returns (z_soft (n, d), centroids (k, d))."""
+  _check_grad(grad)
   z32, c, tau32 = _prepare(z, centroids, tau)
   hp = lax.Precision.HIGHEST
+  c_in = c
+  zi, ti = (lax.stop_gradient(z32), lax.stop_gradient(tau32)) if grad == "last" else (z32, tau32)
+  c = lax.stop_gradient(c) if grad == "last" else c
   for _ in range(iters):
-    a = _attention(z32, c, tau32)
-    c = _update(jnp.matmul(a.T, z32, precision=hp), jnp.sum(a, axis=0), c)
+    a = _attention(zi, c, ti)
+    c = _update(jnp.matmul(a.T, zi, precision=hp), jnp.sum(a, axis=0), c)
+  if grad == "last":
+    c = _detach_iterations(c_in, c)
   z_soft = jnp.matmul(_attention(z32, c, tau32), c, precision=hp)
   return z_soft.astype(z.dtype), c.astype(centroids.dtype)
 
@@ -87,24 +127,29 @@ def row_axes(axis_name: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], 
   return (names, shards) if shards > 1 else ((), 1)
 
 
-def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = ()):
+def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = "unrolled"):
   """DKM over chunked rows zs (chunks, chunk, d); inside `shard_map` over `axes`, the partial
   sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty)."""
   k, d = c.shape
+  c_in = c
+  zi, ti = (lax.stop_gradient(zs), lax.stop_gradient(tau)) if grad == "last" else (zs, tau)
+  c = lax.stop_gradient(c) if grad == "last" else c
   for _ in range(iters):
 
     def body(carry, inp, c=c):
       num, den = carry
-      pn, pd = _chunk_sums(inp[0], inp[1], c, tau)
+      pn, pd = _chunk_sums(inp[0], inp[1], c, ti)
       return (num + pn, den + pd), None
 
     init = (jnp.zeros((k, d), c.dtype), jnp.zeros((k,), c.dtype))
     if axes:  # the carry holds per-shard (varying) partial sums
       init = lax.pcast(init, axes, to="varying")
-    (num, den), _ = lax.scan(body, init, (zs, validf))
+    (num, den), _ = lax.scan(body, init, (zi, validf))
     if axes:
       num, den = lax.psum((num, den), axes)
     c = _update(num, den, c)
+  if grad == "last":
+    c = _detach_iterations(c_in, c)
 
   def soft(_, zb, c=c):
     return None, _chunk_soft(zb, c, tau)
@@ -113,7 +158,7 @@ def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = ()):
   return z_soft.reshape(-1, d), c
 
 
-def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], shards: int):
+def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], shards: int, grad):
   """Rows split over `axes` (padded to a multiple of `shards`); sums over rows are psums."""
   n = z.shape[0]
   local = -(-n // shards)
@@ -124,7 +169,7 @@ def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], 
   def per_shard(zl, vl, c, tau):
     zs, _ = chunk_rows(zl, chunk_size)
     vs = jnp.pad(vl, (0, num * chunk - local)).reshape(num, chunk)
-    z_soft, c = _iterate(zs, vs, c, tau, iters, axes)
+    z_soft, c = _iterate(zs, vs, c, tau, iters, axes, grad)
     return z_soft[:local], c
 
   rows = P(axes, None)
@@ -134,7 +179,7 @@ def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], 
   return z_soft[:n], c
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "chunk_size", "axis_name"))
+@functools.partial(jax.jit, static_argnames=("iters", "chunk_size", "axis_name", "grad"))
 def dkm(
   z: jax.Array,
   centroids: jax.Array,
@@ -143,20 +188,27 @@ def dkm(
   iters: int = 3,
   chunk_size: int = 4096,
   axis_name: str | tuple[str, ...] | None = None,
+  grad: str = "unrolled",
 ):
   """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
 
   for t < iters: A = softmax(-D(z, c)/tau); c = A^T z / A^T 1 (kept where A^T 1 ~ 0);
   then z_soft = softmax(-D(z, c)/tau) @ c. Returns (z_soft (n, d), centroids (k, d)) in the input
   dtypes; all math is fp32 (fp64 for fp64 inputs). `axis_name`: mesh axes to split the rows over
-  (see the module docstring); chunks are then per device, `chunk_size` rows at most.
+  (see the module docstring); chunks are then per device, `chunk_size` rows at most (fewer on CPU
+  at large k, see `chunk_rows_for`: chunking changes the summation order only).
+  `grad`: "unrolled" back-propagates through every iteration (exact); "last" only through the
+  final soft assignment, with the one-step approximation of `_detach_iterations` (same values up
+  to one rounding; the backward pass no longer recomputes the iterations).
   """
+  _check_grad(grad)
   z32, c, tau32 = _prepare(z, centroids, tau)
+  chunk_size = chunk_rows_for(chunk_size, c.shape[0])
   axes, shards = row_axes(axis_name)
   if shards > 1:
-    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards)
+    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards, grad)
   else:
     zs, valid = chunk_rows(z32, chunk_size)
-    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters)
+    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters, grad=grad)
     z_soft = z_soft[: z32.shape[0]]
   return z_soft.astype(z.dtype), c.astype(centroids.dtype)

@@ -46,6 +46,9 @@ class QuantConfig:
 
   tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
   dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
+  # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
+  # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
+  dkm_grad: str = "unrolled"
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None
@@ -62,6 +65,8 @@ class QuantConfig:
       raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
     if self.projection not in (None, *PROJECTIONS):
       raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
+    if self.dkm_grad not in dkm_lib.GRADS:
+      raise ValueError(f"QuantConfig.dkm_grad={self.dkm_grad!r}: expected one of {dkm_lib.GRADS}")
     if self.dkm_iters is not None and self.dkm_iters < 0:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.tau_alpha <= 0:
@@ -233,6 +238,7 @@ def quantized_kernel(
       iters=_train_iters(settings["dkm_iters"], config),
       chunk_size=config.chunk_size,
       axis_name=config.shard_axis,
+      grad=config.dkm_grad,
     )
     if config.commitment > 0:
       target = jax.lax.stop_gradient(centroids)

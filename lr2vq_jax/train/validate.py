@@ -19,18 +19,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from lr2vq_jax import presets
+from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.rules import MAX_K, parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
+from lr2vq_jax.nn.recorded import PROJECTIONS, STORES
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.config import STAGES, config_rules
 
 OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
 SCHEDULES = ("cosine", "constant")  # what step.learning_rate_schedule builds
 DTYPES = ("float32", "bfloat16", "float16")
-STORES = ("codebook", "factored")
-PROJECTIONS = ("learned", "orthonormal")
 DATASETS = tuple(input_pipeline._NUM_CLASSES)
 NATIVE_SIZE = {"digits": 8, "cifar10": 32}
 PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
@@ -192,6 +192,7 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
 def _check_quant(config) -> None:
   _choice(config, "quant.store", STORES)
   _choice(config, "quant.projection", PROJECTIONS, default="learned")
+  _choice(config, "quant.dkm_grad", dkm_lib.GRADS, default="unrolled")
   _number(config, "quant.tau_alpha", low=0.0, strict=True)
   _number(config, "quant.commitment", low=0.0)
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from lr2vq_jax.core.dkm import dkm, dkm_naive
+from lr2vq_jax.core.dkm import chunk_rows_for, dkm, dkm_naive
 
 
 def _inputs(seed, n, d, k):
@@ -31,6 +31,7 @@ def _loss(fn, w, iters, **kw):
     (203, 4, 16, 64, 3),  # n not divisible by the chunk
     (50, 8, 32, 1000, 3),  # one chunk, k close to n
     (97, 2, 5, 7, 0),  # no centroid update, many tiny chunks
+    (2100, 3, 2048, 4096, 2),  # large k: CPU caps the chunk at 128 rows (17 chunks)
   ],
 )
 def test_bounded_equals_naive_value_and_grad(n, d, k, chunk, iters):
@@ -95,6 +96,48 @@ def test_softmax_is_safe_for_tiny_tau():
   z, c, _ = _inputs(3, 30, 4, 6)
   z_soft, c_out = dkm(z * 100.0, c * 100.0, tau=1e-4, iters=2, chunk_size=8)
   assert bool(jnp.all(jnp.isfinite(z_soft))) and bool(jnp.all(jnp.isfinite(c_out)))
+
+
+def test_last_grad_same_values_and_one_step_gradient():
+  z, c, w = _inputs(5, 150, 3, 8)
+  tau = jnp.float32(0.3)
+
+  def run(fn, **kw):
+    def loss(z, c, tau):
+      z_soft, c_out = fn(z, c, tau=tau, iters=3, **kw)
+      return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(z, c, tau)
+
+  (_, (zs_u, c_u)), _ = run(dkm, chunk_size=64)
+  (_, (zs_l, c_l)), g_l = run(dkm, chunk_size=64, grad="last")
+  (_, _), g_n = run(dkm_naive, grad="last")
+  # The forward pass is unchanged up to the rounding of c_in + (c - c_in).
+  np.testing.assert_allclose(zs_l, zs_u, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(c_l, c_u, rtol=1e-5, atol=1e-6)
+  for a, b in zip(g_l, g_n, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+  # The one-step gradient: the soft assignment differentiated at the (fixed) refined centroids,
+  # the centroids' gradient passed straight through to the input centroids.
+  def soft_loss(z, cf, tau):
+    z_soft, _ = dkm_naive(z, cf, tau=tau, iters=0)
+    return jnp.sum(z_soft * w) + jnp.sum(cf**2)
+
+  want = jax.grad(soft_loss, argnums=(0, 1, 2))(z, c_u, tau)
+  for a, b in zip(g_l, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="grad"):
+    dkm(z, c, tau=tau, grad="implicit")
+
+
+def test_cpu_chunks_shrink_with_k_to_stay_in_cache():
+  assert jax.default_backend() == "cpu"
+  assert chunk_rows_for(4096, 16) == 4096  # small k: the configured chunk
+  assert chunk_rows_for(4096, 2048) == 128  # 2^18 attention entries
+  assert chunk_rows_for(4096, 1 << 20) == 64  # never below 64 rows
+  with pytest.raises(ValueError, match="chunk_size"):
+    chunk_rows_for(0, 16)
 
 
 def test_bf16_inputs_return_input_dtypes():

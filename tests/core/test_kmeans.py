@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core.distances import sq_distances
-from lr2vq_jax.core.kmeans import KMeansResult, assign, kmeans, kmeans_plusplus, lloyd_step
+from lr2vq_jax.core.kmeans import (
+  KMeansResult,
+  assign,
+  kmeans,
+  kmeans_parallel,
+  kmeans_plusplus,
+  lloyd_step,
+)
 
 
 def _mixture(seed, k=8, d=4, per=60, spread=10.0, noise=0.1):
@@ -118,12 +125,52 @@ def test_kmeans_plusplus_picks_distinct_data_points():
     assert not np.array_equal(c[a], c[b])
 
 
+def test_assign_breaks_ties_at_the_lowest_index():
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(300, 3)).astype(np.float32)
+  base = rng.normal(size=(20, 3)).astype(np.float32)
+  c = np.vstack([base, base[::-1]])  # every centroid twice: the first copy must win
+  codes, mind = assign(x, c, chunk_size=64)
+  want = ((x[:, None] - base[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(np.asarray(codes), want.argmin(1))
+  np.testing.assert_allclose(np.asarray(mind), want.min(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 16])
+def test_kmeans_parallel_seeds_are_distinct_points_one_per_cluster(rounds):
+  x, _, centers = _mixture(7, k=6, per=50)
+  c = np.asarray(kmeans_parallel(x, 6, key=jax.random.key(0), rounds=rounds, chunk_size=64))
+  assert c.shape == (6, 4)
+  assert all(np.any(np.all(x == r, axis=1)) for r in c)
+  assert len({tuple(r) for r in c.tolist()}) == 6
+  if rounds >= 5:  # one centre per round: plain D^2 sampling covers well-separated clusters
+    assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 6
+  one = np.asarray(kmeans_parallel(x, 1, key=jax.random.key(0), rounds=rounds))
+  assert one.shape == (1, 4) and np.any(np.all(x == one[0], axis=1))
+  p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
+  q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
+  np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
+
+
+def test_own_seeding_beats_random_and_is_close_to_greedy_kmeans_plusplus():
+  x, _, _ = _mixture(8, k=40, per=100, spread=1.0, noise=0.3)
+  key = jax.random.key(0)
+  own = kmeans(x, 128, key=key, iters=20)  # k > GREEDY_MAX_K: batched D^2 seeding
+  greedy = kmeans(x, 128, key=key, iters=20, init=kmeans_plusplus(x, 128, key=key))
+  random_init = x[np.random.default_rng(0).choice(len(x), 128, replace=False)]  # faiss's seeding
+  rand = kmeans(x, 128, key=key, iters=20, init=random_init)
+  assert float(own.sse) <= float(rand.sse)
+  assert float(own.sse) <= 1.05 * float(greedy.sse)
+
+
 def test_n_less_than_k_raises():
   x = np.zeros((3, 2), np.float32)
   with pytest.raises(ValueError, match="at least k points"):
     kmeans(x, 4, key=jax.random.key(0))
   with pytest.raises(ValueError, match="at least k points"):
     kmeans_plusplus(x, 4, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="at least k points"):
+    kmeans_parallel(x, 4, key=jax.random.key(0))
 
 
 def test_kmeans_handles_duplicate_points():

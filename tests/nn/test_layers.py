@@ -110,3 +110,28 @@ def test_bad_m_is_one_clear_error():
   layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=7), stage="lowrank")
   with pytest.raises(ValueError, match="m"):
     layer.init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
+
+
+def test_one_step_dkm_gradient_keeps_the_forward_and_trains_every_param():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  rule = lq.Rule(".*", k=8, m=9, d=3)
+  outs, grads = {}, {}
+  for mode in ("unrolled", "last"):
+    cfg = lq.nn.QuantConfig(tau_alpha=0.01, dkm_grad=mode)
+    layer = lq.nn.Conv(8, (3, 3), rule=rule, stage="quantize", quant=cfg, train=True)
+    variables = layer.init(jax.random.key(1), x)
+
+    def loss(params, layer=layer, variables=variables):
+      return jnp.sum(layer.apply({**variables, "params": params}, x) ** 2)
+
+    outs[mode] = layer.apply(variables, x)
+    grads[mode] = jax.grad(loss)(variables["params"])
+  np.testing.assert_allclose(outs["last"], outs["unrolled"], rtol=1e-4, atol=1e-5)
+  for name in ("z", "projection", "codebook"):
+    assert float(jnp.linalg.norm(grads["last"][name])) > 0, name
+  # The projection sees the same soft rows either way: its gradient is the same.
+  np.testing.assert_allclose(
+    grads["last"]["projection"], grads["unrolled"]["projection"], rtol=1e-3, atol=1e-4
+  )
+  with pytest.raises(ValueError, match="dkm_grad"):
+    lq.nn.QuantConfig(dkm_grad="implicit")

@@ -69,6 +69,7 @@ BAD = [
   ("data.image_size", 9, "8x8"),
   ("data.batch_size", 0, ">= 1"),
   ("quant.store", "zip", "unknown value"),
+  ("quant.dkm_grad", "implicit", "unknown value"),
   ("quant.tau_alpha", 0.0, "> 0.0"),
   ("quant.kmeans_iters", 0, ">= 1"),
   ("dtype", "float8", "unknown value"),
