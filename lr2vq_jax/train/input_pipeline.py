@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from ml_collections import config_dict
 
 try:  # keep TensorFlow off the accelerators: JAX owns them
   tf.config.set_visible_devices([], "GPU")
@@ -71,8 +72,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   """
   cfg = ml_collections.ConfigDict()
   cfg.name = name
-  cfg.data_dir = None
-  cfg.manual_dir = None
+  cfg.data_dir = config_dict.placeholder(str)  # None, and --config.data.data_dir=DIR works
+  cfg.manual_dir = config_dict.placeholder(str)
   cfg.prepare_if_missing = True
   cfg.shuffle_buffer = 16 * 1024
   cfg.cache = False
