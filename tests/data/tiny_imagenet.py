@@ -32,7 +32,7 @@ def _pixels(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
   return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _encode(rng: np.random.Generator, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+def encode_image(rng: np.random.Generator, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
   image = Image.fromarray(_pixels(rng, *size))
   if fmt == "CMYK":
     image, fmt = image.convert("CMYK"), "JPEG"
@@ -57,16 +57,16 @@ def write_tiny_imagenet(manual_dir: Path, per_synset: int = 3, num_val: int = 4,
       inner = io.BytesIO()
       with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for i in range(per_synset):
-          _add(tar, f"{synset}_{i + 1}.JPEG", _encode(rng, SIZES[count % len(SIZES)]))
+          _add(tar, f"{synset}_{i + 1}.JPEG", encode_image(rng, SIZES[count % len(SIZES)]))
           count += 1
         if synset == CMYK[0]:
-          _add(tar, CMYK[1], _encode(rng, (500, 375), "CMYK"))
+          _add(tar, CMYK[1], encode_image(rng, (500, 375), "CMYK"))
           count += 1
         if synset == PNG[0]:
-          _add(tar, PNG[1], _encode(rng, (500, 333), "PNG"))
+          _add(tar, PNG[1], encode_image(rng, (500, 333), "PNG"))
           count += 1
       _add(out, f"{synset}.tar", inner.getvalue())
   with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as out:
     for i in range(num_val):
-      _add(out, f"ILSVRC2012_val_{i + 1:08d}.JPEG", _encode(rng, SIZES[i % len(SIZES)]))
+      _add(out, f"ILSVRC2012_val_{i + 1:08d}.JPEG", encode_image(rng, SIZES[i % len(SIZES)]))
   return {"train": count, "validation": num_val}
