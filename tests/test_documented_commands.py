@@ -9,8 +9,8 @@ row (most `lr2vq`/`python -m lr2vq_jax` commands already match one) or, only whe
 here, a `SKIP` row that says why.
 
 RUN commands run as printed, in document order, from a sandbox folder that holds `configs/` and
-`benchmarks/` of this checkout, with `lr2vq` and `python` of this environment first on PATH and
-these substitutions (what makes them small, offline and local):
+`benchmarks/` of this checkout, with this environment's `lr2vq` first on PATH, `python` = this
+interpreter, and these substitutions (what makes them small, offline and local):
 * `--config configs/X.py` → `configs/X.py:quick` or `:runlocal` (whichever the config's header
   offers); a config given with its own argument instead gets every stage shortened to 4 steps;
 * `gs://BUCKET/…` → `runs/…`; `/path/…` and `/data/…` → the sandbox's tiny ImageNet (prepared by
@@ -149,18 +149,10 @@ def test_every_documented_command_is_covered():
   )
 
 
-def test_extraction_sees_continuations_and_comments():
-  cmds = readme_commands(_write(ROOT, "```bash\nlr2vq a --x 1 \\\n  --y 2   # note\n```\n"))
-  assert cmds == ["lr2vq a --x 1 --y 2"]
-
-
-def _write(_root: Path, text: str) -> Path:
-  import tempfile
-
-  f = tempfile.NamedTemporaryFile("w", suffix=".md", delete=False)  # noqa: SIM115
-  f.write(text)
-  f.close()
-  return Path(f.name)
+def test_extraction_sees_continuations_and_comments(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("```bash\nlr2vq a --x 1 \\\n  --y 2   # note\n```\nrun `lr2vq b --z`.\n")
+  assert readme_commands(readme) == ["lr2vq a --x 1 --y 2", "lr2vq b --z"]
 
 
 # ----------------------------------------------------------------------------- running
@@ -175,14 +167,13 @@ class Sandbox:
   runs: dict[str, str] = dataclasses.field(default_factory=dict)  # train args → workdir
 
   def env(self) -> dict[str, str]:
-    path = os.pathsep.join([str(self.root / "bin"), os.path.dirname(sys.executable)])
+    path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
     return {
       **{k: v for k, v in os.environ.items() if not k.startswith("LR2VQ_")},
       "PATH": f"{path}{os.pathsep}{os.environ.get('PATH', '')}",
       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
       "JAX_PLATFORMS": "cpu",
       "TF_CPP_MIN_LOG_LEVEL": "2",
-      "TFDS_DATA_DIR": str(self.data_dir),
     }
 
 
@@ -194,8 +185,6 @@ def sandbox(tmp_path_factory) -> Sandbox:
   root = tmp_path_factory.mktemp("sandbox")
   for name in ("configs", "benchmarks"):
     (root / name).symlink_to(ROOT / name)
-  (root / "bin").mkdir()
-  (root / "bin" / "python").symlink_to(sys.executable)  # `python …` is this interpreter
   manual = root / "data" / "imagenet_tars"
   write_tiny_imagenet(manual)
   weights = {
