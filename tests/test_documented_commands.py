@@ -69,6 +69,8 @@ COVERAGE = (
        ":runlocal config is validated on mocked data (tests/train/test_pipeline.py)"),
   SKIP(r"^lr2vq estimate-dim --config CONFIG --float-dir RUN/float$",
        "synopsis of the README's `lr2vq estimate-dim --config configs/default.py --float-dir …`"),
+  SKIP(r"^lr2vq estimate-dim --weights FILE$", "synopsis with a placeholder (FILE); print a "
+       "concrete command to have it run here"),
   SKIP(r"^lr2vq [\w-]+( --[\w-]+)?$", "a mention of a subcommand or option in prose"),
   SKIP(r"…", "a synopsis in prose (… stands for any arguments)"),
   RUN(r"^make demo$"),
