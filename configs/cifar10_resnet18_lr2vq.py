@@ -5,7 +5,7 @@ Smoke:     --config configs/cifar10_resnet18_lr2vq.py:runlocal  (CPU, a few step
 Hardware:  one GPU or TPU host (about 3·10⁴ steps at batch 256); on 2 CPU cores only :runlocal.
 Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; at 28.9× the
            PQ-family baselines typically lose 1–3 points. Needs tfds `cifar10` prepared in data_dir
-           (`tfds build cifar10`); nothing is downloaded by the tests.
+           (`lr2vq prepare cifar10 --data_dir DIR` downloads it); nothing is downloaded by the tests.
 """
 
 import ml_collections

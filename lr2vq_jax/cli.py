@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -356,6 +357,35 @@ def evaluate(args: argparse.Namespace) -> int:
     f"top-5 {result['top5']:.2f}%, payload {artifact.num_bytes} bytes"
   )
   return 0
+
+
+@command(
+  "prepare",
+  "build a dataset once before training: imagenet2012 from its two official tars (checked "
+  "first), or cifar10 (downloaded by tfds)",
+  arg("dataset", choices=("imagenet2012", "cifar10"), help="which dataset"),
+  arg("--manual_dir", "--manual-dir", default=None, help="imagenet2012: folder of the two tars"),
+  arg("--data_dir", "--data-dir", default=None, help="tfds data dir (default: tfds's own)"),
+)
+def prepare(args: argparse.Namespace) -> int:
+  from lr2vq_jax.train import prepare as prep
+
+  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR") or _default_tfds_dir()
+  try:
+    if args.dataset == "imagenet2012":
+      if not args.manual_dir:
+        raise CLIError("imagenet2012 needs --manual_dir", "the folder holding the two tars")
+      prep.prepare_imagenet(args.manual_dir, data_dir)
+    else:
+      prep.prepare_download(args.dataset, data_dir)
+  except prep.PrepareError as e:
+    raise CLIError(str(e), e.hint) from e
+  print(f"use it with --config.data.data_dir={data_dir}")
+  return 0
+
+
+def _default_tfds_dir() -> str:
+  return os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
 def build_parser() -> argparse.ArgumentParser:

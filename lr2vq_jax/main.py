@@ -96,8 +96,26 @@ def show_config(config) -> None:
   print("# override any field with --config.<field>=<value>, e.g. --config.k=32 --config.m=4")
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config in `argv` (`--config=X` or `--config X`), if given."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.partition("=")[2]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing whose errors (bad value, unknown field, bad config file) are one line."""
+  from lr2vq_jax.train.config_file import ConfigLoadError, load_config
+
+  spec = _config_spec(argv[1:])
+  if spec is not None:  # load it once first: absl's loader would show a traceback
+    try:
+      load_config(spec)
+    except ConfigLoadError as e:
+      _fail(str(e), e.hint, 2, "--verbose" in argv)
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

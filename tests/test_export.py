@@ -18,6 +18,12 @@ def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
+# Decoded artifact vs the quantize stage's hard-code evaluation: the same codes and fp16 tables,
+# so only the rebuilt kernels (C[a]·P, BatchNorm folded and unfolded) can differ, by an ulp or two.
+# Measured (default ISA and --xla_cpu_max_isa=AVX2): ResNet-18 bitwise equal, PlainNet ≤ 7.8e-8.
+ROUNDTRIP_TOL = 1e-6
+
+
 def _quantized(model, rules, x, plan=None, config=None):
   float_vars = model.init(jax.random.key(0), x, train=False)
   lowrank = convert.float_to_lowrank(float_vars, rules, plan=plan, config=config)
@@ -38,7 +44,7 @@ def test_plain_model_roundtrip(tmp_path, store):
   decoded = lq.load(tmp_path).decode()
   assert "z" not in json.dumps(list(decoded["params"]["body"]))
   logits = PlainNet().apply(decoded, X)
-  assert _rel_err(logits, evaluated) <= 1e-5
+  assert _rel_err(logits, evaluated) <= ROUNDTRIP_TOL
   assert manifest["layers"]["proj"]["view_shape"] == [16, 16]
 
 
@@ -54,7 +60,7 @@ def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
   manifest = lq.export(variables, rules, tmp_path)
   artifact = lq.load(tmp_path)
   logits = model.apply(artifact.decode(), x, train=False)
-  assert _rel_err(logits, evaluated) <= 1e-5
+  assert _rel_err(logits, evaluated) <= ROUNDTRIP_TOL
 
   report = lq.size_report(float_vars["params"], rules)
   payload = manifest["payload_bytes"]

@@ -1,5 +1,7 @@
 """Model definitions with torchvision-style module names (so presets and state dicts map 1:1)."""
 
+import functools
+
 import jax.numpy as jnp
 
 from lr2vq_jax.models.cnn import DigitsCNN
@@ -13,6 +15,14 @@ from lr2vq_jax.models.resnet import (
 )
 
 MODELS = {"digits_cnn": DigitsCNN, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+# 1/8-width ResNets (8 stem filters): the same layers, module paths and presets, for `:runlocal`
+# CPU smoke runs whose point is the plumbing (data, stages, export), not the compute.
+MODELS.update(
+  {
+    f"{name}_width8": functools.partial(MODELS[name], num_filters=8)
+    for name in ("resnet18", "resnet50")
+  }
+)
 
 
 def create_model(name: str, *, num_classes: int, dtype="float32"):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 
 import ml_collections
 
 from lr2vq_jax import convert, presets
 from lr2vq_jax.core.rules import Rule, parse_rules
+from lr2vq_jax.train import config_file
 
 STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
 
@@ -52,11 +51,9 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file given as "path.py" or "path.py:arg" (as absl's flag)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location("_lr2vq_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  """`get_config(arg)` of a config file given as "path.py" or "path.py:arg" (as absl's flag).
+
+  A file that does not load raises `config_file.ConfigLoadError` (a ValueError): one line naming
+  the file and the cause.
+  """
+  return config_file.load_config(spec)

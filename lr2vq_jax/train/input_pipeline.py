@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from ml_collections import config_dict
 
 try:  # keep TensorFlow off the accelerators: JAX owns them
   tf.config.set_visible_devices([], "GPU")
@@ -71,8 +72,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   """
   cfg = ml_collections.ConfigDict()
   cfg.name = name
-  cfg.data_dir = None
-  cfg.manual_dir = None
+  cfg.data_dir = config_dict.placeholder(str)  # None, and --config.data.data_dir=DIR works
+  cfg.manual_dir = config_dict.placeholder(str)
   cfg.prepare_if_missing = True
   cfg.shuffle_buffer = 16 * 1024
   cfg.cache = False
@@ -159,11 +160,13 @@ def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any
   tars = [os.path.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
   have_tars = all(os.path.exists(t) for t in tars)
   if have_tars and cfg.prepare_if_missing and process_count == 1:
-    config = tfds.download.DownloadConfig(manual_dir=manual)
-    builder.download_and_prepare(
-      download_config=config
-    )  # hours: extracts and re-encodes 1.3M files
-    return builder
+    from lr2vq_jax.train import prepare  # hours: the checks and build of `lr2vq prepare`
+
+    try:
+      prepare.prepare_imagenet(manual, root)
+    except prepare.PrepareError as e:
+      raise ImageNetNotPreparedError(f"{e} ({e.hint})") from e
+    return tfds.builder("imagenet2012", data_dir=cfg.data_dir)
   if have_tars:
     why = (
       f"The archives are in {manual!r}, but preparing is off here (needs prepare_if_missing=True,"
@@ -176,7 +179,7 @@ def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any
     "1. Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org"
     " (login required) and put them at\n   " + "\n   ".join(tars) + "\n"
     "2. Build the dataset once (hours, ~150 GB), from one process:\n"
-    f"   tfds build imagenet2012 --data_dir={root} --manual_dir={manual}\n"
+    f"   lr2vq prepare imagenet2012 --manual_dir {manual} --data_dir {root}\n"
     "3. Point the run at it: set config.data.data_dir (and config.data.manual_dir if the archives"
     " are elsewhere), or $TFDS_DATA_DIR."
   )

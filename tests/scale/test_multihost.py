@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 
 from tests.scale.conftest import (
+  DRIFT_LOSS,
+  assert_same_training,
   child_env,
   copy_workdir,
   final_params,
   finish,
   free_port,
   main_cmd,
-  max_rel_error,
   start,
 )
 
 # Same global batches, same initial state: the runs differ only in the order in which the
-# all-reduces add up, and Adam (g / sqrt(v)) magnifies that for near-zero gradients. Measured:
-# 2e-4 after 6 steps, the same order as one process with 2 vs 4 devices (4e-4).
-TOLERANCE = 1e-3
+# all-reduces add up; how far that can carry, and the bounds, are in tests/scale/conftest.py.
 
 
 def _losses(workdir):
@@ -64,7 +63,6 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   assert len(rows) == len(ref_rows)  # no row written twice
   assert sorted(losses) == sorted(ref_losses) == [3, 6]
   for step, loss in losses.items():
-    assert abs(loss - ref_losses[step]) <= 1e-5 * abs(ref_losses[step]), (step, loss)
+    assert abs(loss - ref_losses[step]) <= DRIFT_LOSS * abs(ref_losses[step]), (step, loss)
   # every process checkpointed: the final step is complete and restores on one device
-  err, leaf = max_rel_error(final_params(workdir), final_params(reference))
-  assert err <= TOLERANCE, f"{leaf}: relative error {err:.2e}"
+  assert_same_training(final_params(workdir), final_params(reference))

@@ -184,7 +184,7 @@ def test_imagenet_missing_manual_dir_error(tmp_path):
   for needle in (
     os.path.join(manual, "ILSVRC2012_img_train.tar"),
     os.path.join(manual, "ILSVRC2012_img_val.tar"),
-    f"tfds build imagenet2012 --data_dir={tmp_path / 'tfds'} --manual_dir={manual}",
+    f"lr2vq prepare imagenet2012 --manual_dir {manual} --data_dir {tmp_path / 'tfds'}",
     "config.data.data_dir",
     "config.data.manual_dir",
   ):
