@@ -220,25 +220,15 @@ def estimate_dim(args: argparse.Namespace) -> int:
 
 
 def read_weights(path: str) -> dict:
-  """Params from a `.npz`/`.safetensors` file: flax paths ("conv2/kernel", optionally under
-  "params/") or a torchvision state dict ("layer1.0.conv1.weight")."""
-  import numpy as np
-  from flax import traverse_util
-
-  from lr2vq_jax.models.torch_import import read_state_dict, torch_to_flax
+  """Params of a `.npz`/`.safetensors` file (`torch_import.read_params`), errors as one line."""
+  from lr2vq_jax.models.torch_import import read_params
 
   try:
-    flat = read_state_dict(path)
+    return read_params(path)
   except (OSError, ValueError) as e:
     raise CLIError(
       f"cannot read --weights {path}: {e}", "give a .npz or .safetensors file"
     ) from None
-  if flat and all("/" in k for k in flat):
-    tree = traverse_util.unflatten_dict(
-      {tuple(k.split("/")): np.asarray(v) for k, v in flat.items()}
-    )
-    return tree.get("params", tree)
-  return torch_to_flax(flat)["params"]
 
 
 def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> int:

@@ -103,6 +103,18 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict:
   }
 
 
+def read_params(path: str | os.PathLike) -> dict:
+  """Params from a `.npz`/`.safetensors` file: flax paths ("conv2/kernel", optionally under
+  "params/") or a torchvision state dict ("layer1.0.conv1.weight")."""
+  flat = read_state_dict(path)
+  if flat and all("/" in k for k in flat):
+    tree = traverse_util.unflatten_dict(
+      {tuple(k.split("/")): np.asarray(v) for k, v in flat.items()}
+    )
+    return tree.get("params", tree)
+  return torch_to_flax(flat)["params"]
+
+
 def load_torchvision(path: str | os.PathLike) -> dict:
   """`torch_to_flax(read_state_dict(path))`: what a `float` stage initialises from."""
   return torch_to_flax(read_state_dict(path))

@@ -1,7 +1,7 @@
 """Helpers for the scale-out tests: child processes with N simulated CPU devices, shared runs.
 
-Each child gets `XLA_FLAGS=--xla_force_host_platform_device_count=N` (the pytest process keeps its
-own devices) and a TMPDIR inside the test's temporary folder. The float + lowrank checkpoints of the
+Each child gets `--xla_force_host_platform_device_count=N` added to the parent's other XLA_FLAGS
+(so e.g. `--xla_cpu_max_isa=AVX2` reaches the children; the pytest process keeps its own devices) and a TMPDIR inside the test's temporary folder. The float + lowrank checkpoints of the
 quick digits pipeline are made once per session; runs copy that workdir and train only `quantize`.
 """
 
@@ -21,12 +21,18 @@ QUICK = f"--config={ROOT / 'configs' / 'default.py'}:quick"
 TIMEOUT = 600
 
 
+def xla_flags(devices: int) -> str:
+  """The parent's XLA_FLAGS with the simulated device count set to `devices`."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def child_env(devices: int, tmp: Path, **extra: str) -> dict[str, str]:
   tmpdir = tmp / "tmp"
   tmpdir.mkdir(parents=True, exist_ok=True)
   env = {k: v for k, v in os.environ.items() if not k.startswith("LR2VQ_")}
   env.update(
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
     JAX_PLATFORMS="cpu",
     TMPDIR=str(tmpdir),
     PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

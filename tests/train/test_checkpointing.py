@@ -135,7 +135,9 @@ _RESHARD = textwrap.dedent(
 
 
 def test_restore_onto_another_mesh(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  flags = " ".join([*kept, "--xla_force_host_platform_device_count=8"])  # e.g. max_isa kept
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   env["TMPDIR"] = str(tmp_path)
   out = subprocess.run(
     [sys.executable, "-c", _RESHARD, str(tmp_path / "ck")],
