@@ -1,4 +1,4 @@
-"""Ablations of the LR²VQ recipe and the final LR²VQ / PQ / vanilla DKM comparison (issue 8).
+"""Ablations of the LR²VQ recipe and the final LR²VQ / PQ / vanilla DKM comparison.
 
 Every row is a config, `configs/digits_ablations.py:<variant>,<m9|m18>`, run through the project's
 own pipeline for each seed; top-1 is that of the exported artifact. Selection uses the validation

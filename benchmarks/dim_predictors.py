@@ -1,4 +1,4 @@
-"""Which d̃ predictor works? Candidates against the measured best d̃ on the digits task (issue 8).
+"""Which d̃ predictor works? Candidates against the measured best d̃ on the digits task.
 
 Reads the d̃ sweep of the chosen recipe (`benchmarks/ablations.py --variants recipe --ds ...`: low-rank
 pre-training and LR²VQ fine-tuning for every d̃ and seed, float models from `benchmarks/pareto.py`)

@@ -6,7 +6,7 @@ Drives the project's own pipeline (`lr2vq_jax.train.pipeline.run`) stage by stag
 is trained once per seed and every method starts from it (`init_from`), the low-rank pre-training
 is shared by all LR²VQ runs with the same (m, d̃). top-1 is that of the exported artifact on the 450
 test digits. A d̃ sweep at fixed (k, m) is compared with `estimate_dim`'s choice on the float weights
-and on the low-rank pre-trained weights (EXPERIMENTS.md). Finished runs are reused from --out.
+and on the low-rank pre-trained weights. Finished runs are reused from --out.
 
   python benchmarks/pareto.py --seeds 2 --out runs/bench/pareto            # ~10 min per seed
   python benchmarks/pareto.py --quick --out /tmp/pareto_quick              # smoke run, 6 steps/stage
@@ -39,7 +39,7 @@ from lr2vq_jax.train.trainer import build_stage, restore_final  # noqa: E402
 
 METHODS = ("PQ", "vanilla DKM", "LR²VQ")
 STAGE_OF = {"PQ": "pq", "vanilla DKM": "dkm", "LR²VQ": "quantize"}
-# τ multipliers chosen on an inner validation split by the prototype (EXPERIMENTS.md), per m.
+# τ multipliers chosen on an inner validation split by the prototype, per m.
 TAU_ALPHA = {("quantize", 9): 0.03, ("quantize", 18): 0.003, ("dkm", 9): 0.01, ("dkm", 18): 0.03}
 LAYERS = r"^conv[23]$"
 
@@ -62,7 +62,7 @@ class Runner:
     self.out, self.quick, self.log = out, quick, log
 
   def config(self, seed: int, stage: str, k: int, m: int, d: int, init_from: str = ""):
-    # The pre-issue-8 recipe, fixed: benchmarks/ablations.py reuses these runs as its `reference`.
+    # The earlier reference recipe, fixed: benchmarks/ablations.py reuses these runs as its `reference`.
     config = load_config(str(ROOT / "configs" / "digits_ablations.py") + ":reference,m9")
     if self.quick:
       shorten(config, steps=6, kmeans_iters=3)

@@ -7,7 +7,7 @@ Hardware:  2 CPU cores; one variant at one block size and seed ≈ 30 s after th
 Arg:       "<variant>,m9" or "<variant>,m18" (k = 16; conv2 and conv3 compressed, as configs/default.py),
            optionally ",d<d̃>" to override d̃ (the sweep that chooses it).
 
-Every variant changes exactly one thing of `reference`, the recipe before issue 8 (written out
+Every variant changes exactly one thing of `reference`, the earlier recipe (written out
 here, so that later changes to configs/default.py do not change what these rows mean). `recipe`
 is the combination chosen on the validation split, which configs/default.py uses. The baselines
 run plain (`pq`, `dkm`: the pareto.py runs) and as `pq_recipe` / `dkm_recipe`: with the recipe's
@@ -22,8 +22,8 @@ import ml_collections
 
 from lr2vq_jax.train.config import load_config
 
-# The per-block-size settings of `reference`: preset, d̃ (the default before issue 8) and the DKM τ
-# multipliers the prototype chose on an inner validation split (EXPERIMENTS.md).
+# The per-block-size settings of `reference`: preset, d̃ (the earlier default) and the DKM τ
+# multipliers the prototype chose on an inner validation split.
 BLOCKS = {
   "m9": dict(preset="digits_small_blocks", d=3, quantize_tau=0.03, dkm_tau=0.01),
   "m18": dict(preset="digits_large_blocks", d=3, quantize_tau=0.003, dkm_tau=0.03),

@@ -1,4 +1,4 @@
-"""Model size in the PQF/BGD convention (DESIGN §4, PAPER §6), from parameter shapes alone.
+"""Model size in the PQF/BGD convention (as PQF and BGD count it), from parameter shapes alone.
 
 Compressed layer: n·ceil(log2 k) code bits plus an fp16 table, either the k×m codebook C·P
 (store="codebook", the PQF-convention figure that reproduces the published sizes) or C (k×d̃) and

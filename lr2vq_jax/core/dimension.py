@@ -1,4 +1,4 @@
-"""Choosing d̃ before fine-tuning: low-rank error + clustering error per candidate d̃ (PAPER §3.3).
+"""Choosing d̃ before fine-tuning: low-rank error + clustering error per candidate d̃.
 
 For X (n, m) = U Σ Vᵀ, Z_d = U_d Σ_d and P = V_dᵀ, quantizing Z_d with k centroids gives
 ‖X − C[a]·P‖² = Σ_{i>d} σ_i² + ‖Z_d − C[a]‖² exactly (the two residuals are orthogonal and P has

@@ -1,8 +1,8 @@
 """Experiment recipes shared by the files in configs/: a stage section and the ImageNet builder.
 
 Each `configs/imagenet_<model>_<blocks>_<method>.py` calls `imagenet(...)` and documents its own
-command, hardware and expected result. Recipe (reconstructed, PAPER.md §3.4 and
-§5.1): start from torchvision weights (`config.float.init_from`), low-rank pre-training 13.5 epochs
+command, hardware and expected result. Recipe (reconstructed from the
+paper's abstract and PQF's): start from torchvision weights (`config.float.init_from`), low-rank pre-training 13.5 epochs
 (1.5× the fine-tuning, the ratio the digits ablations chose; unverified at ImageNet scale), then 9
 epochs of quantization fine-tuning with Adam and a cosine schedule as PQF does; PQ tunes
 codebooks with codes frozen for the same 9 epochs; vanilla DKM fine-tunes for the same 9 epochs.
@@ -17,7 +17,7 @@ import ml_collections
 from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
-EXPECTED_TOP1 = {  # PAPER.md §4: PQF published; LR²VQ inferred as PQF + the claimed gain
+EXPECTED_TOP1 = {  # PQF published; LR²VQ inferred as PQF + the paper's claimed gain
   ("resnet18", "small"): {"pq": 66.74, "lr2vq": None, "dkm": None, "float": 69.76},
   ("resnet18", "large"): {"pq": 63.33, "lr2vq": 66.1, "dkm": None, "float": 69.76},
   ("resnet50", "small"): {"pq": 75.04, "lr2vq": None, "dkm": None, "float": 76.15},

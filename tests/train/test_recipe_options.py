@@ -1,4 +1,4 @@
-"""The recipe options issue 8 ablates: distillation, τ annealing, orthonormal P, BN re-estimation."""
+"""The recipe options the ablations compare: distillation, τ annealing, orthonormal P, BN re-estimation."""
 
 import json
 
