@@ -178,9 +178,16 @@ def prepare_imagenet(manual_dir: str, data_dir: str, log: Callable[[str], None] 
   Returns {"data_dir", "version", "splits": {split: examples}, "seconds"}; a no-op when prepared.
   """
   import tensorflow_datasets as tfds
+  from absl import logging as absl_logging
 
-  builder = tfds.builder("imagenet2012", data_dir=data_dir)
-  if builder.is_prepared():
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns of a not-yet-prepared folder
+  try:
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    prepared = builder.is_prepared()
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  if prepared:
     log(f"imagenet2012 {builder.version} is already prepared in {builder.data_dir}")
     return _summary(builder, 0.0)
   archives = []
