@@ -80,7 +80,7 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
   return QuantConfig(
     tau_alpha=tau_alpha,
     dkm_iters=q.dkm_iters,
-    dkm_grad=q.get("dkm_grad", "unrolled"),
+    dkm_grad=q.get("dkm_grad", QuantConfig.dkm_grad),
     commitment=q.commitment,
     store=q.store,
     projection=q.get("projection", "learned"),

@@ -192,7 +192,7 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
 def _check_quant(config) -> None:
   _choice(config, "quant.store", STORES)
   _choice(config, "quant.projection", PROJECTIONS, default="learned")
-  _choice(config, "quant.dkm_grad", dkm_lib.GRADS, default="unrolled")
+  _choice(config, "quant.dkm_grad", dkm_lib.GRADS, default=dkm_lib.GRADS[0])
   _number(config, "quant.tau_alpha", low=0.0, strict=True)
   _number(config, "quant.commitment", low=0.0)
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):
