@@ -12,6 +12,8 @@ import json
 import sys
 import textwrap
 
+from jax.sharding import PartitionSpec as P
+
 from tests.scale.conftest import child_env, run
 
 CHILD = textwrap.dedent(
@@ -75,8 +77,10 @@ def test_sharded_hard_codes_match_one_device_per_batch_evaluation(tmp_path):
   )
   result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
   assert result["shards"] == [4, 4], result["shards"]  # conv2 and conv3: DKM rows split 4 ways
+  # Measured (quick digits model, random init): centroids 2.1e-7 apart at most, every code and the
+  # loss equal; the bounds leave room for a row within rounding of two centroids on other CPUs.
   for layer, r in result["layers"].items():
-    assert r["z_spec"] == "PartitionSpec('data', None)", (layer, r)
+    assert r["z_spec"] == str(P("data", None)), (layer, r)
     assert r["codebook_rel"] <= 1e-5, (layer, r)
     assert r["codes_differ"] <= r["rows"] // 1000, (layer, r)
   sharded, per_batch = result["sharded"], result["per_batch"]
