@@ -285,6 +285,7 @@ def export(args: argparse.Namespace) -> int:
   import os
 
   import jax
+  import numpy as np
   from jax.experimental import multihost_utils
 
   import lr2vq_jax as lq
@@ -301,16 +302,24 @@ def export(args: argparse.Namespace) -> int:
   # hard codes once, DKM split over the mesh; then whole arrays on every process (a collective)
   _, variables = hard_codes.frozen_model(stage.model, state.variables(), stage.mesh)
   variables = partitioning.to_host(variables)
-  manifest = None
+  manifest, error = None, None
   if jax.process_index() == 0:  # one writer; the others wait until the artifact is complete
-    manifest = lq.export(
-      variables,
-      stage.rules,
-      out,
-      config=quant_config(config, args.stage),
-      metadata=artifact_metadata(config, stage),
-    )
-  multihost_utils.sync_global_devices("lr2vq export")
+    try:
+      manifest = lq.export(
+        variables,
+        stage.rules,
+        out,
+        config=quant_config(config, args.stage),
+        metadata=artifact_metadata(config, stage),
+      )
+    except Exception as e:  # noqa: BLE001  (re-raised below, after the others were told)
+      error = e
+  # a collective, so also the barrier: nobody returns before process 0 has written (or failed)
+  written = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+  if error is not None:
+    raise error
+  if not written:
+    raise CLIError("process 0 could not write the artifact", "see process 0's output")
   if manifest is None:
     return 0
   payload = manifest["payload_bytes"]
