@@ -284,22 +284,44 @@ def train(args: argparse.Namespace) -> int:  # dispatched in `main` before argpa
 def export(args: argparse.Namespace) -> int:
   import os
 
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
   import lr2vq_jax as lq
+  from lr2vq_jax.train import distributed, hard_codes, partitioning
   from lr2vq_jax.train.config import load_config
   from lr2vq_jax.train.pipeline import artifact_metadata
   from lr2vq_jax.train.trainer import build_stage, quant_config, restore_final
 
+  distributed.initialize()
   config = load_config(args.config)
   stage = build_stage(config, args.stage, args.workdir)
   state = restore_final(stage, stage.workdir)
   out = args.out or os.path.join(stage.workdir, "artifact")
-  manifest = lq.export(
-    state.variables(),
-    stage.rules,
-    out,
-    config=quant_config(config, args.stage),
-    metadata=artifact_metadata(config, stage),
-  )
+  # hard codes once, DKM split over the mesh; then whole arrays on every process (a collective)
+  _, variables = hard_codes.frozen_model(stage.model, state.variables(), stage.mesh)
+  variables = partitioning.to_host(variables)
+  manifest, error = None, None
+  if jax.process_index() == 0:  # one writer; the others wait until the artifact is complete
+    try:
+      manifest = lq.export(
+        variables,
+        stage.rules,
+        out,
+        config=quant_config(config, args.stage),
+        metadata=artifact_metadata(config, stage),
+      )
+    except Exception as e:  # noqa: BLE001  (re-raised below, after the others were told)
+      error = e
+  # a collective, so also the barrier: nobody returns before process 0 has written (or failed)
+  written = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+  if error is not None:
+    raise error
+  if not written:
+    raise CLIError("process 0 could not write the artifact", "see process 0's output")
+  if manifest is None:
+    return 0
   payload = manifest["payload_bytes"]
   print(
     f"wrote {out}: {len(manifest['layers'])} quantized layers, payload {payload['total']} bytes "
@@ -321,10 +343,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
   import lr2vq_jax as lq
   from lr2vq_jax.models import create_model
-  from lr2vq_jax.train import input_pipeline, partitioning
+  from lr2vq_jax.train import distributed, input_pipeline, partitioning
   from lr2vq_jax.train.config import load_config
   from lr2vq_jax.train.trainer import evaluate as run_eval
 
+  distributed.initialize()
   artifact = lq.load(args.artifact)
   meta = artifact.manifest.get("metadata", {})
   if args.config:

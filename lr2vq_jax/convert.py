@@ -179,21 +179,43 @@ def lowrank_to_quantize(
 def quantize_to_frozen(variables: Variables, config: QuantConfig | None = None) -> dict:
   """Fixes hard codes from the DKM-refined codebook, exactly as evaluation does; drops Z.
 
-  The DKM iterations are the recorded ones (`config`, if given, must agree with them).
+  The DKM iterations are the recorded ones (`config`, if given, must agree with them). One jitted
+  computation for all layers: under a context mesh (`jax.set_mesh`) whose `config.shard_axis`
+  has several devices, each layer's DKM splits the rows of Z over that axis, as in training.
   """
   _expect(variables, "quantize", "quantize_to_frozen")
-  chunk_size = (config or QuantConfig()).chunk_size
-  params, quant, rest = _split(variables)
+  config = config or QuantConfig()
+  params, quant, _ = _split(variables)
+  layers = []
   for layer in _layers_with(params, "z"):
     where = f"quantize_to_frozen, layer {'/'.join(layer)!r}"
     layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
     settings = recorded.resolve(layer_quant, config, "quantize", where)
-    quant.pop(layer + (recorded.KEYS["dkm_iters"],), None)
+    layers.append((layer, tuple(sorted(settings.items()))))
+  return _frozen(dict(variables), tuple(layers), config.chunk_size, config.shard_axis)
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "chunk_size", "axis_name"))
+def _frozen(variables: Variables, layers: tuple, chunk_size: int, axis_name) -> dict:
+  """The numbers of `quantize_to_frozen`; `layers` holds (path, resolved settings) per layer.
+
+  The recorded DKM iteration count stays a traced scalar, as in the quantize stage's own hard
+  evaluation under `jit`, so both run the same computation.
+  """
+  params, quant, rest = _split(variables)
+  for layer, items in layers:
+    settings = dict(items)
+    iters = quant.pop(layer + (recorded.KEYS["dkm_iters"],), settings["dkm_iters"])
     recorded.record(quant, layer, {n: settings[n] for n in recorded.STAGE_SETTINGS["frozen"]})
     z = params.pop(layer + ("z",))
     tau = quant.pop(layer + ("tau",))
     centroids = refined_codebook(
-      z, params[layer + ("codebook",)], tau, iters=settings["dkm_iters"], chunk_size=chunk_size
+      z,
+      params[layer + ("codebook",)],
+      tau,
+      iters=iters,
+      chunk_size=chunk_size,
+      axis_name=axis_name,
     )
     params[layer + ("codebook",)] = centroids
     quant[layer + ("codes",)] = codec.encode(z.astype(jnp.float32), centroids).astype(jnp.int32)

@@ -117,18 +117,19 @@ def fp16_round(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float16).astype(jnp.float32)
 
 
-def refined_codebook(z, codebook, tau, *, iters, chunk_size: int) -> jax.Array:
+def refined_codebook(z, codebook, tau, *, iters, chunk_size: int, axis_name=None) -> jax.Array:
   """DKM-refined centroids from the current Z: the centroids training ends its forward pass with.
 
   `iters` may be a recorded (traced) count: the updates run in a `while_loop` for every caller,
-  so evaluation under `jit` and an eager export compute the same codes.
+  so evaluation under `jit` and an eager export compute the same codes. `axis_name`: mesh axes
+  to split the rows over under a context mesh (`dkm.dkm`'s, as in training).
   """
   z = jax.lax.stop_gradient(z).astype(jnp.float32)
   tau = jax.lax.stop_gradient(tau)
 
   def update(carry):
     i, c = carry
-    _, c = dkm_lib.dkm(z, c, tau=tau, iters=1, chunk_size=chunk_size)
+    _, c = dkm_lib.dkm(z, c, tau=tau, iters=1, chunk_size=chunk_size, axis_name=axis_name)
     return i + 1, c
 
   c0 = jax.lax.stop_gradient(codebook).astype(jnp.float32)

@@ -14,17 +14,19 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.train import partitioning
+from lr2vq_jax.train import hard_codes, partitioning
 
 
 def reestimate_batch_stats(model, variables: dict, batches: Iterator, num_batches: int, mesh):
   """`variables` with `batch_stats` replaced by the mean of `num_batches` batches' statistics.
 
-  `model` is a quantized model (`quantize_model`): it runs with `quant_train=False` (hard codes)
-  and BatchNorm in training mode. Labels are never read.
+  `model` is a quantized model (`quantize_model`): it runs with `quant_train=False` (hard codes,
+  computed once for a quantize-stage model) and BatchNorm in training mode. Labels are never read.
   """
   if "batch_stats" not in variables or num_batches <= 0:
     return variables
+  given = variables
+  model, variables = hard_codes.frozen_model(model, variables, mesh)  # codes once, not per batch
 
   @jax.jit
   def updated(rest, stats, images):  # variables passed in, not closed over: no constant folding
@@ -47,4 +49,4 @@ def reestimate_batch_stats(model, variables: dict, batches: Iterator, num_batche
       batch = jax.tree.map(lambda a, mom: a / (1.0 - mom), from_zero, keep)
       total = batch if total is None else jax.tree.map(jnp.add, total, batch)
   mean = jax.tree.map(lambda t: t / num_batches, total)
-  return {**variables, "batch_stats": mean}
+  return {**given, "batch_stats": mean}

@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 
 import lr2vq_jax as lq
-from lr2vq_jax.train import input_pipeline, partitioning, run_config
+from lr2vq_jax.train import hard_codes, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
 from lr2vq_jax.train.preemption import Preemption
 from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
@@ -67,11 +67,12 @@ def _float_bytes(stage) -> int:
 def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
   """Exports stage `name`'s final variables and evaluates the decoded artifact on val and test."""
   stage = build_stage(config, name, workdir)
-  variables = state.variables()
+  # hard codes once, DKM split over the mesh; exported as the frozen stage (same numbers)
+  model, variables = hard_codes.frozen_model(stage.model, state.variables(), stage.mesh)
   batches = int(stage.cfg.get("bn_reestimate_batches", 0))
   if batches:
     train = input_pipeline.build_input(config.data, split="train")
-    variables = reestimate_batch_stats(stage.model, variables, train, batches, stage.mesh)
+    variables = reestimate_batch_stats(model, variables, train, batches, stage.mesh)
   host = partitioning.to_host(variables)  # a collective: every process takes part
   with _artifact_dir(os.path.join(stage.workdir, "artifact")) as directory:
     manifest = lq.export(

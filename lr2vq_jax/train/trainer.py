@@ -24,7 +24,7 @@ from lr2vq_jax import convert
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
-from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, run_config
+from lr2vq_jax.train import checkpointing, hard_codes, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
 from lr2vq_jax.train.preemption import Preemption
@@ -208,7 +208,12 @@ def _meta(stage: Stage, step: int, pending: list | None = None) -> dict:
 
 
 def evaluate(model, variables, make_iter, mesh) -> dict[str, float]:
-  """Top-1/top-5 (%) and loss over one pass of a split, each example counted once."""
+  """Top-1/top-5 (%) and loss over one pass of a split, each example counted once.
+
+  A quantize-stage model is evaluated through its frozen equivalent: hard codes and tables are
+  computed once here (sharded over the mesh), not in every batch.
+  """
+  model, variables = hard_codes.frozen_model(model, variables, mesh)
   eval_step = jax.jit(make_eval_step(model))
   totals: dict[str, float] = {}
   for batch in make_iter():

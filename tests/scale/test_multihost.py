@@ -1,11 +1,14 @@
-"""Two processes × 2 CPU devices (gloo collectives) train like one process × 4 devices."""
+"""Two processes × 2 CPU devices (gloo collectives) train like one process × 4 devices, then
+`lr2vq export` and `lr2vq eval` run as two processes on the checkpoint and artifact."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from tests.scale.conftest import (
   DRIFT_LOSS,
+  QUICK,
   assert_same_training,
   child_env,
   copy_workdir,
@@ -25,28 +28,45 @@ def _losses(workdir):
   return {r["step"]: r["scalars"]["loss"] for r in rows if "loss" in r["scalars"]}, rows
 
 
-def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):
-  workdir = copy_workdir(prepared, tmp_path / "run")
+def _two_processes(cmd: list[str], tmp_path, name: str, while_running=None) -> list[str]:
+  """Runs `cmd` as processes 0 and 1 of a 2-process jax.distributed job (2 CPU devices each);
+  their outputs. `while_running()` is called once both have started."""
   coordinator = f"127.0.0.1:{free_port()}"
   procs, logs = [], []
   try:
     for i in range(2):
       env = child_env(
         2,
-        tmp_path / f"p{i}",
+        tmp_path / f"{name}{i}",
         LR2VQ_COORDINATOR=coordinator,
         LR2VQ_NUM_PROCESSES="2",
         LR2VQ_PROCESS_ID=str(i),
         LR2VQ_INIT_TIMEOUT="300",
       )
-      logs.append(tmp_path / f"log{i}.txt")
-      procs.append(start(main_cmd(workdir, "--config.stages=quantize"), env, logs[-1]))
-    reference = request.getfixturevalue("reference_4dev")  # trains meanwhile, if not done yet
-    outs = [finish(p, log) for p, log in zip(procs, logs, strict=True)]
+      logs.append(tmp_path / f"{name}{i}.txt")
+      procs.append(start(cmd, env, logs[-1]))
+    if while_running is not None:
+      while_running()
+    return [finish(p, log) for p, log in zip(procs, logs, strict=True)]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+def _cli(*args: str) -> list[str]:
+  return [sys.executable, "-m", "lr2vq_jax", *args]
+
+
+def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):
+  workdir = copy_workdir(prepared, tmp_path / "run")
+  found = {}
+
+  def reference():  # trains meanwhile, if not done yet
+    found["reference"] = request.getfixturevalue("reference_4dev")
+
+  outs = _two_processes(main_cmd(workdir, "--config.stages=quantize"), tmp_path, "p", reference)
+  reference = found["reference"]
 
   # only process 0 reports and writes results, metrics and the artifact
   assert "[quantize] top-1" in outs[0] and "[quantize] top-1" not in outs[1]
@@ -66,3 +86,22 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
     assert abs(loss - ref_losses[step]) <= DRIFT_LOSS * abs(ref_losses[step]), (step, loss)
   # every process checkpointed: the final step is complete and restores on one device
   assert_same_training(final_params(workdir), final_params(reference))
+
+  # `lr2vq export` on the checkpoint Z split over 2 processes: process 0 writes, both finish
+  out = workdir / "cli_artifact"
+  config = QUICK.removeprefix("--config=")
+  outs = _two_processes(
+    _cli("export", "--config", config, "--workdir", str(workdir), "--out", str(out)), tmp_path, "x"
+  )
+  assert f"wrote {out}" in outs[0] and "wrote" not in outs[1]
+  assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "manifest.json"]
+  # the same arrays as the pipeline's own export at the end of training
+  pipeline_manifest = json.loads((workdir / "quantize" / "artifact" / "manifest.json").read_text())
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["arrays_sha256"] == pipeline_manifest["arrays_sha256"]
+
+  # `lr2vq eval` on 2 processes: both report the same numbers, the pipeline's test top-1
+  outs = _two_processes(_cli("eval", "--artifact", str(out)), tmp_path, "e")
+  lines = [[ln for ln in o.splitlines() if ln.startswith(f"{out}: ")] for o in outs]
+  assert len(lines[0]) == 1 and lines[0] == lines[1], lines
+  assert f"top-1 {results[0]['top1']:.2f}%" in lines[0][0], (lines, results)
