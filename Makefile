@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q --durations=15 tests
+
+# The edit loop: everything but the end-to-end runs marked `slow` (each of those is still in `test`).
+test-fast: $(STAMP)
+	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lr2vq_jax tests benchmarks configs examples

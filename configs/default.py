@@ -2,8 +2,8 @@
 
 Run:       make demo   (= python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo)
 Quick:     --config configs/default.py:quick  (a few steps per stage; what the test suite runs)
-Hardware:  2 CPU cores, about 3 minutes for everything.
-Expected:  float ≥ 98% top-1 on the 450 held-out test digits; LR²VQ (m = 9, k = 16, d̃ = 3) close to
+Hardware:  2 CPU cores, about 2 minutes for everything.
+Expected:  float ≥ 98% top-1 on the 450 held-out test digits; LR²VQ (m = 9, k = 16, d̃ = 4) close to
            it at 0.44 code bits per weight; PQ and vanilla DKM at the same bytes lose more.
 
 Stages: float (train the CNN) → lowrank (SVD, low-rank pre-training) → quantize (k-means++ then

@@ -13,6 +13,7 @@ from lr2vq_jax.models import DigitsCNN
 from tests.nn.test_transform import RULES, PlainNet, X
 
 
+@pytest.mark.slow
 def test_select_dim_for_any_model_scores_every_candidate():
   variables = PlainNet().init(jax.random.key(0), X)
   labels = jnp.array([0, 1])

@@ -167,6 +167,7 @@ class Sandbox:
   manual_dir: Path
   weights: dict[str, Path]
   runs: dict[str, str] = dataclasses.field(default_factory=dict)  # train args → workdir
+  outputs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # README index → stdout
 
   def env(self) -> dict[str, str]:
     path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
@@ -309,13 +310,34 @@ def run_documented(box: Sandbox, command: str) -> str | None:
   return _run(box, argv)
 
 
+README_COMMANDS = documented_commands()["README.md"]
+
+
+def run_readme_upto(box: Sandbox, index: int) -> str | None:
+  """Runs the README's commands up to `index` in document order, each once; that one's stdout."""
+  for i in range(index + 1):
+    if i not in box.outputs:
+      start = time.monotonic()
+      box.outputs[i] = run_documented(box, README_COMMANDS[i])
+      print(f"{time.monotonic() - start:6.1f} s  {README_COMMANDS[i]}")  # -s: where time goes
+  return box.outputs[index]
+
+
+def _command_id(index: int) -> str:
+  return f"{index:02d}-" + re.sub(r"\W+", "_", README_COMMANDS[index])[:48].strip("_")
+
+
 @pytest.mark.slow
-def test_readme_commands_run(sandbox):
-  outputs = {}
-  for command in documented_commands()["README.md"]:
-    start = time.monotonic()
-    outputs[command] = run_documented(sandbox, command)
-    print(f"{time.monotonic() - start:6.1f} s  {command}")  # shown with -s: where the time goes
+@pytest.mark.parametrize("index", range(len(README_COMMANDS)), ids=_command_id)
+def test_readme_command_runs(sandbox, index):
+  """One README command as printed (after the ones before it, which it may depend on)."""
+  run_readme_upto(sandbox, index)
+
+
+@pytest.mark.slow
+def test_readme_imagenet_path_ran_every_stage(sandbox):
+  run_readme_upto(sandbox, len(README_COMMANDS) - 1)
+  outputs = {README_COMMANDS[i]: out for i, out in sandbox.outputs.items()}
   ran = [c for c, out in outputs.items() if out is not None]
   assert any(c.startswith("lr2vq eval") for c in ran) and any("imagenet" in c for c in ran)
   imagenet_eval = [

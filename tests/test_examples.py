@@ -3,6 +3,8 @@
 import importlib.util
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,6 +15,7 @@ def _example(name: str):
   return module
 
 
+@pytest.mark.slow
 def test_own_model_example(tmp_path, capsys):
   result = _example("own_model").main(str(tmp_path), steps=10)
   assert result["max_abs_diff"] < 1e-4  # decoded artifact == the evaluated quantized model

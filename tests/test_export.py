@@ -48,6 +48,7 @@ def test_plain_model_roundtrip(tmp_path, store):
   assert manifest["layers"]["proj"]["view_shape"] == [16, 16]
 
 
+@pytest.mark.slow
 def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
   rules = tuple(
     dataclasses.replace(r, d=max(1, r.m // 2)) if not r.skip else r

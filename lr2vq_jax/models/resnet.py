@@ -95,7 +95,6 @@ class ResNet(nn.Module):
   dense: ModuleDef = nn.Dense
   norm: ModuleDef = nn.BatchNorm
   zero_init_residual: bool = False
-  bn_axis_name: str | None = None  # for cross-device BN under pmap/shard_map; None under jit
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -108,7 +107,6 @@ class ResNet(nn.Module):
       momentum=0.9,
       epsilon=1e-5,
       dtype=self.dtype,
-      axis_name=self.bn_axis_name,
     )
     x = jnp.asarray(x, self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)

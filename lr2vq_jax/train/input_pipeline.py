@@ -25,7 +25,7 @@ import functools
 import importlib.resources
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -405,20 +405,3 @@ def build_input(
   options.deterministic = True
   ds = ds.with_options(options).prefetch(cfg.prefetch)
   return iter(tfds.as_numpy(ds))
-
-
-def create_datasets(
-  cfg: ml_collections.ConfigDict,
-  *,
-  process_index: int | None = None,
-  process_count: int | None = None,
-  start_step: int = 0,
-) -> tuple[Iterator[Batch], Callable[[str], Iterator[Batch]], DataInfo]:
-  """(infinite train iterator from `start_step`, `make_eval_iter("eval"|"test")`, DataInfo)."""
-  kw = dict(process_index=process_index, process_count=process_count)
-  train = build_input(cfg, split="train", start_step=start_step, **kw)
-
-  def make_eval_iter(split: str = "eval") -> Iterator[Batch]:
-    return build_input(cfg, split=split, **kw)
-
-  return train, make_eval_iter, dataset_info(cfg, process_count=process_count)

@@ -17,12 +17,6 @@ import ml_collections
 from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
-EXPECTED_TOP1 = {  # PQF published; LR²VQ inferred as PQF + the paper's claimed gain
-  ("resnet18", "small"): {"pq": 66.74, "lr2vq": None, "dkm": None, "float": 69.76},
-  ("resnet18", "large"): {"pq": 63.33, "lr2vq": 66.1, "dkm": None, "float": 69.76},
-  ("resnet50", "small"): {"pq": 75.04, "lr2vq": None, "dkm": None, "float": 76.15},
-  ("resnet50", "large"): {"pq": 72.18, "lr2vq": 73.2, "dkm": None, "float": 76.15},
-}
 STAGE_NAMES = ("float", "lowrank", "quantize", "pq", "dkm")
 # The LR²VQ recipe the digits ablations chose on validation (README "Ablations",
 # configs/digits_ablations.py): an orthonormal P, and low-rank pre-training 1.5× as long as the

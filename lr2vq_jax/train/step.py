@@ -172,7 +172,7 @@ def make_train_step(
       "cross_entropy": ce,
       "aux_loss": aux,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "finite": finite,
     }
     new = state.replace(

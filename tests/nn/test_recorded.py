@@ -46,6 +46,7 @@ def _trained(config, steps=4):
   return {"params": params, **rest}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection", ["learned", "orthonormal"])
 @pytest.mark.parametrize("store", ["codebook", "factored"])
 def test_artifact_decodes_to_the_evaluated_model_with_or_without_config(

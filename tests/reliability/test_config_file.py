@@ -1,8 +1,8 @@
 """A --config file that does not load is one line naming the file and the cause (exit 2); every
 path-valued config field that defaults to None or "" is settable from the command line."""
 
-import glob
 import os
+from pathlib import Path
 
 import pytest
 from absl import flags
@@ -10,6 +10,8 @@ from ml_collections import config_dict, config_flags
 
 from lr2vq_jax.train.config_file import ConfigLoadError, load_config
 from tests.reliability import helpers
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # collectable from any folder
 
 BAD = {
   "cfg.yaml": ("model: resnet18\nlr: 0.1\n", "is not a Python file"),
@@ -40,7 +42,7 @@ def test_missing_config_file_and_bad_argument(tmp_path):
   with pytest.raises(ConfigLoadError, match="does not exist"):
     load_config(str(tmp_path / "nope.py"))
   with pytest.raises(ConfigLoadError, match=r"get_config\('bogus'\) raised ValueError"):
-    load_config("configs/default.py:bogus")
+    load_config(f"{CONFIGS}/default.py:bogus")
 
 
 @pytest.mark.parametrize("name", ["syntax.py", "returns_dict.py"])
@@ -67,8 +69,9 @@ def _leaves(cfg, prefix=""):
       yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("spec", sorted(glob.glob("configs/*.py")))
-def test_every_path_field_is_overridable_from_the_command_line(spec, tmp_path):
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.py")))
+def test_every_path_field_is_overridable_from_the_command_line(name, tmp_path):
+  spec = str(CONFIGS / name)
   config = load_config(spec)
   fields = [name for name, _ in _leaves(config) if name.rsplit(".", 1)[-1] in PATH_FIELDS]
   assert any(f.endswith("data_dir") for f in fields)

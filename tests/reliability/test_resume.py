@@ -85,6 +85,7 @@ def _assert_identical(runs, name):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_reference_run_completes(runs):
   assert runs["ref_rc"] == 0, runs["logs"]["ref"][-3000:]
   rows = helpers.metrics_rows(runs["dirs"]["ref"] / "float")

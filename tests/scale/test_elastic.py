@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.scale.conftest import (
   assert_same_training,
   child_env,
@@ -22,6 +24,7 @@ def _steps(workdir):
   )
 
 
+@pytest.mark.slow
 def test_checkpoint_from_8_devices_resumes_on_4(prepared, request, tmp_path):
   workdir = copy_workdir(prepared, tmp_path / "run")
   flags = ("--config.stages=quantize",)

@@ -23,6 +23,7 @@ import json
 import sys
 import textwrap
 
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from tests.scale.conftest import child_env, run
@@ -93,6 +94,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_quantize_step_matches_single_device(tmp_path):
   script = tmp_path / "child.py"
   script.write_text(CHILD)

@@ -20,6 +20,7 @@ def float_dir(tmp_path_factory):
   return str(workdir / "float")
 
 
+@pytest.mark.slow
 def test_select_dim_scores_every_candidate_and_picks_the_lowest_loss(float_dir, tmp_path):
   config = load_config(CONFIG)
   sel = select_dim(config, float_dir, str(tmp_path), (1, 3, 9))

@@ -24,6 +24,7 @@ def _assert_stage_outputs(workdir, stage, artifact: bool):
     assert os.path.isfile(os.path.join(workdir, stage, "artifact", "manifest.json"))
 
 
+@pytest.mark.slow
 def test_embedded_pipeline_runs_every_stage(tmp_path, capsys):
   config = load_config("configs/default.py:quick")
   records = pipeline.run(config, str(tmp_path))

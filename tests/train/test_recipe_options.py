@@ -82,6 +82,7 @@ def test_bn_reestimation_is_the_plain_mean_of_batch_statistics():
   np.testing.assert_array_equal(out["params"]["Conv_0"]["z"], variables["params"]["Conv_0"]["z"])
 
 
+@pytest.mark.slow
 def test_pipeline_with_every_option_on(tmp_path):
   config = load_config("configs/default.py:quick")
   config.stages = "float,lowrank,quantize"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lr2vq_jax.train import run_config
 from lr2vq_jax.train.config import config_rules, load_config
 from tests.reliability import helpers
@@ -40,6 +42,7 @@ def test_k_m_and_rules_are_config_fields():
   ]
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_stops_with_the_fields(tmp_path):
   workdir = tmp_path / "wd"
   stages = "--config.stages=float,lowrank"
