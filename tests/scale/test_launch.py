@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -62,10 +63,70 @@ def test_gpu_slurm():
   assert "env LR2VQ_DISTRIBUTED=1" in out and "--workdir /shared/w --config.stages=quantize" in out
 
 
+def _lines(out: str) -> list[list[str]]:
+  """The printed commands, each split back into its words (the script prints them %q-quoted)."""
+  return [shlex.split(ln[2:]) for ln in out.splitlines() if ln.startswith("+ ")]
+
+
+def _remote(words: list[str]) -> list[str]:
+  """The command a `gcloud ... ssh --command CMD` line runs on the workers, as words."""
+  return shlex.split(words[words.index("--command") + 1])
+
+
 def test_tpu_pod():
   assert "tpu-vm create lr2vq-pod" in _dry("tpu_pod.sh", "create")
   out = _dry("tpu_pod.sh", "setup")
   assert "--worker=all" in out and "jax\\[tpu\\]==0.10.2" in out
-  out = _dry("tpu_pod.sh", "run", WORKDIR="/mnt/shared/w")
+  out = _dry("tpu_pod.sh", "run", BUCKET="gs://b")
   assert "tpu-vm ssh lr2vq-pod" in out and "--worker=all" in out and "LR2VQ_DISTRIBUTED=1" in out
   assert "tpu-vm delete lr2vq-pod" in _dry("tpu_pod.sh", "delete")
+
+
+def test_tpu_pod_bucket_and_access_commands():
+  env = dict(BUCKET="gs://my-bucket", PROJECT="proj", ZONE="europe-west4-a")
+  [create] = _lines(_dry("tpu_pod.sh", "bucket", **env))
+  assert create == ["gcloud", "storage", "buckets", "create", "gs://my-bucket", "--project=proj",
+                    "--location=europe-west4", "--uniform-bucket-level-access"]  # fmt: skip
+  describe, *grants = _lines(_dry("tpu_pod.sh", "grant", **env))
+  assert describe[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
+  assert "--format=value(serviceAccount.email)" in describe
+  roles = [g[-1] for g in grants]
+  assert roles == ["--role=roles/storage.objectAdmin", "--role=roles/storage.legacyBucketReader"]
+  for g in grants:
+    assert g[:5] == ["gcloud", "storage", "buckets", "add-iam-policy-binding", "gs://my-bucket"]
+    assert "--member=serviceAccount:$SERVICE_ACCOUNT" in g
+  grants = _lines(_dry("tpu_pod.sh", "grant", SERVICE_ACCOUNT="sa@p.iam", **env))
+  assert len(grants) == 2 and all("--member=serviceAccount:sa@p.iam" in g for g in grants)
+
+
+def test_tpu_pod_everything_lives_in_the_bucket():
+  env = dict(BUCKET="gs://b/", CONFIG="configs/imagenet_resnet50_large_pq.py")
+  [prep] = _lines(_dry("tpu_pod.sh", "prepare", **env))
+  assert "--worker=0" in prep
+  remote = _remote(prep)
+  assert remote[remote.index("prepare") :] == [
+    "prepare", "imagenet2012", "--manual_dir", "gs://b/imagenet",
+    "--data_dir", "gs://b/tensorflow_datasets"]  # fmt: skip
+  [train] = _lines(_dry("tpu_pod.sh", "run", "--", "--config.float.init_from=gs://b/w.npz", **env))
+  remote = _remote(train)
+  assert "TFDS_DATA_DIR=gs://b/tensorflow_datasets" in remote
+  assert remote[-5:] == ["--config", "configs/imagenet_resnet50_large_pq.py", "--workdir",
+                         "gs://b/runs/imagenet_resnet50_large_pq",
+                         "--config.float.init_from=gs://b/w.npz"]  # fmt: skip
+  [export] = _lines(_dry("tpu_pod.sh", "export", **env))
+  remote = " ".join(_remote(export))
+  assert "export --config configs/imagenet_resnet50_large_pq.py" in remote
+  assert "--out gs://b/artifacts/imagenet_resnet50_large_pq" in remote
+  assert "eval --artifact gs://b/artifacts/imagenet_resnet50_large_pq" in remote
+
+
+def test_tpu_pod_needs_a_bucket():
+  proc = subprocess.run(
+    ["bash", str(ROOT / "launch" / "tpu_pod.sh"), "--dry-run", "run"],
+    capture_output=True, text=True, env={**os.environ, "BUCKET": "/mnt/disk"}, timeout=60,
+  )  # fmt: skip
+  assert proc.returncode == 2 and "BUCKET must be gs://NAME" in proc.stderr
+  env = {k: v for k, v in os.environ.items() if k != "BUCKET"}
+  proc = subprocess.run(["bash", str(ROOT / "launch" / "tpu_pod.sh"), "--dry-run", "prepare"],
+                        capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+  assert proc.returncode == 2 and "set BUCKET=gs://NAME" in proc.stderr
