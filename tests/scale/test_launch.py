@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shlex
 import subprocess
 
@@ -130,3 +132,46 @@ def test_tpu_pod_needs_a_bucket():
   proc = subprocess.run(["bash", str(ROOT / "launch" / "tpu_pod.sh"), "--dry-run", "prepare"],
                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
   assert proc.returncode == 2 and "set BUCKET=gs://NAME" in proc.stderr
+
+
+def _header_block(path, label: str) -> list[str]:
+  """The commands of a config docstring's `label:` block (continuations joined, notes dropped)."""
+  doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+  lines, out, on = doc.splitlines(), [], False
+  for line in lines:
+    if re.match(r"^\w[\w ]*:\s", line):
+      on = line.startswith(f"{label}:")
+      line = line.split(":", 1)[1] if on else line
+    text = line.strip()
+    if text.startswith("("):  # a note closes the block
+      on = False
+    if not on:
+      continue
+    if out and out[-1].endswith("\\"):
+      out[-1] = out[-1][:-1].rstrip() + " " + text
+    else:
+      out.append(text)
+  return out
+
+
+@pytest.mark.parametrize(
+  "config", sorted((ROOT / "configs").glob("imagenet_*.py")), ids=lambda p: p.stem
+)
+def test_imagenet_headers_print_what_tpu_pod_runs(config):
+  """The bucket commands in each ImageNet config header are the launcher's, word for word, and
+  its TPU-pod line dry-runs with a gs:// work dir."""
+  env = dict(BUCKET="gs://BUCKET", LOCATION="REGION", SERVICE_ACCOUNT="TPU_SERVICE_ACCOUNT")
+  printed = _lines(_dry("tpu_pod.sh", "bucket", **env)) + _lines(_dry("tpu_pod.sh", "grant", **env))
+  header = [shlex.split(c) for c in _header_block(config, "Bucket")]
+  assert header == printed[:2], (header, printed)
+  assert printed[2][-1] == "--role=roles/storage.legacyBucketReader"
+  doc = config.read_text(encoding="utf-8")
+  pod = re.search(r"\(TPU pod: (BUCKET=\S+ CONFIG=\S+ launch/tpu_pod\.sh run);", doc).group(1)
+  assert f"CONFIG=configs/{config.name} " in pod
+  proc = subprocess.run(["bash", "-c", pod], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        env={**os.environ, "DRY_RUN": "1"})  # fmt: skip
+  assert proc.returncode == 0, proc.stderr
+  remote = _remote(_lines(proc.stdout)[0])
+  assert remote[-4:] == ["--config", f"configs/{config.name}", "--workdir",
+                         f"gs://BUCKET/runs/{config.stem}"]  # fmt: skip
+  assert f"--workdir gs://BUCKET/runs/{config.stem} " in doc  # the Run: line's work dir too
