@@ -71,9 +71,28 @@ def write_text(path: PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def bucket_root(path: PathLike) -> str:
+  """`scheme://bucket` of a URL (`gs://b/run/x` → `gs://b`)."""
+  scheme, _, rest = as_str(path).partition("://")
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_bucket(path: PathLike) -> None:
+  """FileNotFoundError naming the fix when the bucket of URL `path` does not exist (TensorFlow's
+  GCS client would otherwise retry `makedirs` under a missing bucket forever)."""
+  root = bucket_root(path)
+  if not epath.Path(root).exists():
+    raise FileNotFoundError(
+      f"bucket {root} does not exist or this account cannot see it; create it "
+      f"(gcloud storage buckets create {root}) or grant access to it"
+    )
+
+
 def makedirs(path: PathLike) -> epath.Path:
   """Creates the folder `path` (and parents) if missing; returns it. On gs:// folders are
-  prefixes, so this only writes a marker where the backend wants one."""
+  prefixes, so this only writes a marker where the backend wants one; the bucket must exist."""
   target = resolve(path)
+  if is_remote(target):
+    check_bucket(target)
   target.mkdir(parents=True, exist_ok=True)
   return target

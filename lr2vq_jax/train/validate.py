@@ -318,8 +318,12 @@ def _check_sources(config, stages: list[str], workdir: str | None) -> None:
 
 def check_workdir(workdir: str) -> None:
   """The workdir is a writable directory, or can be created as one (nothing is created here).
-  A bucket URL (gs://) is checked by its first write: access there is the service account's."""
+  A bucket URL (gs://) must name an existing bucket; write access there is the account's."""
   if paths.is_remote(workdir):
+    try:
+      paths.check_bucket(workdir)
+    except FileNotFoundError as e:
+      raise ConfigError("workdir", str(e), "create the bucket or pick another --workdir") from None
     return
   path = os.path.abspath(os.fspath(workdir))
   probe = path

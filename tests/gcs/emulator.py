@@ -7,7 +7,9 @@ in-process here (test-only):
 * media downloads carry no `x-goog-generation` header: TensorStore (orbax's array writer) then
   reads generation 0 and a later conditional OCDBT write fails now and then;
 * an empty `uploadType=media` body (TensorFlow's `dir/` markers) crashes the handler;
-* gcsfs's `moveTo` rename answers 501 (gcsfs then retries for ~30 s before copy + delete).
+* gcsfs's `moveTo` rename answers 501 (gcsfs then retries for ~30 s before copy + delete);
+* `GET /b/BUCKET/storageLayout` is missing: TensorFlow's GCS client asks it before renaming a
+  folder (tfds's final rename of its `incomplete.*` folder), and fails on the 404.
 It also serves one request at a time: a deeper accept queue keeps bursts from being refused.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import signal
 import sys
 import threading
@@ -58,6 +61,23 @@ def _move(request, response, storage, *args, **kwargs):
   response.json(moved)
 
 
+def _storage_layout(request, response, storage, *args, **kwargs):
+  """A flat-namespace, multi-region bucket (what a standard `gcloud storage buckets create` makes)."""
+  bucket = storage.buckets.get(request.params["bucket_name"])
+  if not bucket:
+    response.status = HTTPStatus.NOT_FOUND
+    return
+  response.json(
+    {
+      "kind": "storage#storageLayout",
+      "bucket": bucket["name"],
+      "location": bucket.get("location", "US"),
+      "locationType": "multi-region",
+      "hierarchicalNamespace": {"enabled": False},
+    }
+  )
+
+
 def _quiet_handle_error(self, request, client_address):
   if not isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
     http.server.HTTPServer.handle_error.__wrapped__(self, request, client_address)
@@ -72,13 +92,14 @@ def patch() -> None:
     r"(?P<dest_object_id>.*[^/]+)$",
     {"POST": _move},
   )
+  layout = (r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/storageLayout$", {"GET": _storage_layout})
   routes = []
   for pattern, handlers in server.HANDLERS:
     fixed = {
       m: _download_with_generation if f is _stock_download else f for m, f in handlers.items()
     }
     routes.append((pattern, fixed))
-  server.HANDLERS = (move, *routes)
+  server.HANDLERS = (move, layout, *routes)
   http.server.HTTPServer.request_queue_size = 128
   _quiet_handle_error.__wrapped__ = http.server.HTTPServer.handle_error
   http.server.HTTPServer.handle_error = _quiet_handle_error
@@ -87,7 +108,9 @@ def patch() -> None:
 def main(argv: list[str]) -> None:
   port, names = int(argv[0]), argv[1:]
   patch()
-  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are expected
+  logging.getLogger("gcp_storage_emulator").setLevel(
+    os.environ.get("GCS_EMULATOR_LOG_LEVEL", "CRITICAL")
+  )  # 404s are expected: quiet unless debugging
   srv = server.create_server("127.0.0.1", port, in_memory=True)
   for name in names:
     buckets.create_bucket(name, srv._storage)

@@ -37,3 +37,13 @@ def committed_steps(url: str, bucket: str, checkpoints: str) -> list[int]:
     if step.isdigit() and rest == "commit_success.txt":
       steps.add(int(step))
   return sorted(steps)
+
+
+def write(url: str, bucket: str, name: str, data: bytes) -> None:
+  """Uploads `data` as object `name` (one media upload)."""
+  query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+  request = urllib.request.Request(
+    f"{url}/upload/storage/v1/b/{bucket}/o?{query}", data=data, method="POST"
+  )
+  with urllib.request.urlopen(request, timeout=60) as r:
+    r.read()
