@@ -81,6 +81,10 @@ def gcs_run(tmp_path_factory):
     victim.send_signal(signal.SIGKILL)
     out["killed_rc"] = victim.wait(timeout=60)
     out["after_kill"] = objects.committed_steps(gcs.url, BUCKET, prefix)
+    # A step dir as an interrupted save leaves it on GCS: files, but no commit_success.txt.
+    meta = json.dumps({"stage": "lowrank", "model": "digits_cnn", "step": 5, "num_steps": 6})
+    objects.write(gcs.url, BUCKET, f"{prefix}/5/meta/metadata", meta.encode())
+    objects.write(gcs.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
     resumed = start(_train(WORKDIR), "resumed", env)
     out["resumed_rc"] = resumed.wait(timeout=TIMEOUT)
     out["ref_rc"] = ref.wait(timeout=TIMEOUT)
@@ -140,6 +144,13 @@ def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
   for stage in STAGES:
     local = (gcs_run["base"] / "ref" / stage / "metrics.jsonl").read_text()
     assert gcs_run["metrics"][stage] == local, stage
+
+
+def test_uncommitted_step_dir_is_ignored_and_removed(gcs_run):
+  """Step 5 without commit_success.txt was not resumed from (the results match), and is gone."""
+  assert gcs_run["resumed_rc"] == 0
+  assert 5 not in gcs_run["after_kill"]
+  assert not [n for n in gcs_run["names"] if n.startswith(f"{RUN}/lowrank/checkpoints/5/")]
 
 
 def test_orbax_commits_every_step_dir_on_gs(gcs_run):
