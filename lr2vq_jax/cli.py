@@ -235,7 +235,6 @@ def read_weights(path: str) -> dict:
 
 def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> int:
   """`estimate-dim --config`: lr2vq_jax.train.dim_select on the config's float stage."""
-
   from lr2vq_jax.core.dimension import default_candidates
   from lr2vq_jax.train.config import config_rules, load_config
   from lr2vq_jax.train.dim_select import select_dim
@@ -283,7 +282,6 @@ def train(args: argparse.Namespace) -> int:  # dispatched in `main` before argpa
   arg("--out", default=None, help="artifact directory (default <workdir>/<stage>/artifact)"),
 )
 def export(args: argparse.Namespace) -> int:
-
   import lr2vq_jax as lq
   from lr2vq_jax.train.config import load_config
   from lr2vq_jax.train.pipeline import artifact_metadata
