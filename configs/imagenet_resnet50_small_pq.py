@@ -1,9 +1,15 @@
 """PQ (PQF-style, without the permutation search): resnet50 on ImageNet, small blocks (19.1×, 5.092 MiB in the PQF/BGD accounting).
 
-Run:       lr2vq train --config configs/imagenet_resnet50_small_pq.py --workdir gs://BUCKET/imagenet_resnet50_small_pq \
+Run:       lr2vq train --config configs/imagenet_resnet50_small_pq.py --workdir gs://BUCKET/runs/imagenet_resnet50_small_pq \
              --config.float.init_from=/path/resnet50_torchvision.safetensors \
              --config.data.data_dir=/path/tensorflow_datasets
-           (see launch/ for TPU pods and GPU clusters)
+           (TPU pod: BUCKET=gs://BUCKET CONFIG=configs/imagenet_resnet50_small_pq.py launch/tpu_pod.sh run;
+           README "Train on a Cloud TPU pod"; launch/ for GPU clusters)
+Bucket:    gcloud storage buckets create gs://BUCKET --location=REGION --uniform-bucket-level-access
+           gcloud storage buckets add-iam-policy-binding gs://BUCKET \
+             --member=serviceAccount:TPU_SERVICE_ACCOUNT --role=roles/storage.objectAdmin
+           (the same with --role=roles/storage.legacyBucketReader; launch/tpu_pod.sh bucket
+           and grant print and run these)
 Smoke:     --config configs/imagenet_resnet50_small_pq.py:runlocal  (CPU, tiny images, 2 steps per stage)
 Hardware:  a TPU v3-64 pod slice or 16×A100/H100 (global batch 1024, bf16).
 Expected:  top-1 75.04 (PQF, published); uncompressed torchvision resnet50: 76.15.

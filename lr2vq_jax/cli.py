@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lr2vq_jax import paths
+
 # Registered models (lr2vq_jax.models.MODELS) → the input shape `--model` traces them with.
 MODELS = {
   "digits_cnn": (8, 8, 1),
@@ -233,8 +235,6 @@ def read_weights(path: str) -> dict:
 
 def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> int:
   """`estimate-dim --config`: lr2vq_jax.train.dim_select on the config's float stage."""
-  import os
-
   from lr2vq_jax.core.dimension import default_candidates
   from lr2vq_jax.train.config import config_rules, load_config
   from lr2vq_jax.train.dim_select import select_dim
@@ -249,7 +249,7 @@ def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> in
   cands = cands or list(default_candidates(m))
   if min(cands) < 1 or max(cands) > m:
     raise CLIError(f"--candidates {cands} outside 1..{m}", f"choose d̃ values in 1..{m}")
-  workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.float_dir)), "dim")
+  workdir = args.workdir or paths.join(paths.parent(paths.as_str(args.float_dir)), "dim")
   sel = select_dim(
     config,
     args.float_dir,
@@ -282,8 +282,6 @@ def train(args: argparse.Namespace) -> int:  # dispatched in `main` before argpa
   arg("--out", default=None, help="artifact directory (default <workdir>/<stage>/artifact)"),
 )
 def export(args: argparse.Namespace) -> int:
-  import os
-
   import jax
   import numpy as np
   from jax.experimental import multihost_utils
@@ -298,7 +296,7 @@ def export(args: argparse.Namespace) -> int:
   config = load_config(args.config)
   stage = build_stage(config, args.stage, args.workdir)
   state = restore_final(stage, stage.workdir)
-  out = args.out or os.path.join(stage.workdir, "artifact")
+  out = args.out or paths.join(stage.workdir, "artifact")
   # hard codes once, DKM split over the mesh; then whole arrays on every process (a collective)
   _, variables = hard_codes.frozen_model(stage.model, state.variables(), stage.mesh)
   variables = partitioning.to_host(variables)

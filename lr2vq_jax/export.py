@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from lr2vq_jax import paths
 from lr2vq_jax.core import codec, subvectors
 from lr2vq_jax.core.rules import Rule, as_rules, resolve
 from lr2vq_jax.nn import recorded
@@ -184,9 +185,9 @@ def export(
     "arrays_bytes": len(blob),
   }
   manifest["manifest_sha256"] = manifest_digest(manifest)
-  os.makedirs(path, exist_ok=True)
-  _atomic_write(os.path.join(path, ARRAYS), blob)
-  _atomic_write(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
+  paths.makedirs(path)  # local or gs://; each file is written whole or not at all, manifest last
+  paths.write_bytes(paths.join(path, ARRAYS), blob)
+  paths.write_bytes(paths.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
   return manifest
 
 
@@ -201,15 +202,6 @@ def _payload(layers: dict, arrays: dict, dense: dict) -> dict:
     parts = entry.values() if "key" not in entry else [entry]
     other += sum(arrays[a["key"]].nbytes for a in parts)
   return {"codes": codes, "codebooks": tables, "other": other, "total": codes + tables + other}
-
-
-def _atomic_write(path: str, blob: bytes) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -270,13 +262,12 @@ def load(path: str | os.PathLike) -> Artifact:
   sha256, every array's presence, dtype, shape and sha256, no array the manifest does not name,
   and each layer's geometry. Arrays are read with `allow_pickle=False`: object arrays are refused.
   """
-  manifest_path, arrays_path = os.path.join(path, MANIFEST), os.path.join(path, ARRAYS)
+  manifest_path, arrays_path = paths.join(path, MANIFEST), paths.join(path, ARRAYS)
   for p in (manifest_path, arrays_path):
-    if not os.path.isfile(p):
+    if not paths.resolve(p).is_file():
       raise ArtifactError(f"{p}: missing; an artifact directory holds {MANIFEST} and {ARRAYS}")
   try:
-    with open(manifest_path, "rb") as f:
-      manifest = json.loads(f.read().decode("utf-8"))
+    manifest = json.loads(paths.resolve(manifest_path).read_bytes().decode("utf-8"))
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
     raise ArtifactError(f"{manifest_path}: not valid JSON ({e})") from None
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -292,8 +283,7 @@ def load(path: str | os.PathLike) -> Artifact:
     entries = _check_structure(manifest)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ArtifactError(f"{manifest_path}: malformed ({type(e).__name__}: {e})") from None
-  with open(arrays_path, "rb") as f:
-    blob = f.read()
+  blob = paths.resolve(arrays_path).read_bytes()
   if len(blob) != manifest["arrays_bytes"] or (
     hashlib.sha256(blob).hexdigest() != manifest["arrays_sha256"]
   ):

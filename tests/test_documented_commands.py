@@ -17,6 +17,8 @@ interpreter, and these substitutions (what makes them small, offline and local):
   `lr2vq prepare` from the official tar layout), its tars and a torchvision-layout weight file;
 * `make demo` → the Makefile's demo recipe (so with `:quick` too).
 A train command whose arguments repeat an earlier one but for --workdir reuses that run (a link).
+DRY_RUN commands (the cloud launchers) run with `--dry-run` semantics (DRY_RUN=1) and the
+variables of the README's `export` lines before them; they must print the gcloud commands.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Row:
   pattern: str  # re.search on the command as printed
   skip: str = ""  # why it is not run here ("" = run it)
   validate: str = ""  # why only its flags are parsed and its config validated, not trained
+  dry: str = ""  # why it runs as a dry run (prints the commands it would run)
+  env: bool = False  # an `export A=B ...` line: sets variables for the later DRY_RUN commands
 
 
 def RUN(pattern: str) -> Row:
@@ -59,6 +63,15 @@ def SKIP(pattern: str, why: str) -> Row:
   return Row(pattern, why)
 
 
+def DRY_RUN(pattern: str, why: str) -> Row:
+  assert why, pattern
+  return Row(pattern, dry=why)
+
+
+def ENV(pattern: str) -> Row:
+  return Row(pattern, env=True)
+
+
 COVERAGE = (
   SKIP(r"^make test$", "it is this test suite"),
   SKIP(r"^pip install ", "installs packages from an index (make demo / make test install the venv)"),
@@ -73,6 +86,13 @@ COVERAGE = (
        "concrete command to have it run here"),
   SKIP(r"^lr2vq [\w-]+( --[\w-]+)?$", "a mention of a subcommand or option in prose"),
   SKIP(r"…", "a synopsis in prose (… stands for any arguments)"),
+  ENV(r"^export [A-Z_]+="),
+  DRY_RUN(r"^launch/tpu_pod\.sh ", "creates and uses Cloud TPU VMs and a bucket: its gcloud "
+          "commands are printed and checked (tests/scale/test_launch.py); what runs on the "
+          "workers runs on gs:// against a local emulator in tests/gcs/"),
+  SKIP(r"^gcloud storage cp .* gs://my-lr2vq/", "uploads to Google Cloud Storage; the "
+       "destinations are the ones `launch/tpu_pod.sh` reads (test_tpu_section_paths_agree) and "
+       "tests/gcs/ reads tars and weights from a bucket on a local emulator"),
   RUN(r"^make demo$"),
   RUN(r"^lr2vq train --config configs/imagenet_resnet18_large_lr2vq\.py "),  # = README's run
   VALIDATE(r"^lr2vq train --config configs/imagenet_", "the other 11 ImageNet configs: same "
@@ -168,6 +188,7 @@ class Sandbox:
   weights: dict[str, Path]
   runs: dict[str, str] = dataclasses.field(default_factory=dict)  # train args → workdir
   outputs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # README index → stdout
+  exported: dict[str, str] = dataclasses.field(default_factory=dict)  # README `export` lines
 
   def env(self) -> dict[str, str]:
     path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
@@ -186,7 +207,7 @@ def sandbox(tmp_path_factory) -> Sandbox:
   from tests.data.torchvision_weights import write_torchvision_weights
 
   root = tmp_path_factory.mktemp("sandbox")
-  for name in ("configs", "benchmarks"):
+  for name in ("configs", "benchmarks", "launch"):
     (root / name).symlink_to(ROOT / name)
   manual = root / "data" / "imagenet_tars"
   write_tiny_imagenet(manual)
@@ -285,6 +306,22 @@ def _validate(box: Sandbox, argv: list[str]) -> str:
   return ""
 
 
+def _exports(command: str) -> dict[str, str]:
+  """{name: value} of an `export A=B C=D` line."""
+  return dict(word.split("=", 1) for word in shlex.split(command)[1:])
+
+
+def _dry_run(box: Sandbox, command: str) -> str:
+  """A launcher line with DRY_RUN=1 and the exported variables: it must print gcloud commands."""
+  env = {**box.env(), **box.exported, "DRY_RUN": "1"}
+  proc = subprocess.run(["bash", "-c", command], cwd=box.root, env=env, capture_output=True,
+                        text=True, timeout=60)  # fmt: skip
+  assert proc.returncode == 0, f"`{command}` (dry run) exited {proc.returncode}:\n{proc.stderr}"
+  printed = [ln for ln in proc.stdout.splitlines() if ln.startswith("+ ")]
+  assert printed and all(ln.startswith(("+ gcloud ", "+ git ")) for ln in printed), proc.stdout
+  return proc.stdout
+
+
 def _makefile_recipe(target: str) -> str:
   lines = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
   start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{target}:"))
@@ -298,6 +335,11 @@ def run_documented(box: Sandbox, command: str) -> str | None:
   assert row is not None, command
   if row.skip:
     return None
+  if row.env:
+    box.exported.update(_exports(command))
+    return ""
+  if row.dry:
+    return _dry_run(box, command)
   if row.validate:
     return _validate(box, _substitute(box, shlex.split(command)))
   if command.startswith("make "):
@@ -357,3 +399,43 @@ def test_readme_imagenet_path_ran_every_stage(sandbox):
 def test_config_header_commands_run(sandbox, source):
   for command in documented_commands()[source]:
     run_documented(sandbox, command)
+
+
+def test_tpu_section_dry_runs_and_paths_agree(tmp_path):
+  """README "Train on a Cloud TPU pod": each launcher line dry-runs with the section's variables,
+  and the bucket paths agree: the tars and weights are uploaded where `prepare` and `run` read."""
+  for name in ("configs", "launch"):
+    (tmp_path / name).symlink_to(ROOT / name)
+  box = Sandbox(tmp_path, tmp_path, tmp_path, {})
+  section = re.search(r"## Train on a Cloud TPU pod\n(.*?)\n## ", ROOT.joinpath("README.md")
+                      .read_text(encoding="utf-8"), flags=re.S).group(1)  # fmt: skip
+  tmp_readme = tmp_path / "README.md"
+  tmp_readme.write_text(section, encoding="utf-8")
+  uploads, remote = {}, []
+  for command in readme_commands(tmp_readme):
+    row = coverage_row(command)
+    assert row is not None and (row.env or row.dry or row.skip), command
+    if row.skip:  # the uploads (and mentions of subcommands in the prose)
+      words = shlex.split(command)
+      if words[:3] == ["gcloud", "storage", "cp"]:
+        uploads.update({name: words[-1] for name in words[3:-1]})
+      continue
+    out = run_documented(box, command)
+    for line in out.splitlines():
+      words = shlex.split(line[2:])
+      if "--command" in words:
+        remote.append(shlex.split(words[words.index("--command") + 1]))
+  bucket = box.exported["BUCKET"]
+  prepare = next(w for w in remote if "prepare" in w)
+  manual = prepare[prepare.index("--manual_dir") + 1]
+  for tar in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+    assert uploads[tar].rstrip("/") == manual, (tar, uploads[tar], manual)
+  train = next(w for w in remote if "lr2vq_jax.main" in w)
+  init = next(w.split("=", 1)[1] for w in train if w.startswith("--config.float.init_from="))
+  weights = init.rsplit("/", 1)
+  assert uploads[weights[1]].rstrip("/") == weights[0]
+  workdir = train[train.index("--workdir") + 1]
+  data_dir = prepare[prepare.index("--data_dir") + 1]
+  assert f"TFDS_DATA_DIR={data_dir}" in train
+  assert workdir.startswith(bucket + "/") and data_dir.startswith(bucket + "/")
+  assert f"`{workdir}`" in section.replace("\n", " ")  # the prose names the run's folder

@@ -8,6 +8,7 @@ PyTorch BN momentum 0.1 is flax momentum 0.9; epsilon 1e-5 on both sides (the mo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 from flax import traverse_util
+
+from lr2vq_jax import paths
 
 _SAFETENSORS_DTYPES = {
   "F64": np.float64,
@@ -33,19 +36,19 @@ _BN_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A flat {name: array} from `.npz` (no pickle) or `.safetensors` (read without torch)."""
+  """A flat {name: array} from `.npz` (no pickle) or `.safetensors` (read without torch);
+  `path` may be local or gs://."""
   path = os.fspath(path)
+  if not path.endswith((".npz", ".safetensors")):
+    raise ValueError(f"{path}: expected a .npz or .safetensors state dict")
+  blob = paths.resolve(path).read_bytes()
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
-  if path.endswith(".safetensors"):
-    return _read_safetensors(path)
-  raise ValueError(f"{path}: expected a .npz or .safetensors state dict")
+  return _read_safetensors(path, blob)
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  with open(path, "rb") as f:
-    blob = f.read()
+def _read_safetensors(path: str, blob: bytes) -> dict[str, np.ndarray]:
   if len(blob) < 8:
     raise ValueError(f"{path}: too short to be a safetensors file")
   (header_len,) = struct.unpack("<Q", blob[:8])

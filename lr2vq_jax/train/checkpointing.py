@@ -8,19 +8,41 @@ call `save` and `restore` (Orbax coordinates the hosts). Nothing is pickled.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
+
+from lr2vq_jax import paths
 
 _STATE, _META = "state", "meta"
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
-  """Where a run keeps its checkpoints: `<workdir>/checkpoints`."""
-  return os.path.join(os.fspath(workdir), "checkpoints")
+  """Where a run keeps its checkpoints: `<workdir>/checkpoints` (local or gs://)."""
+  return paths.join(workdir, "checkpoints")
+
+
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+  """Steps orbax considers finished under `directory`, ascending; reads only, creates nothing.
+
+  Locally orbax renames a finished step folder into place; on gs:// (no atomic rename) a step
+  is finished only once `<step>/commit_success.txt` exists, so a digit-named folder proves nothing.
+  """
+  return sorted(ocp.utils.checkpoint_steps(paths.resolve(directory)))
+
+
+def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
+  """The JSON meta of the newest committed step under `directory`, or None; reads only."""
+  root = paths.resolve(directory)
+  for step in reversed(committed_steps(root)):
+    try:
+      return json.loads((root / str(step) / _META / "metadata").read_text())
+    except (OSError, ValueError):
+      continue
+  return None
 
 
 def abstract_like(tree: Any) -> Any:
@@ -49,10 +71,7 @@ class Checkpointer:
   def __init__(
     self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_: bool = False
   ):
-    path = os.fspath(directory)
-    if "://" not in path:
-      path = os.path.abspath(path)
-    self.directory = epath.Path(path)
+    self.directory = paths.resolve(directory)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       enable_async_checkpointing=async_,

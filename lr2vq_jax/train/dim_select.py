@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
-from lr2vq_jax import convert
+from lr2vq_jax import convert, paths
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
@@ -118,12 +117,12 @@ def select_dim(
   sizes (README "Choosing d̃"): no pre-training, no BN re-estimation. With
   `pretrain_steps`, each rank-d̃ model is first pre-trained that long (a `lowrank` stage under
   `workdir/d<d̃>`)."""
-  float_stage = build_stage(config, "float", os.path.dirname(float_dir))
+  float_stage = build_stage(config, "float", paths.parent(float_dir))
   float_vars = partitioning.to_host(restore_final(float_stage, float_dir).variables())
   losses, top1s = [], []
   for d in candidates:
     cfg = _with_d(config, d)
-    run_dir = os.path.join(workdir, f"d{d}")
+    run_dir = paths.join(workdir, f"d{d}")
     if pretrain_steps:
       cfg.lowrank.init_from = float_dir
       cfg.lowrank.num_steps = int(pretrain_steps)

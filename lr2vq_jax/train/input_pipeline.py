@@ -35,6 +35,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from ml_collections import config_dict
 
+from lr2vq_jax import paths
+
 try:  # keep TensorFlow off the accelerators: JAX owns them
   tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TF already initialised its devices (someone imported it first)
@@ -156,9 +158,9 @@ def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any
   except AssertionError:
     pass
   root = os.fspath(builder.data_dir_root)
-  manual = cfg.manual_dir or os.path.join(root, "downloads", "manual")
-  tars = [os.path.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
-  have_tars = all(os.path.exists(t) for t in tars)
+  manual = cfg.manual_dir or paths.join(root, "downloads", "manual")
+  tars = [paths.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
+  have_tars = all(paths.resolve(t).is_file() for t in tars)
   if have_tars and cfg.prepare_if_missing and process_count == 1:
     from lr2vq_jax.train import prepare  # hours: the checks and build of `lr2vq prepare`
 

@@ -2,7 +2,9 @@
 
 Each JSONL row is `{"step": int, "stage": str | null, "scalars": {name: number}}`. Only the primary
 process writes files. After a resume, `truncate_after(step)` drops rows the interrupted run wrote
-past the restored step, so the file matches an uninterrupted run. (Imports TensorFlow via clu.)
+past the restored step, so the file matches an uninterrupted run. The work dir may be `gs://`:
+object stores cannot append, so there each row rewrites the whole (small) file in one upload.
+(Imports TensorFlow via clu.)
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 from clu import metric_writers, periodic_actions
+
+from lr2vq_jax import paths
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -40,12 +44,14 @@ class MetricsLogger:
     stage: str | None = None,
     asynchronous: bool = True,
   ):
-    self.workdir = os.fspath(workdir)
+    self.workdir = paths.as_str(workdir)
     self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
     self.stage = stage
-    self.path = os.path.join(self.workdir, JSONL_NAME)
+    self.path = paths.join(self.workdir, JSONL_NAME)
+    self._remote = paths.is_remote(self.workdir)
     if self.is_primary:
-      os.makedirs(self.workdir, exist_ok=True)
+      paths.makedirs(self.workdir)
+    self._rows_text = self._read_text() if self._remote and self.is_primary else ""
     self.writer = metric_writers.create_default_writer(
       self.workdir if self.is_primary else None,
       just_logging=not self.is_primary,
@@ -57,31 +63,36 @@ class MetricsLogger:
     values = {k: _to_json_number(v) for k, v in scalars.items()}
     self.writer.write_scalars(int(step), values)
     if self.is_primary:
-      row = {"step": int(step), "stage": self.stage, "scalars": values}
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+      line = json.dumps({"step": int(step), "stage": self.stage, "scalars": values}) + "\n"
+      if self._remote:  # no append on object stores: one upload of the whole file
+        self._rows_text += line
+        paths.write_text(self.path, self._rows_text)
+      else:
+        with open(self.path, "a", encoding="utf-8") as f:
+          f.write(line)
+          f.flush()
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """Records hyperparameters with the clu writer (TensorBoard HParams)."""
     self.writer.write_hparams(dict(hparams))
 
+  def _read_text(self) -> str:
+    path = paths.resolve(self.path)
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
   def read_rows(self) -> list[dict[str, Any]]:
     """All rows of the JSONL file (empty if none)."""
-    if not os.path.exists(self.path):
-      return []
     rows = []
-    with open(self.path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a row cut short by a kill mid-write: dropped on resume
-          continue
+    for line in self._read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a row cut short by a kill mid-write: dropped on resume
+        continue
     return rows
 
   def truncate_after(self, step: int) -> int:
     """Drops this stage's rows with step > `step` (atomic rewrite); returns how many were dropped."""
-    if not self.is_primary or not os.path.exists(self.path):
+    if not self.is_primary or not paths.resolve(self.path).exists():
       return 0
     rows = self.read_rows()
     keep = [
@@ -89,12 +100,9 @@ class MetricsLogger:
     ]
     if len(keep) == len(rows):
       return 0
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in keep)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    paths.write_text(self.path, text)
+    self._rows_text = text if self._remote else ""
     return len(rows) - len(keep)
 
   def flush(self) -> None:
@@ -134,7 +142,7 @@ def periodic_hooks(
   if primary and profile:
     hooks.append(
       periodic_actions.Profile(
-        logdir=os.fspath(workdir),
+        logdir=paths.as_str(workdir),
         num_profile_steps=num_profile_steps,
         first_profile=first_profile,
       )

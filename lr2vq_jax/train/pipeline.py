@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import ml_collections
 from absl import logging
 
 import lr2vq_jax as lq
+from lr2vq_jax import paths
 from lr2vq_jax.train import hard_codes, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
 from lr2vq_jax.train.preemption import Preemption
@@ -74,7 +74,7 @@ def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
     train = input_pipeline.build_input(config.data, split="train")
     variables = reestimate_batch_stats(model, variables, train, batches, stage.mesh)
   host = partitioning.to_host(variables)  # a collective: every process takes part
-  with _artifact_dir(os.path.join(stage.workdir, "artifact")) as directory:
+  with _artifact_dir(paths.join(stage.workdir, "artifact")) as directory:
     manifest = lq.export(
       host,
       stage.rules,
@@ -141,7 +141,7 @@ def run(
   """
   validate_config(config, workdir)
   run_config.check_unchanged(config, workdir, parse_stages(config.stages), allow_config_change)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   with Preemption() as preempt:
     return _run(config, workdir, preempt)
 
@@ -171,7 +171,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -
     if jax.process_index() == 0:
       print(f"[{name}] top-1 {record['top1']:.2f}%  bytes {record['exported_bytes']}", flush=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(records, f, indent=1)
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(records, indent=1))
     print(format_table(records), flush=True)
   return records

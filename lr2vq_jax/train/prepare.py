@@ -19,6 +19,8 @@ import tarfile
 import time
 from collections.abc import Callable
 
+from lr2vq_jax import paths
+
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 NUM_SYNSETS, NUM_VAL = 1000, 50_000
 # Free space asked for, as a multiple of the archives: the TFRecords hold the same JPEG bytes
@@ -71,10 +73,10 @@ def _synsets() -> set[str]:
 
 def _members(path: str) -> list[tarfile.TarInfo]:
   """The members of a tar from their headers alone; partial or corrupt tars are PrepareErrors."""
-  size = os.path.getsize(path)
+  size = paths.resolve(path).stat().length
   hint = _REDOWNLOAD
   try:
-    with tarfile.open(path, mode="r:") as tar:
+    with paths.resolve(path).open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
       members = tar.getmembers()
   except (tarfile.TarError, EOFError, OSError) as e:
     if "unexpected end of data" in str(e):  # tarfile's word for a member cut short
@@ -90,7 +92,7 @@ def _members(path: str) -> list[tarfile.TarInfo]:
     raise PrepareError(
       f"{path} is partial: {last.name} needs bytes up to {end:,} but the file has {size:,}", hint
     )
-  with open(path, "rb") as f:  # a tar ends with zero blocks after its last member
+  with paths.resolve(path).open("rb") as f:  # a tar ends with zero blocks after its last member
     f.seek(-(-end // 512) * 512)
     marker = f.read(1024)
   if len(marker) < 512 or marker.strip(b"\0"):
@@ -106,7 +108,7 @@ def _check_train(path: str, members: list[tarfile.TarInfo]) -> None:
     raise PrepareError(
       f"{path} is corrupt: {bad[0]!r} is not a synset tar n########.tar", _REDOWNLOAD
     )
-  with open(path, "rb") as f:
+  with paths.resolve(path).open("rb") as f:
     for m in members:
       f.seek(m.offset_data)
       try:
@@ -137,15 +139,15 @@ def _check_val(path: str, members: list[tarfile.TarInfo]) -> None:
 
 def check_archive(path: str, kind: str) -> Archive:
   """Missing, partial or corrupt `kind` ("train" or "val") archive → PrepareError."""
-  name = os.path.basename(path)
-  if not os.path.isfile(path):
+  name = paths.resolve(path).name
+  if not paths.resolve(path).is_file():
     raise PrepareError(
       f"{name} is missing: no file {path}",
       "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (image-net.org, login "
       "required) into one folder and pass it as --manual_dir",
     )
   members = _members(path)
-  size = os.path.getsize(path)
+  size = paths.resolve(path).stat().length
   (_check_train if kind == "train" else _check_val)(path, members)
   full = len(members) == (NUM_SYNSETS if kind == "train" else NUM_VAL)
   official = official_sizes()[name]
@@ -159,7 +161,10 @@ def required_bytes(archives: list[Archive]) -> int:
 
 
 def check_free_disk(data_dir: str, need: int) -> None:
-  """Too little free space under data_dir (or its nearest existing parent) → PrepareError."""
+  """Too little free space under data_dir (or its nearest existing parent) → PrepareError.
+  A bucket (gs://) has no free-space figure: nothing to check."""
+  if paths.is_remote(data_dir):
+    return
   probe = os.path.abspath(data_dir)
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
@@ -192,8 +197,8 @@ def prepare_imagenet(manual_dir: str, data_dir: str, log: Callable[[str], None] 
     return _summary(builder, 0.0)
   archives = []
   for kind, tar in (("train", TRAIN_TAR), ("val", VAL_TAR)):
-    log(f"checking {os.path.join(manual_dir, tar)} ...")
-    archives.append(check_archive(os.path.join(manual_dir, tar), kind))
+    log(f"checking {paths.join(manual_dir, tar)} ...")
+    archives.append(check_archive(paths.join(manual_dir, tar), kind))
   train, val = archives
   notes = []
   if train.members < NUM_SYNSETS or val.members < NUM_VAL:

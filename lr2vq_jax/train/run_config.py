@@ -10,7 +10,6 @@ memory or the export are ignored.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from lr2vq_jax import paths
+from lr2vq_jax.train import checkpointing
 from lr2vq_jax.train.config import stage_rules
 
 CONFIG_FILE = "config.json"
@@ -91,7 +92,7 @@ def differences(old: dict, new: dict, stage: str) -> list[str]:
 
 
 def config_path(stage_dir: str) -> epath.Path:
-  return epath.Path(stage_dir) / CONFIG_FILE
+  return paths.resolve(stage_dir) / CONFIG_FILE
 
 
 def check_unchanged(
@@ -101,9 +102,11 @@ def check_unchanged(
   result-changing fields differ from `config` (unless `allow`). Reads only."""
   for stage in stages:
     new = resolved(config, stage)
-    stage_dir = os.path.join(workdir, stage)
+    stage_dir = paths.join(workdir, stage)
     path = config_path(stage_dir)
-    if not (epath.Path(stage_dir) / "checkpoints").is_dir() or not path.is_file():
+    if not path.is_file() or not checkpointing.committed_steps(
+      checkpointing.checkpoint_dir(stage_dir)
+    ):
       continue
     old = json.loads(path.read_text())
     diff = differences(old, new, stage)
@@ -118,6 +121,4 @@ def save(config: ml_collections.ConfigDict, stage: str, stage_dir: str) -> None:
   """Writes the resolved config of the stage about to run (atomically)."""
   path = config_path(stage_dir)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f"{CONFIG_FILE}.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(resolved(config, stage), indent=1, sort_keys=True))
-  tmp.replace(path)
+  paths.write_text(path, json.dumps(resolved(config, stage), indent=1, sort_keys=True))

@@ -9,7 +9,6 @@ resumes automatically from its own checkpoints. Data order and RNG are keyed by 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lr2vq_jax import convert
+from lr2vq_jax import convert, paths
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
@@ -104,7 +103,7 @@ def build_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> S
     name,
     config,
     cfg,
-    os.path.join(workdir, name),
+    paths.join(workdir, name),
     model,
     float_model,
     rules,
@@ -141,7 +140,7 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   init_from = stage.cfg.get("init_from") or ""
   if stage.name == "float":
     return load_torchvision(init_from) if init_from else None
-  prev = build_stage(stage.config, PREVIOUS[stage.name], os.path.dirname(stage.workdir))
+  prev = build_stage(stage.config, PREVIOUS[stage.name], paths.parent(stage.workdir))
   directory = init_from or prev.workdir
   prev_state = restore_final(prev, directory)
   variables = partitioning.to_host(prev_state.variables())  # Z may span processes
@@ -169,7 +168,7 @@ def restore_final(stage: Stage, directory: str) -> TrainState:
   create the folder), and the checkpoint manager is closed on every path.
   """
   root = checkpointing.checkpoint_dir(directory)
-  if "://" not in root and not os.path.isdir(root):
+  if not checkpointing.committed_steps(root):
     raise FileNotFoundError(
       f"stage {stage.name!r} has no checkpoint in {directory}; run that stage first "
       f"(--config.stages={stage.name}) or set init_from"
@@ -236,7 +235,7 @@ def run_stage(
   Returns early with `preempted=True` in the metrics when SIGTERM arrived (state checkpointed).
   """
   stage = build_stage(config, name, workdir)
-  os.makedirs(stage.workdir, exist_ok=True)
+  paths.makedirs(stage.workdir)
   if jax.process_index() == 0:
     run_config.save(config, name, stage.workdir)
   target = abstract_state(stage)
@@ -298,7 +297,7 @@ def _teacher(stage: Stage):
   distillation; jitted to leave its logits sharded like the batch."""
   if stage.name == "float":
     raise ValueError("stage float cannot distill from itself: set float.distill = 0")
-  root = os.path.dirname(stage.workdir)
+  root = paths.parent(stage.workdir)
   float_stage = build_stage(stage.config, "float", root)
   directory = stage.cfg.get("teacher") or float_stage.workdir
   variables = restore_final(float_stage, directory).variables()

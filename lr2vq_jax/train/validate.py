@@ -8,7 +8,6 @@ seconds instead of after the previous stage trained.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -18,14 +17,14 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from lr2vq_jax import presets
+from lr2vq_jax import paths, presets
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.rules import MAX_K, parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.nn.recorded import PROJECTIONS, STORES
-from lr2vq_jax.train import input_pipeline, partitioning
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
 from lr2vq_jax.train.config import STAGES, config_rules
 
 OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
@@ -176,9 +175,9 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
   except AssertionError:
     pass
   root = os.fspath(builder.data_dir_root)
-  manual = data.get("manual_dir") or os.path.join(root, "downloads", "manual")
-  tars = [os.path.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
-  if all(os.path.isfile(t) for t in tars) and data.get("prepare_if_missing", False):
+  manual = data.get("manual_dir") or paths.join(root, "downloads", "manual")
+  tars = [paths.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
+  if all(paths.resolve(t).is_file() for t in tars) and data.get("prepare_if_missing", False):
     return
   raise ConfigError(
     "data.manual_dir",
@@ -270,26 +269,15 @@ def _check_rules(config) -> None:
 
 
 def _latest_meta(stage_dir: str) -> dict | None:
-  """JSON meta of the newest committed checkpoint under `<stage_dir>/checkpoints`, read-only."""
-  root = os.path.join(stage_dir, "checkpoints")
-  if not os.path.isdir(root):
-    return None
-  steps = sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True)
-  for step in steps:
-    path = os.path.join(root, str(step), "meta", "metadata")
-    if os.path.isfile(path):
-      try:
-        with open(path, encoding="utf-8") as f:
-          return json.load(f)
-      except (OSError, ValueError):
-        continue
-  return None
+  """JSON meta of the newest checkpoint orbax calls committed under `<stage_dir>/checkpoints`
+  (on gs:// only a step with `commit_success.txt`), read-only."""
+  return checkpointing.latest_meta(checkpointing.checkpoint_dir(stage_dir))
 
 
 def _check_sources(config, stages: list[str], workdir: str | None) -> None:
   """Each stage's starting point exists and is the right stage of the same model."""
   float_init = _get(config, "float.init_from") or ""
-  if "float" in stages and float_init and not os.path.isfile(float_init):
+  if "float" in stages and float_init and not paths.resolve(float_init).is_file():
     raise ConfigError(
       "float.init_from",
       f"{float_init!r} is not a file",
@@ -317,19 +305,26 @@ def _check_sources(config, stages: list[str], workdir: str | None) -> None:
       continue
     if workdir is None or prev in stages[:i]:
       continue
-    if _latest_meta(os.path.join(workdir, name)) is None and (
-      _latest_meta(os.path.join(workdir, prev)) is None
+    if _latest_meta(paths.join(workdir, name)) is None and (
+      _latest_meta(paths.join(workdir, prev)) is None
     ):
       raise ConfigError(
         "stages",
         f"stage {name!r} starts from {prev!r}, which neither runs before it nor has a "
-        f"checkpoint in {os.path.join(workdir, prev)}",
+        f"checkpoint in {paths.join(workdir, prev)}",
         f"add {prev} before {name} in --config.stages, or set --config.{name}.init_from",
       )
 
 
 def check_workdir(workdir: str) -> None:
-  """The workdir is a writable directory, or can be created as one (nothing is created here)."""
+  """The workdir is a writable directory, or can be created as one (nothing is created here).
+  A bucket URL (gs://) must name an existing bucket; write access there is the account's."""
+  if paths.is_remote(workdir):
+    try:
+      paths.check_bucket(workdir)
+    except FileNotFoundError as e:
+      raise ConfigError("workdir", str(e), "create the bucket or pick another --workdir") from None
+    return
   path = os.path.abspath(os.fspath(workdir))
   probe = path
   while not os.path.exists(probe):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from lr2vq_jax.train import checkpointing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = os.path.join(ROOT, "configs", "default.py") + ":quick"
 
@@ -32,11 +34,9 @@ def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def checkpoint_steps(stage_dir) -> list[int]:
-  """Committed checkpoint steps (orbax renames a finished step dir into place)."""
-  root = os.path.join(stage_dir, "checkpoints")
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(n) for n in os.listdir(root) if n.isdigit())
+  """Steps orbax calls committed (locally a renamed-into-place step dir; on gs:// one with its
+  commit_success.txt), read without opening a manager."""
+  return checkpointing.committed_steps(checkpointing.checkpoint_dir(stage_dir))
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, stage_dir, min_step: int, timeout: float = 180):

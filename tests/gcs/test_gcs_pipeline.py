@@ -1,0 +1,187 @@
+"""The embedded pipeline with `--workdir gs://bucket/run`, offline, against a local GCS emulator.
+
+One module fixture starts the emulator (and the TLS proxy TensorFlow's client needs) on
+127.0.0.1, and runs, as a user would, from a scratch folder:
+* a reference: the same command uninterrupted, on a local work dir (concurrently);
+* the victim: `lr2vq train ... --workdir gs://bucket/run`, SIGKILLed mid-`lowrank` once orbax has
+  committed a checkpoint there, then the same command again, which resumes and finishes;
+* `lr2vq export --out gs://bucket/artifact` and `lr2vq eval --artifact gs://bucket/artifact`.
+Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints: local_gcs.py) and
+every subprocess has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.gcs import objects
+from tests.gcs.local_gcs import local_gcs
+
+pytest.importorskip("gcp_storage_emulator")
+pytest.importorskip("google.cloud.storage")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = os.path.join(ROOT, "configs", "default.py") + ":quick"
+BUCKET, RUN = "bucket", "run"
+WORKDIR = f"gs://{BUCKET}/{RUN}"
+STAGES = ("float", "lowrank", "quantize")
+OVERRIDES = (f"--config.stages={','.join(STAGES)}",)  # :quick: 6 steps, checkpoints at 3 and 6
+TIMEOUT = 300
+
+
+def _train(workdir: str) -> list[str]:
+  return [sys.executable, "-m", "lr2vq_jax", "train", f"--config={QUICK}", f"--workdir={workdir}",
+          *OVERRIDES]  # fmt: skip
+
+
+def _cli(*args: str) -> list[str]:
+  return [sys.executable, "-m", "lr2vq_jax", *args]
+
+
+def _wait_committed(gcs, proc, prefix: str, step: int) -> list[int]:
+  deadline = time.monotonic() + TIMEOUT
+  while time.monotonic() < deadline:
+    steps = objects.committed_steps(gcs.url, BUCKET, prefix)
+    if steps and steps[-1] >= step:
+      return steps
+    if proc.poll() is not None:
+      raise AssertionError(f"training ended (rc {proc.returncode}) before {prefix} step {step}")
+    time.sleep(0.05)
+  raise AssertionError(f"no committed checkpoint >= {step} under {prefix} in {TIMEOUT} s")
+
+
+@pytest.fixture(scope="module")
+def gcs_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("gcs")
+  cwd = base / "cwd"  # where a stray local folder `gs:/bucket/run` would appear
+  cwd.mkdir()
+  out = {"cwd": cwd, "logs": {}, "base": base}
+  with local_gcs(str(base)) as gcs:
+    env = gcs.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+    local_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    out["gcs"] = gcs
+
+    def start(cmd, name, environ):
+      log = open(base / f"{name}.log", "wb")  # noqa: SIM115 -- closed when the process ends
+      return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
+    t0 = time.monotonic()
+    ref = start(_train(str(base / "ref")), "ref", local_env)
+    victim = start(_train(WORKDIR), "killed", env)
+    prefix = f"{RUN}/lowrank/checkpoints"
+    out["seen"] = _wait_committed(gcs, victim, prefix, 3)
+    victim.send_signal(signal.SIGKILL)
+    out["killed_rc"] = victim.wait(timeout=60)
+    out["after_kill"] = objects.committed_steps(gcs.url, BUCKET, prefix)
+    # A step dir as an interrupted save leaves it on GCS: files, but no commit_success.txt.
+    meta = json.dumps({"stage": "lowrank", "model": "digits_cnn", "step": 5, "num_steps": 6})
+    objects.write(gcs.url, BUCKET, f"{prefix}/5/meta/metadata", meta.encode())
+    objects.write(gcs.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
+    resumed = start(_train(WORKDIR), "resumed", env)
+    out["resumed_rc"] = resumed.wait(timeout=TIMEOUT)
+    out["ref_rc"] = ref.wait(timeout=TIMEOUT)
+    out["train_s"] = time.monotonic() - t0
+
+    def run(cmd, name):
+      t = time.monotonic()
+      p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+      out["logs"][name] = p.stdout + p.stderr
+      out[f"{name}_s"] = time.monotonic() - t
+      return p.returncode
+
+    out["export_rc"] = run(
+      _cli("export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
+           f"--out=gs://{BUCKET}/artifact"), "export")  # fmt: skip
+    out["eval_rc"] = run(_cli("eval", f"--artifact=gs://{BUCKET}/artifact"), "eval")
+    out["tb_rc"] = run([sys.executable, "-c", _READ_EVENTS, f"{WORKDIR}/float"], "tensorboard")
+    out["names"] = objects.list_names(gcs.url, BUCKET)
+    out["results"] = json.loads(objects.read(gcs.url, BUCKET, f"{RUN}/results.json"))
+    out["metrics"] = {
+      s: objects.read(gcs.url, BUCKET, f"{RUN}/{s}/metrics.jsonl").decode() for s in STAGES
+    }
+  for name in ("ref", "killed", "resumed"):
+    out["logs"][name] = (base / f"{name}.log").read_text(errors="replace")
+  timings = {k: round(v, 1) for k, v in out.items() if k.endswith("_s")}
+  print(f"gs:// pipeline timings (s): {timings}")  # shown with -s
+  return out
+
+
+# Reads the TensorBoard event files of a gs:// folder through TensorFlow's own GCS client.
+_READ_EVENTS = """
+import sys, tensorflow as tf
+files = tf.io.gfile.glob(sys.argv[1] + "/events.out.tfevents.*")
+tags = {v.tag for f in files for e in tf.compat.v1.train.summary_iterator(f) for v in e.summary.value}
+print("TAGS", sorted(tags))
+"""
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
+  logs = gcs_run["logs"]
+  assert gcs_run["ref_rc"] == 0, logs["ref"][-3000:]
+  assert gcs_run["killed_rc"] == -signal.SIGKILL
+  assert gcs_run["resumed_rc"] == 0, logs["resumed"][-3000:]
+  killed_at = gcs_run["after_kill"][-1]
+  assert 3 <= killed_at < 6, gcs_run["after_kill"]  # mid-stage: quick stages have 6 steps
+  # Progress rows come every 3 steps: a rerun from step 0 would print step 3 again.
+  assert "[lowrank] step 3/6" not in logs["resumed"] and "[lowrank] step 6/6" in logs["resumed"]
+  assert "[float] step" not in logs["resumed"]  # float was finished: not retrained
+  reference = json.loads((gcs_run["base"] / "ref" / "results.json").read_text())
+  assert [r["method"] for r in gcs_run["results"]] == ["float", "LR²VQ"]
+  assert _without_timing(gcs_run["results"]) == _without_timing(reference)
+  for stage in STAGES:
+    local = (gcs_run["base"] / "ref" / stage / "metrics.jsonl").read_text()
+    assert gcs_run["metrics"][stage] == local, stage
+
+
+def test_uncommitted_step_dir_is_ignored_and_removed(gcs_run):
+  """Step 5 without commit_success.txt was not resumed from (the results match), and is gone."""
+  assert gcs_run["resumed_rc"] == 0
+  assert 5 not in gcs_run["after_kill"]
+  assert not [n for n in gcs_run["names"] if n.startswith(f"{RUN}/lowrank/checkpoints/5/")]
+
+
+def test_orbax_commits_every_step_dir_on_gs(gcs_run):
+  names = gcs_run["names"]
+  step_dirs = {m.group(1) for n in names if (m := re.match(r"^(.*/checkpoints/\d+)/", n))}
+  assert {d.split("/")[1] for d in step_dirs} == set(STAGES), sorted(step_dirs)
+  for step_dir in step_dirs:
+    assert f"{step_dir}/commit_success.txt" in names, step_dir
+  for stage in STAGES:
+    assert f"{RUN}/{stage}/config.json" in names
+
+
+def test_export_to_gs_and_eval_from_gs_give_the_pipeline_number(gcs_run):
+  logs = gcs_run["logs"]
+  assert gcs_run["export_rc"] == 0, logs["export"][-3000:]
+  assert gcs_run["eval_rc"] == 0, logs["eval"][-3000:]
+  assert {f"artifact/{f}" for f in ("manifest.json", "arrays.npz")} <= set(gcs_run["names"])
+  assert not [n for n in gcs_run["names"] if ".tmp" in n]  # one upload per file, no renames
+  top1 = re.search(r"top-1 ([\d.]+)%", logs["eval"])
+  quantize = gcs_run["results"][1]
+  assert top1 and float(top1.group(1)) == pytest.approx(quantize["top1"], abs=0.005), logs["eval"]
+  assert f"payload {quantize['exported_bytes']} bytes" in logs["eval"]
+
+
+def test_tensorboard_events_are_readable_from_gs(gcs_run):
+  log = gcs_run["logs"]["tensorboard"]
+  assert gcs_run["tb_rc"] == 0, log[-3000:]
+  tags = re.search(r"TAGS \[(.*)\]", log)
+  assert tags and "'loss'" in tags.group(1) and "'eval_top1'" in tags.group(1), log[-2000:]
+
+
+def test_no_local_folder_is_made_from_a_gs_path(gcs_run):
+  assert os.listdir(gcs_run["cwd"]) == []  # not `gs:/bucket/run`, nor anything else
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))

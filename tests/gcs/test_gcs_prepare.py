@@ -1,0 +1,74 @@
+"""`lr2vq prepare imagenet2012` from tars in a bucket into a gs:// data dir, and a missing bucket,
+offline against the local GCS emulator (TensorFlow Datasets writes through TF's GCS client)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.gcs import objects
+from tests.gcs.local_gcs import local_gcs
+
+pytest.importorskip("gcp_storage_emulator")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = os.path.join(ROOT, "configs", "default.py") + ":quick"
+TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("gcs_prepare")
+  with local_gcs(str(base)) as server:
+    yield server, base
+
+
+def _lr2vq(gcs, cwd, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  server, _ = gcs
+  env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+  return subprocess.run([sys.executable, "-m", "lr2vq_jax", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_prepare_reads_tars_from_a_bucket_and_writes_tfrecords_there(gcs, tmp_path):
+  from tests.data.tiny_imagenet import write_tiny_imagenet
+
+  server, _ = gcs
+  local = tmp_path / "tars"
+  write_tiny_imagenet(local)
+  for tar in TARS:
+    objects.write(server.url, "bucket", f"imagenet/{tar}", (local / tar).read_bytes())
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  proc = _lr2vq(gcs, cwd, "prepare", "imagenet2012", "--manual_dir", "gs://bucket/imagenet",
+                "--data_dir", "gs://bucket/tensorflow_datasets")  # fmt: skip
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out[-3000:]
+  assert "train 14, validation 4 examples" in out, out[-3000:]
+  assert "use it with --config.data.data_dir=gs://bucket/tensorflow_datasets" in out
+  names = objects.list_names(server.url, "bucket", "tensorflow_datasets/imagenet2012/")
+  records = [n for n in names if ".tfrecord" in n]
+  assert any("train.tfrecord" in n for n in records) and any("validation" in n for n in records)
+  assert any(n.endswith("dataset_info.json") for n in names)
+  assert os.listdir(cwd) == []  # nothing local: no `gs:` folder, no downloads dir
+
+
+def test_prepare_missing_tars_in_a_bucket_is_one_error(gcs, tmp_path):
+  proc = _lr2vq(gcs, tmp_path, "prepare", "imagenet2012", "--manual_dir", "gs://bucket/none",
+                "--data_dir", "gs://bucket/tfds2", timeout=120)  # fmt: skip
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "ILSVRC2012_img_train.tar is missing: no file gs://bucket/none/" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_train_into_a_missing_bucket_fails_fast_and_clearly(gcs, tmp_path):
+  """TensorFlow's makedirs would retry under a missing bucket forever: one error instead."""
+  proc = _lr2vq(gcs, tmp_path, "train", f"--config={QUICK}", "--workdir=gs://no-such-bucket/run",
+                timeout=120)  # fmt: skip
+  assert proc.returncode != 0
+  assert "bucket gs://no-such-bucket does not exist" in proc.stderr, proc.stderr[-3000:]
+  assert "gcloud storage buckets create gs://no-such-bucket" in proc.stderr
+  assert os.listdir(tmp_path) == []
