@@ -19,7 +19,6 @@ evaluation and export read them (`lr2vq_jax.core.recorded`). The per-layer math 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,16 +29,11 @@ from flax import traverse_util
 from lr2vq_jax.core import recorded, stages
 from lr2vq_jax.core.kernel import QUANT, QuantConfig
 from lr2vq_jax.core.recorded import StageError
-from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve, vanilla
 
 Variables = Mapping[str, Any]
 Plan = Mapping[str, LayerPlan]
 Path = tuple[str, ...]
-
-
-def vanilla(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
-  """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
-  return tuple(dataclasses.replace(r, d=None) for r in as_rules(rules))
 
 
 def stage_of(variables: Variables) -> str:
