@@ -13,6 +13,7 @@ from lr2vq_jax.nnx.convert import METHODS, dequantize, quantize_model
 from lr2vq_jax.nnx.interop import bn_epsilon, export, load_into, to_variables
 from lr2vq_jax.nnx.kernel import QuantizedKernel
 from lr2vq_jax.nnx.layers import Conv, Linear, LinearGeneral
+from lr2vq_jax.nnx.linen_view import LinenView, init_stage
 from lr2vq_jax.nnx.transform import LAYER_TYPES, describe, iter_layers, n_out_dims, plan_model
 from lr2vq_jax.nnx.variables import Losses, QuantState, sum_losses
 
@@ -22,6 +23,7 @@ __all__ = [
   "Conv",
   "Linear",
   "LinearGeneral",
+  "LinenView",
   "Losses",
   "QuantState",
   "QuantizedKernel",
@@ -29,6 +31,7 @@ __all__ = [
   "dequantize",
   "describe",
   "export",
+  "init_stage",
   "iter_layers",
   "load_into",
   "n_out_dims",

@@ -20,7 +20,7 @@ from lr2vq_jax.nnx.kernel import QuantizedKernel
 from lr2vq_jax.nnx.transform import n_out_dims
 
 
-def _initial_arrays(rows: jax.Array, plan, stage: str, rng: jax.Array, alpha: float) -> dict:
+def initial_arrays(rows: jax.Array, plan, stage: str, rng: jax.Array, alpha: float) -> dict:
   """The stage's arrays from a random initial kernel's rows (as the linen layers' init)."""
   if stage == "frozen" and plan.d == plan.m:
     z, p = rows, jnp.eye(plan.m, dtype=jnp.float32)
@@ -43,7 +43,7 @@ def _quantize_own_kernel(layer: nnx.Module, rule, stage: str, quant, rngs: nnx.R
   value = layer.kernel[...]
   plan = plan_layer(type(layer).__name__, value.shape, rule, n_out_dims=n_out_dims(layer))
   rows = plan.to_rows(jnp.asarray(value, jnp.float32))
-  arrays = _initial_arrays(rows, plan, stage, rngs.params(), quant.tau_alpha)
+  arrays = initial_arrays(rows, plan, stage, rngs.params(), quant.tau_alpha)
   layer.kernel = QuantizedKernel(
     plan, stage, arrays, quant.settings(stage), config=quant, param_dtype=value.dtype
   )
