@@ -32,8 +32,9 @@ def _collection(var: nnx.Variable) -> str | None:
   return next((name for kind, name in COLLECTIONS if isinstance(var, kind)), None)
 
 
-def _flat_variables(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
-  """(collection, *linen-style path) → Variable; a quantized kernel's state sits on its layer."""
+def linen_keys(model: nnx.Module) -> dict[tuple, tuple[str, ...]]:
+  """NNX state path → (collection, *linen-style path) of every Param / BatchStat / QuantState;
+  a quantized kernel's state sits on its layer (`layer/kernel/z` → `params/layer/z`)."""
   kernels = {path for path, m in nnx.iter_modules(model) if isinstance(m, QuantizedKernel)}
   out = {}
   for path, value in nnx.iter_graph(model):
@@ -41,10 +42,15 @@ def _flat_variables(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
     if collection is None:
       continue
     path = tuple(path)
-    if path[:-1] in kernels:
-      path = path[:-2] + path[-1:]  # layer/kernel/z -> layer/z
-    out[(collection, *map(str, path))] = value
+    linen = path[:-2] + path[-1:] if path[:-1] in kernels else path
+    out[path] = (collection, *map(str, linen))
   return out
+
+
+def _flat_variables(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
+  """(collection, *linen-style path) → Variable of `model`."""
+  variables = dict((tuple(p), v) for p, v in nnx.iter_graph(model))
+  return {key: variables[path] for path, key in linen_keys(model).items()}
 
 
 def to_variables(model: nnx.Module) -> dict[str, Any]:

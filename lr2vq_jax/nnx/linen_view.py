@@ -23,7 +23,7 @@ from flax import nnx, traverse_util
 
 from lr2vq_jax.core.kernel import LOSSES, QuantConfig
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules
-from lr2vq_jax.nnx.interop import _flat_variables, to_variables
+from lr2vq_jax.nnx.interop import linen_keys, to_variables
 from lr2vq_jax.nnx.kernel import QuantizedKernel
 from lr2vq_jax.nnx.layers import initial_arrays
 from lr2vq_jax.nnx.transform import iter_layers, plan_model
@@ -62,7 +62,10 @@ class LinenView:
 
   @functools.cached_property
   def _graph(self):
-    return nnx.split(nnx.eval_shape(lambda: self.build(jax.random.key(0))))
+    """(GraphDef, abstract State, NNX path → linen key) of this stage's model."""
+    model = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
+    graphdef, state = nnx.split(model)
+    return graphdef, state, linen_keys(model)
 
   def init(self, rng: jax.Array, *args, **kwargs) -> dict:
     """Linen-layout variables of a randomly initialised model (no inputs needed; accepted)."""
@@ -71,14 +74,15 @@ class LinenView:
 
   def bind_variables(self, variables) -> nnx.Module:
     """The stage's NNX model holding `variables` (linen layout; extra leaves are ignored)."""
-    graphdef, abstract = self._graph
-    model = nnx.merge(graphdef, abstract)
+    graphdef, abstract, keys = self._graph
     flat = traverse_util.flatten_dict(_plain(variables))
-    for key, var in _flat_variables(model).items():
-      if key not in flat:
+    leaves = []
+    for path, var in nnx.to_flat_state(abstract):
+      key = keys.get(tuple(path))
+      if key is not None and key not in flat:
         raise KeyError(f"variables have no {'/'.join(key)!r} (the model's stage is {self.stage})")
-      var.set_value(flat[key])
-    return model
+      leaves.append((path, var if key is None else var.replace(flat[key])))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
   def apply(
     self,
