@@ -69,3 +69,18 @@ def linen_weights_into(model: ConvNet, variables: dict) -> None:
   state = {name: params[name] for name in ("conv1", "conv2", "fc")}
   state["bn1"] = {**params["bn1"], **stats["bn1"]}
   nnx.update(model, state)
+
+
+class MyNnxNet(nnx.Module):
+  """The README's own-model net (`examples/own_model.py`'s MyNet) in NNX: stem, conv, bn, head."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.stem = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+    self.conv = nnx.Conv(16, 32, (3, 3), strides=2, use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(32, rngs=rngs)
+    self.head = nnx.Linear(32, 4, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem(x))
+    x = nnx.relu(self.bn(self.conv(x)))
+    return self.head(jnp.mean(x, axis=(1, 2)))
