@@ -24,7 +24,7 @@ from lr2vq_jax.core.kernel import STAGES, QuantConfig
 from lr2vq_jax.core.recorded import StageError
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, vanilla
 from lr2vq_jax.nnx.kernel import QuantizedKernel
-from lr2vq_jax.nnx.transform import _matched, layer_plan
+from lr2vq_jax.nnx.transform import layer_plan, matched_layers
 
 METHODS = ("lr2vq", "pq", "dkm")
 _ORDER = {s: i for i, s in enumerate(STAGES)}
@@ -141,7 +141,7 @@ def quantize_model(
   rules = as_rules(rules) if method == "lr2vq" else vanilla(rules)
   layers = [
     _Layer(path, layer, layer_plan(path, layer, rule, rules))
-    for path, layer, rule in _matched(model, rules)
+    for path, layer, rule in matched_layers(model, rules)
     if rule is not None and not rule.skip
   ]
   for layer in layers:

@@ -64,7 +64,9 @@ def iter_layers(model: nnx.Module) -> Iterator[tuple[str, nnx.Module]]:
       yield path_name(path), module
 
 
-def _matched(model: nnx.Module, rules: tuple[Rule, ...]) -> list[tuple[str, nnx.Module, Rule]]:
+def matched_layers(
+  model: nnx.Module, rules: tuple[Rule, ...]
+) -> list[tuple[str, nnx.Module, Rule]]:
   """(path, layer, rule or None) of every layer; ValueError for a rule that selects none."""
   found = [(path, layer, resolve(rules, path)) for path, layer in iter_layers(model)]
   used = {id(rule) for _, _, rule in found if rule is not None}
@@ -90,7 +92,7 @@ def plan_model(model: nnx.Module, rules: Rule | Sequence[Rule]) -> dict[str, Lay
   rules = as_rules(rules)
   return {
     path: layer_plan(path, layer, rule, rules)
-    for path, layer, rule in _matched(model, rules)
+    for path, layer, rule in matched_layers(model, rules)
     if rule is not None and not rule.skip
   }
 
@@ -101,7 +103,7 @@ def describe(model: nnx.Module, rules: Rule | Sequence[Rule]) -> str:
   rules = as_rules(rules)
   rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
   total, ks = 0, []
-  for path, layer, rule in _matched(model, rules):
+  for path, layer, rule in matched_layers(model, rules):
     shape = tuple(layer.kernel.shape)
     if rule is None or rule.skip:
       nbytes = 4 * math.prod(shape)
