@@ -4,7 +4,7 @@ Importing the library never imports TensorFlow or clu (only `lr2vq_jax.train` an
 entry point do).
 """
 
-from lr2vq_jax import convert, nn, presets
+from lr2vq_jax import convert, nn, nnx, presets
 from lr2vq_jax.core import (
   CompressedTensor,
   DimEstimate,
@@ -82,6 +82,7 @@ __all__ = [
   "kmeans",
   "load",
   "nn",
+  "nnx",
   "plan_layers",
   "presets",
   "quantize_model",

@@ -13,12 +13,12 @@ rules select change, everything else passes through untouched, so the result plu
 Each conversion checks the stage of what it is given (`StageError` naming the conversion to run
 instead; nothing is returned unchanged by accident) and records the result-changing settings of
 its `config` (projection mode, store, DKM iterations) in each layer's `quant` collection, where
-evaluation and export read them (`lr2vq_jax.nn.recorded`).
+evaluation and export read them (`lr2vq_jax.core.recorded`). The per-layer math is
+`lr2vq_jax.core.stages`, shared with the NNX front end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,21 +27,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from lr2vq_jax.core import codec, lowrank, subvectors
-from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve
-from lr2vq_jax.nn import recorded
-from lr2vq_jax.nn.kernel import QUANT, QuantConfig, refined_codebook, temperature
-from lr2vq_jax.nn.recorded import StageError
+from lr2vq_jax.core import recorded, stages
+from lr2vq_jax.core.kernel import QUANT, QuantConfig
+from lr2vq_jax.core.recorded import StageError
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve, vanilla
 
 Variables = Mapping[str, Any]
 Plan = Mapping[str, LayerPlan]
 Path = tuple[str, ...]
-
-
-def vanilla(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
-  """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
-  return tuple(dataclasses.replace(r, d=None) for r in as_rules(rules))
 
 
 def stage_of(variables: Variables) -> str:
@@ -97,15 +90,6 @@ def _layers_with(params: dict, leaf: str) -> list[Path]:
   return sorted({k[:-1] for k in params if k[-1] == leaf})
 
 
-@functools.partial(jax.jit, static_argnames=("d",))
-def _svd(x, d):
-  return lowrank.svd_init(x.astype(jnp.float32), d)
-
-
-def _kmeans(x, k: int, key, iters: int):
-  return kmeans_lib.kmeans(x.astype(jnp.float32), k, key=key, iters=iters)
-
-
 def _float_layers(variables: Variables, rules: Sequence[Rule], plan: Plan | None):
   """Flat params/quant/rest with the selected kernels removed, and (key, geometry, rows) per layer."""
   params, quant, rest = _split(variables)
@@ -135,7 +119,7 @@ def float_to_lowrank(
   config = config or QuantConfig()
   params, quant, rest, layers = _float_layers(variables, as_rules(rules), plan)
   for key, geo, rows in layers:
-    params[key + ("z",)], params[key + ("projection",)] = _svd(rows, geo.d)
+    params[key + ("z",)], params[key + ("projection",)] = stages.lowrank_layer(rows, geo.d)
     recorded.record(quant, key, config.settings("lowrank"))
   return _join(params, quant, rest)
 
@@ -168,11 +152,13 @@ def lowrank_to_quantize(
     rule = resolve(rules, "/".join(layer))
     if rule is None or rule.skip:
       raise ValueError(f"low-rank layer {'/'.join(layer)!r} matches no quantizing rule")
-    z = params[layer + ("z",)]
-    k = subvectors.clamp_k(rule.k, z.shape[0])
-    result = _kmeans(z, k, jax.random.fold_in(key, i), kmeans_iters)
-    params[layer + ("codebook",)] = result.centroids
-    quant[layer + ("tau",)] = temperature(z, result.centroids, tau_alpha)
+    params[layer + ("codebook",)], quant[layer + ("tau",)] = stages.quantize_layer(
+      params[layer + ("z",)],
+      rule.k,
+      jax.random.fold_in(key, i),
+      iters=kmeans_iters,
+      tau_alpha=tau_alpha,
+    )
   return _join(params, quant, rest)
 
 
@@ -207,18 +193,14 @@ def _frozen(variables: Variables, layers: tuple, chunk_size: int, axis_name) -> 
     settings = dict(items)
     iters = quant.pop(layer + (recorded.KEYS["dkm_iters"],), settings["dkm_iters"])
     recorded.record(quant, layer, {n: settings[n] for n in recorded.STAGE_SETTINGS["frozen"]})
-    z = params.pop(layer + ("z",))
-    tau = quant.pop(layer + ("tau",))
-    centroids = refined_codebook(
-      z,
+    params[layer + ("codebook",)], quant[layer + ("codes",)] = stages.freeze_layer(
+      params.pop(layer + ("z",)),
       params[layer + ("codebook",)],
-      tau,
-      iters=iters,
+      quant.pop(layer + ("tau",)),
+      dkm_iters=iters,
       chunk_size=chunk_size,
       axis_name=axis_name,
     )
-    params[layer + ("codebook",)] = centroids
-    quant[layer + ("codes",)] = codec.encode(z.astype(jnp.float32), centroids).astype(jnp.int32)
   return _join(params, quant, rest)
 
 
@@ -237,10 +219,11 @@ def float_to_pq(
   params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
   for i, (layer, geo, rows) in enumerate(layers):
     recorded.record(quant, layer, config.settings("frozen"))
-    result = _kmeans(rows, geo.k, jax.random.fold_in(key, i), kmeans_iters)
-    params[layer + ("codebook",)] = result.centroids
-    params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
-    quant[layer + ("codes",)] = result.codes.astype(jnp.int32)
+    codebook, projection, codes = stages.pq_layer(
+      rows, geo.k, jax.random.fold_in(key, i), iters=kmeans_iters
+    )
+    params[layer + ("codebook",)], params[layer + ("projection",)] = codebook, projection
+    quant[layer + ("codes",)] = codes
   return _join(params, quant, rest)
 
 
@@ -258,9 +241,8 @@ def float_to_dkm(
   _expect(variables, "float", "float_to_dkm")
   config = config or QuantConfig()
   params, quant, rest, layers = _float_layers(variables, vanilla(rules), plan)
-  for layer, geo, rows in layers:
-    params[layer + ("z",)] = rows
-    params[layer + ("projection",)] = jnp.eye(geo.m, dtype=jnp.float32)
+  for layer, _, rows in layers:
+    params[layer + ("z",)], params[layer + ("projection",)] = stages.dkm_layer(rows)
     recorded.record(quant, layer, config.settings("lowrank"))
   lowrank_vars = _join(params, quant, rest)
   return lowrank_to_quantize(

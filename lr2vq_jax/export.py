@@ -27,10 +27,9 @@ import numpy as np
 from flax import traverse_util
 
 from lr2vq_jax import paths
-from lr2vq_jax.core import codec, subvectors
+from lr2vq_jax.core import codec, recorded, subvectors
+from lr2vq_jax.core.kernel import QUANT, QuantConfig, frozen_tables, hard_codes, projection_as
 from lr2vq_jax.core.rules import Rule, as_rules, resolve
-from lr2vq_jax.nn import recorded
-from lr2vq_jax.nn.kernel import QUANT, QuantConfig, frozen_tables, hard_codes, projection_as
 
 FORMAT = "lr2vq-artifact"
 FORMAT_VERSION = 2  # 2: manifest_sha256 (a digest of the manifest itself)

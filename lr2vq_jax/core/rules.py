@@ -74,6 +74,11 @@ def as_rules(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
   return rules
 
 
+def vanilla(rules: Rule | Sequence[Rule]) -> tuple[Rule, ...]:
+  """The same rules with d̃ = m: no low-rank representation (PQ and vanilla DKM)."""
+  return tuple(dataclasses.replace(r, d=None) for r in as_rules(rules))
+
+
 def parse_rules(spec: str | Sequence[str]) -> tuple[Rule, ...]:
   """Rules from text, as a config field or the command line holds them: "PATTERN:k=K,m=M[,d=D]"
   or "PATTERN:skip", several joined by ";" (or given as a list). ValueError names a bad one."""

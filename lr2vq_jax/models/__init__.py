@@ -5,6 +5,7 @@ import functools
 import jax.numpy as jnp
 
 from lr2vq_jax.models.cnn import DigitsCNN
+from lr2vq_jax.models.cnn_nnx import DigitsCNNNnx, digits_cnn_nnx
 from lr2vq_jax.models.resnet import (
   BasicBlock,
   Bottleneck,
@@ -14,7 +15,13 @@ from lr2vq_jax.models.resnet import (
   ResNet50,
 )
 
-MODELS = {"digits_cnn": DigitsCNN, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+MODELS = {
+  "digits_cnn": DigitsCNN,
+  "digits_cnn_nnx": digits_cnn_nnx,  # the same CNN in flax NNX
+  "resnet18": ResNet18,
+  "resnet34": ResNet34,
+  "resnet50": ResNet50,
+}
 # 1/8-width ResNets (8 stem filters): the same layers, module paths and presets, for `:runlocal`
 # CPU smoke runs whose point is the plumbing (data, stages, export), not the compute.
 MODELS.update(
@@ -37,6 +44,7 @@ __all__ = [
   "BasicBlock",
   "Bottleneck",
   "DigitsCNN",
+  "DigitsCNNNnx",
   "ResNet",
   "ResNet18",
   "ResNet34",

@@ -1,4 +1,4 @@
-"""A layer's kernel as a function of its LR²VQ variables, for every stage of the pipeline.
+"""A linen layer's kernel from its LR²VQ variables, for every stage of the pipeline.
 
 The variables live in the calling layer's own scope (big_vision `StdConv` style: the kernel is
 computed from other params), so a quantized layer has the same path as the float layer it replaces.
@@ -11,182 +11,36 @@ computed from other params), so a quantized layer has the same path as the float
 
 "shapes" are `shape` (the kernel's) and `view_shape` (what is cut into subvectors), kept so that
 an export or a later stage needs nothing but the variables. The settings that change the result
-(projection mode, store, DKM iterations) are recorded there too (`recorded.py`).
+(projection mode, store, DKM iterations) are recorded there too (`core/recorded.py`).
+The math is `lr2vq_jax.core.kernel` (shared with NNX); this file only makes and reads variables.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.core import codec, lowrank
-from lr2vq_jax.core import dkm as dkm_lib
+from lr2vq_jax.core import kernel as kernel_math
+from lr2vq_jax.core import lowrank, recorded
+from lr2vq_jax.core.kernel import (  # noqa: F401  (the linen-side names of the shared math)
+  LOSSES,
+  QUANT,
+  STAGES,
+  QuantConfig,
+  decode_rows,
+  effective_projection,
+  fp16_round,
+  frozen_tables,
+  hard_codes,
+  projection_as,
+  refined_codebook,
+  stored_rows,
+  temperature,
+)
 from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer
-from lr2vq_jax.nn import recorded
-from lr2vq_jax.nn.recorded import DEFAULTS, PROJECTIONS, STORES
-
-STAGES = ("float", "lowrank", "quantize", "frozen")
-QUANT = "quant"  # non-trainable collection: kernel shape, DKM temperature, frozen codes
-LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantConfig:
-  """Stage-independent knobs of the quantized layers (one per model, hashable).
-
-  `dkm_iters`, `store` and `projection` are recorded in the variables when they are made (init
-  or a conversion); None (the default) means "as the variables say" (`DEFAULTS` where they say
-  nothing), a set value must agree with them: `SettingError` in conversions, export and calls
-  outside `jit` (under `jit` the recorded value is read as a traced scalar and always wins).
-  """
-
-  tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
-  dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
-  # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
-  # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
-  dkm_grad: str = "unrolled"
-  commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
-  # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
-  store: str | None = None
-  # "learned" (default): P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR)
-  # factor, rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
-  projection: str | None = None
-  chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
-  # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
-  # see train/partitioning.py); None or a one-device axis: unsharded.
-  shard_axis: str | None = None
-
-  def __post_init__(self):
-    if self.store not in (None, *STORES):
-      raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
-    if self.projection not in (None, *PROJECTIONS):
-      raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
-    if self.dkm_grad not in dkm_lib.GRADS:
-      raise ValueError(f"QuantConfig.dkm_grad={self.dkm_grad!r}: expected one of {dkm_lib.GRADS}")
-    if self.dkm_iters is not None and self.dkm_iters < 0:
-      raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
-    if self.tau_alpha <= 0:
-      raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
-
-  def value(self, name: str):
-    """Setting `name` as given, or its default when unset (for making new variables)."""
-    given = getattr(self, name)
-    return DEFAULTS[name] if given is None else given
-
-  def settings(self, stage: str) -> dict:
-    """The settings variables of `stage` record, as this config makes them."""
-    return {name: self.value(name) for name in recorded.STAGE_SETTINGS[stage]}
-
-
-def effective_projection(p: jax.Array, mode: str) -> jax.Array:
-  """The P a layer multiplies by (float32): the param itself, or its rows orthonormalised.
-
-  "orthonormal" is Gram-Schmidt on the rows (= the Q of QR with diag(R) > 0): unique and
-  differentiable for full-rank P, and an already orthonormal P (the SVD init) is left unchanged.
-  Written with plain element-wise ops and small reductions rather than a LAPACK QR, whose rounding
-  can depend on the thread count, so that runs on different meshes and process layouts agree.
-  """
-  p = p.astype(jnp.float32)
-  if mode == "learned":
-    return p
-  rows: list[jax.Array] = []
-  for i in range(p.shape[0]):
-    v = p[i]
-    for q in rows:
-      v = v - jnp.sum(q * v) * q  # modified Gram-Schmidt: project out the finished rows
-    rows.append(v / jnp.sqrt(jnp.sum(v * v)))  # exact for unit rows: P = I stays I
-  return jnp.stack(rows)
-
-
-def projection_as(p: jax.Array, mode) -> jax.Array:
-  """`effective_projection` for a mode given as a name or a recorded (maybe traced) index."""
-  if isinstance(mode, str):
-    return effective_projection(p, mode)
-  if recorded.is_concrete(mode):
-    return effective_projection(p, recorded.decode("projection", mode))
-  branches = [lambda p, name=name: effective_projection(p, name) for name in PROJECTIONS]
-  return jax.lax.switch(mode, branches, p)
-
-
-def fp16_round(x: jax.Array) -> jax.Array:
-  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
-  return x.astype(jnp.float16).astype(jnp.float32)
-
-
-def refined_codebook(z, codebook, tau, *, iters, chunk_size: int, axis_name=None) -> jax.Array:
-  """DKM-refined centroids from the current Z: the centroids training ends its forward pass with.
-
-  `iters` may be a recorded (traced) count: the updates run in a `while_loop` for every caller,
-  so evaluation under `jit` and an eager export compute the same codes. `axis_name`: mesh axes
-  to split the rows over under a context mesh (`dkm.dkm`'s, as in training).
-  """
-  z = jax.lax.stop_gradient(z).astype(jnp.float32)
-  tau = jax.lax.stop_gradient(tau)
-
-  def update(carry):
-    i, c = carry
-    _, c = dkm_lib.dkm(z, c, tau=tau, iters=1, chunk_size=chunk_size, axis_name=axis_name)
-    return i + 1, c
-
-  c0 = jax.lax.stop_gradient(codebook).astype(jnp.float32)
-  iters = jnp.asarray(iters, jnp.int32)
-  _, centroids = jax.lax.while_loop(lambda carry: carry[0] < iters, update, (iters * 0, c0))
-  return centroids
-
-
-def hard_codes(z, codebook, projection, tau, *, settings: dict, chunk_size: int):
-  """(codes, refined C, effective P): what evaluation and export decode, from the same function.
-
-  `settings` holds projection and dkm_iters (names/counts, or recorded, maybe traced, scalars).
-  """
-  centroids = refined_codebook(z, codebook, tau, iters=settings["dkm_iters"], chunk_size=chunk_size)
-  codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
-  return codes, centroids, projection_as(projection, settings["projection"])
-
-
-def frozen_tables(codebook, projection, store: str):
-  """fp16-rounded decode tables of a frozen layer, in the layout the export stores."""
-  codebook = codebook.astype(jnp.float32)
-  projection = projection.astype(jnp.float32)
-  if store == "codebook":
-    return (fp16_round(codebook @ projection),)
-  return (fp16_round(codebook), fp16_round(projection))
-
-
-def decode_rows(codes, tables) -> jax.Array:
-  """X̂ = (C·P)[a] or C[a]·P from the tables of `frozen_tables`."""
-  if len(tables) == 1:
-    return jnp.take(tables[0], codes, axis=0)
-  return jnp.take(tables[0], codes, axis=0) @ tables[1]
-
-
-def stored_rows(codes, codebook, projection, store) -> jax.Array:
-  """Rows decoded from the fp16 tables of `store` (a name or a recorded, maybe traced, index)."""
-  if isinstance(store, str) or recorded.is_concrete(store):
-    name = store if isinstance(store, str) else recorded.decode("store", store)
-    return decode_rows(codes, frozen_tables(codebook, projection, name))
-  branches = [
-    lambda c, p, name=name: decode_rows(codes, frozen_tables(c, p, name)) for name in STORES
-  ]
-  return jax.lax.switch(store, branches, codebook, projection)
-
-
-def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array:
-  """τ = α · mean squared distance from each row of Z to its nearest centroid."""
-  z = z.astype(jnp.float32)
-  codebook = codebook.astype(jnp.float32)
-  codes = codec.encode(z, codebook, chunk_size=chunk_size)
-  err = jnp.sum((z - codebook[codes]) ** 2, axis=-1)
-  return jnp.maximum(alpha * jnp.mean(err), 1e-12)
-
-
-def _init_rows(mdl, init_fn: Callable, geo: LayerPlan, param_dtype) -> jax.Array:
-  kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
-  return geo.to_rows(jnp.asarray(kernel, jnp.float32))
 
 
 def quantized_kernel(
@@ -202,69 +56,46 @@ def quantized_kernel(
   n_out_dims: int | None,
 ) -> jax.Array:
   """Creates/reads the stage's variables in `mdl`'s scope and returns the kernel (param_dtype)."""
-  if stage not in STAGES:
-    raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+  if stage not in STAGES or stage == "float":
+    raise ValueError(f"stage={stage!r}: expected one of {STAGES[1:]}")
   geo = plan_layer("/".join(map(str, mdl.path)), shape, rule, n_out_dims=n_out_dims)
   _check_stage(mdl, stage)
   mdl.variable(QUANT, "shape", lambda: jnp.asarray(geo.shape, jnp.int32))
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
   settings = _settings(mdl, stage, config)
+  arrays = _stage_arrays(mdl, stage, geo, config, init_fn, param_dtype)
+  rows, commitment = kernel_math.stage_rows(stage, arrays, settings, config, train=train)
+  if commitment is not None:
+    mdl.sow(LOSSES, "commitment", commitment)
+  return geo.to_kernel(rows).astype(param_dtype)
+
+
+def _stage_arrays(mdl, stage: str, geo: LayerPlan, config, init_fn, param_dtype) -> dict:
+  """The stage's params and 'quant' variables in `mdl` (made at init from a random kernel)."""
   initializing = mdl.is_initializing()
-  rows0 = _init_rows(mdl, init_fn, geo, param_dtype) if initializing else None
-  z0 = p0 = None
-  if initializing and stage != "frozen":
-    z0, p0 = lowrank.svd_init(rows0, geo.d)
-
-  if stage == "lowrank":
-    z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
-    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    p = projection_as(p, settings["projection"])
-    return geo.to_kernel(z.astype(jnp.float32) @ p).astype(param_dtype)
-
-  if stage == "quantize":
-    z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
-    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    c0 = _random_rows(mdl, z0, geo.k) if initializing else None
-    c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
-    tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
-    if not train:
-      codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
-      rows = stored_rows(codes, c, p, settings["store"])
-      return geo.to_kernel(rows).astype(param_dtype)
-    z32 = z.astype(jnp.float32)
-    z_soft, centroids = dkm_lib.dkm(
-      z32,
-      c.astype(jnp.float32),
-      tau=jax.lax.stop_gradient(tau),
-      iters=_train_iters(settings["dkm_iters"], config),
-      chunk_size=config.chunk_size,
-      axis_name=config.shard_axis,
-      grad=config.dkm_grad,
-    )
-    if config.commitment > 0:
-      target = jax.lax.stop_gradient(centroids)
-      codes = codec.encode(jax.lax.stop_gradient(z32), target)
-      err = jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
-      mdl.sow(LOSSES, "commitment", config.commitment * err)
-    p = projection_as(p, settings["projection"])
-    return geo.to_kernel(z_soft @ p).astype(param_dtype)
-
+  rows0 = None
+  if initializing:
+    kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
+    rows0 = geo.to_rows(jnp.asarray(kernel, jnp.float32))
+  z0 = p0 = c0 = None
   if stage == "frozen":
     codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
-    c0 = None
     if initializing:
       z0, p0 = (rows0, jnp.eye(geo.m)) if geo.d == geo.m else lowrank.svd_init(rows0, geo.d)
       c0 = _random_rows(mdl, z0, geo.k)
     c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
     p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    p = projection_as(p, settings["projection"])
-    if train:
-      rows = decode_rows(codes, (c.astype(jnp.float32), p))
-    else:
-      rows = stored_rows(codes, c, p, settings["store"])
-    return geo.to_kernel(rows).astype(param_dtype)
-
-  raise ValueError(f"stage={stage!r} has no quantized kernel")  # "float" never gets here
+    return {"codes": codes, "codebook": c, "projection": p}
+  if initializing:
+    z0, p0 = lowrank.svd_init(rows0, geo.d)
+  z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
+  p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+  if stage == "lowrank":
+    return {"z": z, "projection": p}
+  c0 = _random_rows(mdl, z0, geo.k) if initializing else None
+  c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
+  tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
+  return {"z": z, "projection": p, "codebook": c, "tau": tau}
 
 
 def _check_stage(mdl, stage: str) -> None:
@@ -297,16 +128,6 @@ def _settings(mdl, stage: str, config: QuantConfig) -> dict:
     else:  # variables made before settings were recorded
       out[name] = config.value(name)
   return out
-
-
-def _train_iters(recorded_iters, config: QuantConfig) -> int:
-  """Soft DKM's static iteration count: the explicit setting, else the recorded one when Python
-  can read it, else the default."""
-  if config.dkm_iters is not None:
-    return config.dkm_iters
-  if isinstance(recorded_iters, int):
-    return recorded_iters
-  return DEFAULTS["dkm_iters"]
 
 
 def _given(value, shape, dtype) -> Callable:

@@ -151,8 +151,11 @@ def quantize_model(
 ) -> QuantizedModel:
   """Returns `model` transformed to `stage` by `rules` (first match wins on module paths).
 
-  `rules` is a sequence of `Rule`s or a single one.
+  `rules` is a sequence of `Rule`s or a single one. A model with an `lr2vq_quantize` method (an
+  NNX model seen through `lq.nnx.LinenView`) quantizes itself.
   """
+  if hasattr(model, "lr2vq_quantize"):
+    return model.lr2vq_quantize(as_rules(rules), stage, config)
   return QuantizedModel(model, as_rules(rules), stage, config or QuantConfig())
 
 
@@ -184,9 +187,12 @@ def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> l
 def plan_model(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> dict[str, LayerPlan]:
   """Geometry of every layer the rules compress, found by tracing `model.init(*args, **kwargs)`.
 
-  A rule that matches no layer is an error.
+  A rule that matches no layer is an error. A model with an `lr2vq_plan` method (an NNX model
+  seen through `lq.nnx.LinenView`) plans itself, without inputs.
   """
   rules = as_rules(rules)
+  if hasattr(model, "lr2vq_plan"):
+    return model.lr2vq_plan(rules)
   return {
     path: plan_layer(path, shape, rule, rules.index(rule), n_out_dims=n_out)
     for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs)

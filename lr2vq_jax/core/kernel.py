@@ -1,0 +1,233 @@
+"""A quantized layer's kernel rows as a function of its LR²VQ arrays: the math both front ends run.
+
+  stage      arrays                          recorded state        rows X̂ (n, m)
+  lowrank    z (n,d̃), projection (d̃,m)       projection mode       Z·P
+  quantize   z, projection, codebook (k,d̃)   + tau, store, iters   train: DKM(Z)·P; eval: hard codes
+  frozen     codebook, projection            + codes (n,)          C[a]·P
+
+Framework-neutral (jnp only): the linen layers (`lr2vq_jax.nn`) and the NNX kernels
+(`lr2vq_jax.nnx`) only fetch the arrays from their variables and reshape the rows to a kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lr2vq_jax.core import codec, recorded
+from lr2vq_jax.core import dkm as dkm_lib
+from lr2vq_jax.core.recorded import DEFAULTS, PROJECTIONS, STORES
+
+STAGES = ("float", "lowrank", "quantize", "frozen")
+QUANT = "quant"  # non-trainable state: kernel shape, recorded settings, DKM temperature, codes
+LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+  """Stage-independent knobs of the quantized layers (one per model, hashable).
+
+  `dkm_iters`, `store` and `projection` are recorded in the variables when they are made (init
+  or a conversion); None (the default) means "as the variables say" (`DEFAULTS` where they say
+  nothing), a set value must agree with them: `SettingError` in conversions, export and calls
+  outside `jit` (under `jit` the recorded value is read as a traced scalar and always wins).
+  """
+
+  tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
+  dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
+  # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
+  # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
+  dkm_grad: str = "unrolled"
+  commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
+  # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
+  store: str | None = None
+  # "learned" (default): P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR)
+  # factor, rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
+  projection: str | None = None
+  chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
+  # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
+  # see train/partitioning.py); None or a one-device axis: unsharded.
+  shard_axis: str | None = None
+
+  def __post_init__(self):
+    if self.store not in (None, *STORES):
+      raise ValueError(f"QuantConfig.store={self.store!r}: expected one of {STORES}")
+    if self.projection not in (None, *PROJECTIONS):
+      raise ValueError(f"QuantConfig.projection={self.projection!r}: expected one of {PROJECTIONS}")
+    if self.dkm_grad not in dkm_lib.GRADS:
+      raise ValueError(f"QuantConfig.dkm_grad={self.dkm_grad!r}: expected one of {dkm_lib.GRADS}")
+    if self.dkm_iters is not None and self.dkm_iters < 0:
+      raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
+    if self.tau_alpha <= 0:
+      raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
+
+  def value(self, name: str):
+    """Setting `name` as given, or its default when unset (for making new variables)."""
+    given = getattr(self, name)
+    return DEFAULTS[name] if given is None else given
+
+  def settings(self, stage: str) -> dict:
+    """The settings variables of `stage` record, as this config makes them."""
+    return {name: self.value(name) for name in recorded.STAGE_SETTINGS[stage]}
+
+
+def effective_projection(p: jax.Array, mode: str) -> jax.Array:
+  """The P a layer multiplies by (float32): the param itself, or its rows orthonormalised.
+
+  "orthonormal" is Gram-Schmidt on the rows (= the Q of QR with diag(R) > 0): unique and
+  differentiable for full-rank P, and an already orthonormal P (the SVD init) is left unchanged.
+  Written with plain element-wise ops and small reductions rather than a LAPACK QR, whose rounding
+  can depend on the thread count, so that runs on different meshes and process layouts agree.
+  """
+  p = p.astype(jnp.float32)
+  if mode == "learned":
+    return p
+  rows: list[jax.Array] = []
+  for i in range(p.shape[0]):
+    v = p[i]
+    for q in rows:
+      v = v - jnp.sum(q * v) * q  # modified Gram-Schmidt: project out the finished rows
+    rows.append(v / jnp.sqrt(jnp.sum(v * v)))  # exact for unit rows: P = I stays I
+  return jnp.stack(rows)
+
+
+def projection_as(p: jax.Array, mode) -> jax.Array:
+  """`effective_projection` for a mode given as a name or a recorded (maybe traced) index."""
+  if isinstance(mode, str):
+    return effective_projection(p, mode)
+  if recorded.is_concrete(mode):
+    return effective_projection(p, recorded.decode("projection", mode))
+  branches = [lambda p, name=name: effective_projection(p, name) for name in PROJECTIONS]
+  return jax.lax.switch(mode, branches, p)
+
+
+def fp16_round(x: jax.Array) -> jax.Array:
+  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
+  return x.astype(jnp.float16).astype(jnp.float32)
+
+
+def refined_codebook(z, codebook, tau, *, iters, chunk_size: int, axis_name=None) -> jax.Array:
+  """DKM-refined centroids from the current Z: the centroids training ends its forward pass with.
+
+  `iters` may be a recorded (traced) count: the updates run in a `while_loop` for every caller,
+  so evaluation under `jit` and an eager export compute the same codes. `axis_name`: mesh axes
+  to split the rows over under a context mesh (`dkm.dkm`'s, as in training).
+  """
+  z = jax.lax.stop_gradient(z).astype(jnp.float32)
+  tau = jax.lax.stop_gradient(tau)
+
+  def update(carry):
+    i, c = carry
+    _, c = dkm_lib.dkm(z, c, tau=tau, iters=1, chunk_size=chunk_size, axis_name=axis_name)
+    return i + 1, c
+
+  c0 = jax.lax.stop_gradient(codebook).astype(jnp.float32)
+  iters = jnp.asarray(iters, jnp.int32)
+  _, centroids = jax.lax.while_loop(lambda carry: carry[0] < iters, update, (iters * 0, c0))
+  return centroids
+
+
+def hard_codes(z, codebook, projection, tau, *, settings: dict, chunk_size: int):
+  """(codes, refined C, effective P): what evaluation and export decode, from the same function.
+
+  `settings` holds projection and dkm_iters (names/counts, or recorded, maybe traced, scalars).
+  """
+  centroids = refined_codebook(z, codebook, tau, iters=settings["dkm_iters"], chunk_size=chunk_size)
+  codes = codec.encode(jax.lax.stop_gradient(z).astype(jnp.float32), centroids)
+  return codes, centroids, projection_as(projection, settings["projection"])
+
+
+def frozen_tables(codebook, projection, store: str):
+  """fp16-rounded decode tables of a frozen layer, in the layout the export stores."""
+  codebook = codebook.astype(jnp.float32)
+  projection = projection.astype(jnp.float32)
+  if store == "codebook":
+    return (fp16_round(codebook @ projection),)
+  return (fp16_round(codebook), fp16_round(projection))
+
+
+def decode_rows(codes, tables) -> jax.Array:
+  """X̂ = (C·P)[a] or C[a]·P from the tables of `frozen_tables`."""
+  if len(tables) == 1:
+    return jnp.take(tables[0], codes, axis=0)
+  return jnp.take(tables[0], codes, axis=0) @ tables[1]
+
+
+def stored_rows(codes, codebook, projection, store) -> jax.Array:
+  """Rows decoded from the fp16 tables of `store` (a name or a recorded, maybe traced, index)."""
+  if isinstance(store, str) or recorded.is_concrete(store):
+    name = store if isinstance(store, str) else recorded.decode("store", store)
+    return decode_rows(codes, frozen_tables(codebook, projection, name))
+  branches = [
+    lambda c, p, name=name: decode_rows(codes, frozen_tables(c, p, name)) for name in STORES
+  ]
+  return jax.lax.switch(store, branches, codebook, projection)
+
+
+def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array:
+  """τ = α · mean squared distance from each row of Z to its nearest centroid."""
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  codes = codec.encode(z, codebook, chunk_size=chunk_size)
+  err = jnp.sum((z - codebook[codes]) ** 2, axis=-1)
+  return jnp.maximum(alpha * jnp.mean(err), 1e-12)
+
+
+def train_iters(recorded_iters, config: QuantConfig) -> int:
+  """Soft DKM's static iteration count: the explicit setting, else the recorded one when Python
+  can read it, else the default."""
+  if config.dkm_iters is not None:
+    return config.dkm_iters
+  if isinstance(recorded_iters, int):
+    return recorded_iters
+  return DEFAULTS["dkm_iters"]
+
+
+def stage_rows(
+  stage: str,
+  arrays: Mapping[str, jax.Array],
+  settings: Mapping,
+  config: QuantConfig,
+  *,
+  train: bool,
+) -> tuple[jax.Array, jax.Array | None]:
+  """(rows X̂ (n, m) float32, β·commitment or None) of one layer at `stage`.
+
+  `arrays` holds the stage's z / projection / codebook / tau / codes; `settings` the recorded
+  projection / store / dkm_iters (names, or recorded scalars, maybe traced). Training (`train`)
+  runs soft DKM in the quantize stage; evaluation the hard codes export ships.
+  """
+  p = arrays["projection"]
+  if stage == "lowrank":
+    return arrays["z"].astype(jnp.float32) @ projection_as(p, settings["projection"]), None
+  if stage == "quantize":
+    z, c, tau = arrays["z"], arrays["codebook"], arrays["tau"]
+    if not train:
+      codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
+      return stored_rows(codes, c, p, settings["store"]), None
+    z32 = z.astype(jnp.float32)
+    z_soft, centroids = dkm_lib.dkm(
+      z32,
+      c.astype(jnp.float32),
+      tau=jax.lax.stop_gradient(tau),
+      iters=train_iters(settings["dkm_iters"], config),
+      chunk_size=config.chunk_size,
+      axis_name=config.shard_axis,
+      grad=config.dkm_grad,
+    )
+    loss = None
+    if config.commitment > 0:
+      target = jax.lax.stop_gradient(centroids)
+      codes = codec.encode(jax.lax.stop_gradient(z32), target)
+      loss = config.commitment * jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
+    return z_soft @ projection_as(p, settings["projection"]), loss
+  if stage == "frozen":
+    codes, c = arrays["codes"], arrays["codebook"]
+    p = projection_as(p, settings["projection"])
+    if train:
+      return decode_rows(codes, (c.astype(jnp.float32), p)), None
+    return stored_rows(codes, c, p, settings["store"]), None
+  raise ValueError(f"stage={stage!r} has no quantized kernel; expected one of {STAGES[1:]}")

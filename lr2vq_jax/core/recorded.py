@@ -1,0 +1,125 @@
+"""What a layer's variables record about themselves, and which stage they are (linen and NNX).
+
+Every setting that changes what a quantized layer computes after training is written into the
+layer's non-trainable `quant` collection when the variables are made (`init` or a conversion):
+
+  projection_mode  int32  index into PROJECTIONS ("learned" / "orthonormal")   lowrank and later
+  store_mode       int32  index into STORES (fp16 C·P, or fp16 C and P)        quantize, frozen
+  dkm_iters        int32  DKM refinements before the hard codes                quantize
+
+so evaluation, `quantize_to_frozen` and `export` read them from the variables, whatever the caller
+passes: an artifact always decodes to the model that was evaluated. A `QuantConfig` field left at
+None means "as the variables say"; a set field that disagrees with them is a `SettingError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lr2vq_jax.core.accounting import STORES
+
+PROJECTIONS = ("learned", "orthonormal")
+DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": 3}
+KEYS = {"projection": "projection_mode", "store": "store_mode", "dkm_iters": "dkm_iters"}
+_CHOICES = {"projection": PROJECTIONS, "store": STORES}
+# The settings each stage's variables record (what its kernel depends on).
+STAGE_SETTINGS = {
+  "lowrank": ("projection",),
+  "quantize": ("projection", "store", "dkm_iters"),
+  "frozen": ("projection", "store"),
+}
+# How to get from the stage a layer's variables are in to the stage a model wants.
+CONVERSIONS = {
+  ("float", "lowrank"): "lq.convert.float_to_lowrank",
+  ("float", "quantize"): "lq.convert.float_to_lowrank, then lq.convert.lowrank_to_quantize",
+  ("float", "frozen"): "lq.convert.float_to_pq (or reach quantize, then quantize_to_frozen)",
+  ("lowrank", "quantize"): "lq.convert.lowrank_to_quantize",
+  ("lowrank", "frozen"): "lq.convert.lowrank_to_quantize, then lq.convert.quantize_to_frozen",
+  ("quantize", "frozen"): "lq.convert.quantize_to_frozen",
+}
+
+
+class SettingError(ValueError):
+  """An explicit setting that contradicts what the variables record."""
+
+
+class StageError(ValueError):
+  """Variables of another stage than the one asked for; the message names the conversion."""
+
+
+def encode(name: str, value: Any) -> jax.Array:
+  """The int32 scalar recorded for setting `name`."""
+  if name in _CHOICES:
+    return jnp.asarray(_CHOICES[name].index(value), jnp.int32)
+  return jnp.asarray(int(value), jnp.int32)
+
+
+def decode(name: str, value: Any) -> Any:
+  """The setting a concrete recorded scalar stands for."""
+  i = int(np.asarray(value))
+  if name in _CHOICES:
+    if not 0 <= i < len(_CHOICES[name]):
+      raise SettingError(f"recorded {KEYS[name]}={i} is not an index into {_CHOICES[name]}")
+    return _CHOICES[name][i]
+  return i
+
+
+def is_concrete(x: Any) -> bool:
+  """True outside tracing (a value that Python can read)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check(name: str, explicit: Any, recorded: Any, where: str) -> None:
+  """`SettingError` when an explicit setting disagrees with the recorded one."""
+  if explicit is not None and recorded is not None and explicit != recorded:
+    raise SettingError(
+      f"{where}: QuantConfig.{name}={explicit!r}, but the variables were made with "
+      f"{name}={recorded!r} (recorded in their 'quant' collection); leave {name} unset (None) "
+      f"to use the recorded value, or convert again with {name}={explicit!r}"
+    )
+
+
+def resolve(layer_quant: Mapping[str, Any], config: Any, stage: str, where: str) -> dict:
+  """Settings of one layer from its concrete `quant` entries; `config` (or None) only checked
+  against them, and used where nothing is recorded (variables made before settings were kept)."""
+  out = {}
+  for name in STAGE_SETTINGS[stage]:
+    explicit = None if config is None else getattr(config, name)
+    key = KEYS[name]
+    recorded = decode(name, layer_quant[key]) if key in layer_quant else None
+    check(name, explicit, recorded, where)
+    out[name] = next(v for v in (recorded, explicit, DEFAULTS[name]) if v is not None)
+  return out
+
+
+def record(quant: dict, layer: tuple, settings: Mapping[str, Any]) -> None:
+  """Writes `settings` into a flat quant dict under `layer`."""
+  for name, value in settings.items():
+    quant[layer + (KEYS[name],)] = encode(name, value)
+
+
+def layer_stage(leaves: set[str]) -> str:
+  """The stage of one layer from the names of its params."""
+  if "z" in leaves:
+    return "quantize" if "codebook" in leaves else "lowrank"
+  if "codebook" in leaves:
+    return "frozen"
+  return "float"
+
+
+def stage_error(path: str, found: str, wanted: str, where: str) -> StageError:
+  """The error for a layer at stage `found` where `wanted` was expected, naming the way there."""
+  how = CONVERSIONS.get((found, wanted))
+  hint = (
+    f"run {how} on them first"
+    if how
+    else f"use variables of stage {wanted!r} (stages only move float → lowrank → quantize → frozen)"
+  )
+  return StageError(
+    f"{where}: layer {path!r} holds {found}-stage variables, {wanted}-stage ones are needed; {hint}"
+  )

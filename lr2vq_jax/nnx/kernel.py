@@ -1,0 +1,134 @@
+"""`QuantizedKernel`: the NNX stand-in for a layer's `kernel` Param at an LR²VQ stage.
+
+Every flax NNX linear layer reads its weight as `self.kernel[...]`; a `QuantizedKernel` assigned to
+`layer.kernel` answers that read with the stage's kernel, so the layer's class, configuration, bias
+and call code stay as they were. State lives under the layer's `kernel`:
+
+  stage      nnx.Param                       QuantState (never trained)
+  lowrank    z (n,d̃), projection (d̃,m)      projection_mode
+  quantize   z, projection, codebook (k,d̃)  tau, projection_mode, store_mode, dkm_iters
+  frozen     codebook, projection            codes (n,), projection_mode, store_mode
+
+The math is `lr2vq_jax.core.kernel`, the one the linen layers run. Mode follows NNX's convention:
+`deterministic=False` (after `model.train()`) is soft DKM, `True` (`model.eval()`) the hard codes
+an export ships. The geometry (`plan`), stage and config are static: a stage change is a new
+GraphDef, hence a new compile, as a new linen stage is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lr2vq_jax.core import kernel as kernel_math
+from lr2vq_jax.core import recorded
+from lr2vq_jax.core.kernel import STAGES, QuantConfig
+from lr2vq_jax.core.rules import LayerPlan
+from lr2vq_jax.nnx.variables import Losses, QuantState
+
+PARAMS = ("z", "projection", "codebook")  # trainable arrays, in the order they are made
+STATE = ("tau", "codes")  # non-trainable arrays besides the recorded settings
+ROW_SHARDED = ("z", "codes")  # split over `config.shard_axis` by rows when a mesh divides n
+
+
+def _row_sharding(name: str, n: int, config: QuantConfig) -> dict:
+  """`out_sharding` metadata for z / codes under an active mesh whose shard axis divides n."""
+  axis = config.shard_axis
+  if name not in ROW_SHARDED or axis is None:
+    return {}
+  mesh = jax.sharding.get_abstract_mesh()
+  if axis not in mesh.axis_names or n % mesh.shape[axis] != 0:
+    return {}
+  return {"out_sharding": (axis, None) if name == "z" else (axis,)}
+
+
+class QuantizedKernel(nnx.Module):
+  """A layer's kernel as its LR²VQ variables at `stage` (`kernel[...]` gives the kernel)."""
+
+  def __init__(
+    self,
+    plan: LayerPlan,
+    stage: str,
+    arrays: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    config: QuantConfig | None = None,
+    param_dtype: Any = jnp.float32,
+    deterministic: bool = False,
+  ):
+    if stage not in STAGES[1:]:
+      raise ValueError(f"stage={stage!r}: expected one of {STAGES[1:]}")
+    self.plan = plan
+    self.stage = stage
+    self.config = config = config or QuantConfig()
+    self.param_dtype = jnp.dtype(param_dtype)
+    self.deterministic = deterministic
+    for name in (*PARAMS, *STATE):
+      if name in arrays:
+        value = jnp.asarray(arrays[name])
+        if name in PARAMS:
+          value = value.astype(self.param_dtype)
+        kind = nnx.Param if name in PARAMS else QuantState
+        setattr(self, name, kind(value, **_row_sharding(name, plan.n, config)))
+    for name in recorded.STAGE_SETTINGS[stage]:
+      setattr(self, recorded.KEYS[name], QuantState(recorded.encode(name, settings[name])))
+
+  # -- what layer code reads ---------------------------------------------------------------------
+
+  def __getitem__(self, index) -> jax.Array:
+    return self.materialize()[index]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.plan.shape
+
+  @property
+  def ndim(self) -> int:
+    return len(self.plan.shape)
+
+  @property
+  def dtype(self):
+    return self.param_dtype
+
+  @property
+  def value(self) -> jax.Array:
+    return self.materialize()
+
+  def get_value(self) -> jax.Array:
+    return self.materialize()
+
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """`nnx.view(model, deterministic=...)`: hard codes (True) or soft DKM (False)."""
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+  # -- the stage's kernel ------------------------------------------------------------------------
+
+  def arrays(self) -> dict[str, jax.Array]:
+    """The stage's z / projection / codebook / tau / codes (those it has)."""
+    return {n: getattr(self, n)[...] for n in (*PARAMS, *STATE) if hasattr(self, n)}
+
+  def settings(self) -> dict:
+    """Recorded settings: names where Python can read them (checked against an explicit config
+    field), the recorded scalars as they are under tracing."""
+    out = {}
+    for name in recorded.STAGE_SETTINGS[self.stage]:
+      value = getattr(self, recorded.KEYS[name])[...]
+      if recorded.is_concrete(value):
+        value = recorded.decode(name, value)
+        recorded.check(name, getattr(self.config, name), value, f"layer {self.plan.path!r}")
+      out[name] = value
+    return out
+
+  def materialize(self) -> jax.Array:
+    """The kernel (param dtype, the float layer's shape) at this stage and mode."""
+    rows, commitment = kernel_math.stage_rows(
+      self.stage, self.arrays(), self.settings(), self.config, train=not self.deterministic
+    )
+    if commitment is not None and hasattr(self, "__captures__"):
+      self.sow(Losses, "commitment", commitment)  # collected by nnx.capture(model, Losses)
+    return self.plan.to_kernel(rows).astype(self.param_dtype)

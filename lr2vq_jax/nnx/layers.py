@@ -1,0 +1,97 @@
+"""flax NNX `Linear`, `LinearGeneral` and `Conv` with LR²VQ kernels, taking flax's arguments.
+
+Each takes its parent's constructor arguments plus `rule` (k, m, d̃), `stage` and `quant`
+(`QuantConfig`); only the kernel changes. With `stage="float"` or `rule=None` the layer is its
+flax parent, weights included (same `rngs` draws). Other stages start like the linen layers' init:
+Z and P from the SVD of the random initial kernel, a codebook of k random rows of Z, τ from it;
+real codebooks come from `lq.nnx.quantize_model`, which runs k-means.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lr2vq_jax.core import lowrank
+from lr2vq_jax.core.kernel import STAGES, QuantConfig, temperature
+from lr2vq_jax.core.rules import Rule, plan_layer
+from lr2vq_jax.nnx.kernel import QuantizedKernel
+from lr2vq_jax.nnx.transform import n_out_dims
+
+
+def initial_arrays(rows: jax.Array, plan, stage: str, rng: jax.Array, alpha: float) -> dict:
+  """The stage's arrays from a random initial kernel's rows (as the linen layers' init)."""
+  if stage == "frozen" and plan.d == plan.m:
+    z, p = rows, jnp.eye(plan.m, dtype=jnp.float32)
+  else:
+    z, p = lowrank.svd_init(rows, plan.d)
+  if stage == "lowrank":
+    return {"z": z, "projection": p}
+  codebook = z[jax.random.choice(rng, z.shape[0], (plan.k,), replace=False)]
+  if stage == "frozen":
+    return {"codebook": codebook, "projection": p, "codes": jnp.zeros((plan.n,), jnp.int32)}
+  return {"z": z, "projection": p, "codebook": codebook, "tau": temperature(z, codebook, alpha)}
+
+
+def _quantize_own_kernel(layer: nnx.Module, rule, stage: str, quant, rngs: nnx.Rngs) -> None:
+  if stage not in STAGES:
+    raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+  layer.rule, layer.stage, layer.quant = rule, stage, quant
+  if rule is None or rule.skip or stage == "float":
+    return
+  value = layer.kernel[...]
+  plan = plan_layer(type(layer).__name__, value.shape, rule, n_out_dims=n_out_dims(layer))
+  rows = plan.to_rows(jnp.asarray(value, jnp.float32))
+  arrays = initial_arrays(rows, plan, stage, rngs.params(), quant.tau_alpha)
+  layer.kernel = QuantizedKernel(
+    plan, stage, arrays, quant.settings(stage), config=quant, param_dtype=value.dtype
+  )
+
+
+class Linear(nnx.Linear):
+  """`flax.nnx.Linear` whose kernel is LR²VQ-quantized according to `rule` and `stage`."""
+
+  def __init__(
+    self,
+    *args,
+    rule: Rule | None = None,
+    stage: str = "float",
+    quant: QuantConfig | None = None,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    super().__init__(*args, rngs=rngs, **kwargs)
+    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
+
+
+class LinearGeneral(nnx.LinearGeneral):
+  """`flax.nnx.LinearGeneral` (no batch_axis) with an LR²VQ kernel; subvectors over prod(in)."""
+
+  def __init__(
+    self,
+    *args,
+    rule: Rule | None = None,
+    stage: str = "float",
+    quant: QuantConfig | None = None,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    super().__init__(*args, rngs=rngs, **kwargs)
+    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
+
+
+class Conv(nnx.Conv):
+  """`flax.nnx.Conv` (groups included) with an LR²VQ kernel; subvectors in PyTorch OIHW order."""
+
+  def __init__(
+    self,
+    *args,
+    rule: Rule | None = None,
+    stage: str = "float",
+    quant: QuantConfig | None = None,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    super().__init__(*args, rngs=rngs, **kwargs)
+    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)

@@ -1,0 +1,130 @@
+"""An NNX model seen through linen's `init` / `apply` over linen-layout variables.
+
+Training loops written for linen (this project's `lr2vq_jax.train` among them) keep their
+variables in dicts ({"params", "batch_stats", "quant"}) and call `model.init(rng, x, train=...)` and
+`model.apply(variables, x, train=..., mutable=[...])`. `LinenView(factory)` gives an NNX model
+that interface: each `apply` merges the stage's NNX graph with the given arrays, sets NNX's mode
+(`model.train()` / `model.eval()`), runs the NNX code and hands the changed collections back. The
+variables are `lq.nnx.to_variables`'s layout, which is the linen one, so the dict-based
+conversions, checkpoints, sharding rules and export run unchanged; `lq.nn.quantize_model` and
+`lq.nn.plan_model` accept a view through its `lr2vq_quantize` / `lr2vq_plan` methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, traverse_util
+
+from lr2vq_jax.core.kernel import LOSSES, QuantConfig
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules
+from lr2vq_jax.nnx.interop import linen_keys, to_variables
+from lr2vq_jax.nnx.kernel import QuantizedKernel
+from lr2vq_jax.nnx.layers import initial_arrays
+from lr2vq_jax.nnx.transform import iter_layers, plan_model
+from lr2vq_jax.nnx.variables import Losses
+
+
+def init_stage(model: nnx.Module, rules, stage: str, key: jax.Array, config: QuantConfig):
+  """Gives the rules' layers random `stage` kernels, as a linen `init` of that stage does (SVD
+  of the random kernel, k random rows of Z as codebook); in place, returns `model`."""
+  layers = dict(iter_layers(model))
+  for i, (path, plan) in enumerate(sorted(plan_model(model, rules).items())):
+    value = layers[path].kernel[...]
+    rows = plan.to_rows(jnp.asarray(value, jnp.float32))
+    arrays = initial_arrays(rows, plan, stage, jax.random.fold_in(key, i), config.tau_alpha)
+    layers[path].kernel = QuantizedKernel(
+      plan, stage, arrays, config.settings(stage), config=config, param_dtype=value.dtype
+    )
+  return model
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenView:
+  """`factory(rngs=...)` (an NNX float model) at `stage` under `rules`, with linen's interface."""
+
+  factory: Callable[..., nnx.Module]
+  rules: tuple[Rule, ...] = ()
+  stage: str = "float"
+  config: QuantConfig = QuantConfig()
+
+  def build(self, rng: jax.Array) -> nnx.Module:
+    """A fresh NNX model of this stage, randomly initialised from `rng`."""
+    model = self.factory(rngs=nnx.Rngs(rng))
+    if self.stage != "float":
+      init_stage(model, self.rules, self.stage, jax.random.fold_in(rng, 1), self.config)
+    return model
+
+  @functools.cached_property
+  def _graph(self):
+    """(GraphDef, abstract State, NNX path → linen key) of this stage's model."""
+    model = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
+    graphdef, state = nnx.split(model)
+    return graphdef, state, linen_keys(model)
+
+  def init(self, rng: jax.Array, *args, **kwargs) -> dict:
+    """Linen-layout variables of a randomly initialised model (no inputs needed; accepted)."""
+    del args, kwargs
+    return to_variables(self.build(rng))
+
+  def bind_variables(self, variables) -> nnx.Module:
+    """The stage's NNX model holding `variables` (linen layout; extra leaves are ignored)."""
+    graphdef, abstract, keys = self._graph
+    flat = traverse_util.flatten_dict(_plain(variables))
+    leaves = []
+    for path, var in nnx.to_flat_state(abstract):
+      key = keys.get(tuple(path))
+      if key is not None and key not in flat:
+        raise KeyError(f"variables have no {'/'.join(key)!r} (the model's stage is {self.stage})")
+      leaves.append((path, var if key is None else var.replace(flat[key])))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+  def apply(
+    self,
+    variables,
+    x,
+    *,
+    train: bool = False,
+    quant_train: bool | None = None,
+    mutable: bool | Sequence[str] = False,
+    rngs: Any = None,
+  ):
+    """`model(x)` in NNX's train or eval mode (`quant_train` overrides the kernels' mode); with
+    `mutable`, also the updated `batch_stats` and the captured `losses`, as linen returns them."""
+    del rngs  # the models run here draw no random numbers in their forward pass
+    model = self.bind_variables(variables)
+    model.train() if train else model.eval()
+    if quant_train is not None:
+      model.set_attributes(QuantizedKernel, deterministic=not quant_train)
+    collections = [] if mutable is False else list(mutable)
+    updates = {}
+    if LOSSES in collections:
+      y, losses = nnx.capture(model, Losses)(x)
+      updates[LOSSES] = nnx.to_pure_dict(losses)
+    else:
+      y = model(x)
+    if "batch_stats" in collections:
+      updates["batch_stats"] = to_variables(model).get("batch_stats", {})
+    return (y, updates) if collections else y
+
+  # -- the hooks lq.nn.quantize_model / plan_model call -----------------------------------------
+
+  def lr2vq_quantize(self, rules, stage: str, config: QuantConfig | None = None) -> LinenView:
+    return dataclasses.replace(
+      self, rules=as_rules(rules), stage=stage, config=config or QuantConfig()
+    )
+
+  def lr2vq_plan(self, rules: Rule | Sequence[Rule]) -> dict[str, LayerPlan]:
+    return plan_model(nnx.eval_shape(lambda: self.factory(rngs=nnx.Rngs(0))), rules)
+
+
+def _plain(tree) -> dict:
+  """Nested plain dicts (FrozenDicts and States too) for flattening."""
+  if hasattr(tree, "items"):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree

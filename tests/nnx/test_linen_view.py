@@ -1,0 +1,90 @@
+"""`LinenView`: the NNX digits CNN behind linen's init/apply computes what the linen one does."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import lr2vq_jax as lq
+from lr2vq_jax import convert
+from lr2vq_jax.models import create_model
+
+RULES = [lq.Rule("conv[23]", k=16, m=9, d=4)]
+
+
+@pytest.fixture(scope="module")
+def models():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  linen = create_model("digits_cnn", num_classes=10)
+  view = create_model("digits_cnn_nnx", num_classes=10)
+  return x, linen, view, linen.init(jax.random.key(0), x, train=False)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda a: (a.shape, a.dtype), jax.tree.map(np.asarray, dict(tree)))
+
+
+def test_same_variable_layout_and_float_logits(models):
+  x, linen, view, variables = models
+  assert _shapes(view.init(jax.random.key(1), x, train=False)) == _shapes(variables)
+  np.testing.assert_array_equal(view.apply(variables, x), linen.apply(variables, x, train=False))
+  mutable = ["batch_stats", "losses"]
+  y, new = jax.jit(lambda v: view.apply(v, x, train=True, mutable=mutable))(variables)
+  y_ref, new_ref = linen.apply(variables, x, train=True, mutable=mutable)
+  np.testing.assert_array_equal(y, y_ref)
+  jax.tree.map(np.testing.assert_array_equal, new["batch_stats"], dict(new_ref["batch_stats"]))
+
+
+def test_quantize_stage_matches_linen_soft_and_hard(models):
+  x, linen, view, variables = models
+  v = convert.lowrank_to_quantize(
+    convert.float_to_lowrank(variables, RULES), RULES, key=jax.random.key(1)
+  )
+  config = lq.QuantConfig(commitment=0.1)
+  ql, qn = (lq.nn.quantize_model(m, RULES, "quantize", config) for m in (linen, view))
+  assert sorted(lq.nn.plan_model(view, RULES)) == ["conv2", "conv3"]
+  linen_init = dict(ql.init(jax.random.key(0), x, train=False))
+  assert _shapes(qn.init(jax.random.key(0), x)) == _shapes(linen_init)
+  np.testing.assert_array_equal(qn.apply(v, x), ql.apply(v, x, train=False))
+  mutable = ["batch_stats", "losses"]
+  y, new = qn.apply(v, x, train=True, mutable=mutable)
+  y_ref, new_ref = ql.apply(v, x, train=True, mutable=mutable)
+  np.testing.assert_array_equal(y, y_ref)
+  assert float(lq.sum_losses(new)) == float(lq.sum_losses(new_ref)) > 0
+  hard_bn = qn.apply(v, x, train=True, quant_train=False, mutable=["batch_stats"])[0]
+  ref_bn = ql.apply(v, x, train=True, quant_train=False, mutable=["batch_stats"])[0]
+  np.testing.assert_array_equal(hard_bn, ref_bn)
+
+
+def test_train_steps_of_the_training_system_match_linen(models):
+  """Two steps of the trainer's own jitted quantize step: the same state for both front ends."""
+  from lr2vq_jax.train import trainer
+  from lr2vq_jax.train.config import load_config
+  from lr2vq_jax.train.step import create_optimizer, make_train_step
+
+  x, _, _, variables = models
+  config = load_config("configs/default.py:quick")
+  out = {}
+  for name in ("digits_cnn", "digits_cnn_nnx"):
+    config.model = name
+    stage = trainer.build_stage(config, "quantize", "/nonexistent")
+    rules = stage.rules
+    v = convert.lowrank_to_quantize(
+      convert.float_to_lowrank(variables, rules, config=stage.quant),
+      rules,
+      key=jax.random.key(1),
+      config=stage.quant,
+    )
+    state = trainer._state_from_variables(stage, dict(v), jax.random.key(0))
+    tx = create_optimizer(stage.cfg, stage.num_steps, state.params)
+    step = jax.jit(make_train_step(stage.model, stage.cfg, tx, stage.num_steps))
+    batch = {"image": x, "label": jax.numpy.arange(4) % 10}
+    with jax.set_mesh(stage.mesh):
+      for _ in range(2):
+        state, metrics = step(state, batch)
+    out[name] = (jax.device_get(state.params), jax.device_get(state.model_state), metrics)
+  (p1, s1, m1), (p2, s2, m2) = out["digits_cnn"], out["digits_cnn_nnx"]
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+  jax.tree.map(np.testing.assert_array_equal, s1, s2)
+  assert float(m1["loss"]) == float(m2["loss"])
