@@ -276,6 +276,8 @@ def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> in
   arg("--layers", default=None, help="plan only kernels whose path re.search-es this regex"),
   arg("--keep-float", default=None, help="kernels matching this regex stay fp32"),
   arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
+  arg("--ms", default=None, help="candidate m values, comma-separated (default 1..36 divisors)"),
+  arg("--ks", default=None, help="candidate k values, powers of two (default 2..2048)"),
   arg("--out", default=None, help="write the rules file here"),
   arg("--png", default=None, help="write the figure (bytes vs predicted loss per layer) here"),
   arg("--seed", type=int, default=0, help="init and k-means seed"),

@@ -25,6 +25,19 @@ def parse_bytes(text: str) -> float:
   return float(match.group(1)) * UNITS[unit]
 
 
+def int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+  """ "2,4,8" → (2, 4, 8); None → None; ValueError naming `flag` otherwise."""
+  if text is None:
+    return None
+  try:
+    values = tuple(int(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    values = ()
+  if not values or min(values) < 1:
+    raise ValueError(f"{flag} {text!r}: write positive integers separated by commas, e.g. 2,4,8")
+  return values
+
+
 def load_weights(config, float_dir: str | None, seed: int):
   """(float model, variables, source text): the float stage's, or a random init from shapes."""
   import jax
@@ -77,6 +90,7 @@ def run(args, config, target_bytes: float | None) -> int:
   elif args.float_dir:
     data = "--batches 0"
   cap = config.get("d") if args.d is None else args.d
+  choices = {name: int_list(getattr(args, name), f"--{name}") for name in ("ms", "ks")}
   result = plan(
     model,
     variables,
@@ -89,6 +103,7 @@ def run(args, config, target_bytes: float | None) -> int:
     store=args.store,
     reference=config_rules(config),
     key=jax.random.key(args.seed),
+    **{name: values for name, values in choices.items() if values},
   )
   print(f"config {args.config}: model {config.model}; {source}")
   if batches is None:
