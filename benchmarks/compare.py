@@ -210,8 +210,10 @@ def summary_table(found: dict) -> str:
     nll = np.array([r["test_loss"] for r in recs])
     size = sorted({r["exported_bytes"] for r in recs})
     size_text = f"{size[0]:,}" if len(size) == 1 else f"{size[0]:,}–{size[-1]:,}"
+    ratios = sorted({r["ratio"] for r in recs})
+    ratio = f"{ratios[0]}" if len(ratios) == 1 else f"{ratios[0]}–{ratios[-1]}"
     lines.append(
-      f"| {'float' if name == 'float' else label(name)} | {size_text} | {recs[0]['ratio']} "
+      f"| {'float' if name == 'float' else label(name)} | {size_text} | {ratio} "
       f"| {len(recs)} | {top1.mean():.2f} ± {top1.std():.2f} | {nll.mean():.4f} ± {nll.std():.4f} |"
     )
   return "\n".join(lines)
