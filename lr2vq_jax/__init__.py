@@ -26,6 +26,7 @@ from lr2vq_jax.core.kmeans import KMeansResult, kmeans
 from lr2vq_jax.dim_choice import DimScores
 from lr2vq_jax.export import Artifact, ArtifactError, export, load
 from lr2vq_jax.nn import QuantConfig, describe, quantize_model, sum_losses
+from lr2vq_jax.planning import Plan, plan
 
 # `export` is imported eagerly on purpose: binding the function here, after the submodule
 # `lr2vq_jax.export` is loaded, keeps `lq.export` the function for good.
@@ -66,6 +67,7 @@ __all__ = [
   "DimScores",
   "KMeansResult",
   "LayerPlan",
+  "Plan",
   "QuantConfig",
   "Rule",
   "SizeReport",
@@ -83,6 +85,7 @@ __all__ = [
   "load",
   "nn",
   "nnx",
+  "plan",
   "plan_layers",
   "presets",
   "quantize_model",

@@ -264,6 +264,45 @@ def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> in
 
 
 @command(
+  "plan",
+  "choose per-layer k, m, d̃ for a byte budget (predicted loss: Fisher × clustered-SVD error); "
+  "prints the allocation, writes rules a config takes as --config.rules=@FILE",
+  arg("--config", required=True, help="experiment config FILE[:arg]: its model, data and d̃ cap"),
+  arg("--target-bytes", default=None, help="budget, e.g. 1.0MiB, 3185KiB, 14000 (bytes)"),
+  arg("--ratio", type=float, default=None, help="budget as uncompressed size / ratio, e.g. 43"),
+  arg("--float-dir", default=None, help="the config's finished float stage (else random init)"),
+  arg("--batches", type=int, default=8, help="training batches for the sensitivity (0: none)"),
+  arg("--d", type=int, default=None, help="d̃ cap (default: the config's d; 0: d̃ = m)"),
+  arg("--layers", default=None, help="plan only kernels whose path re.search-es this regex"),
+  arg("--keep-float", default=None, help="kernels matching this regex stay fp32"),
+  arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
+  arg("--ms", default=None, help="candidate m values, comma-separated (default 1..36 divisors)"),
+  arg("--ks", default=None, help="candidate k values, powers of two (default 2..2048)"),
+  arg("--out", default=None, help="write the rules file here"),
+  arg("--png", default=None, help="write the figure (bytes vs predicted loss per layer) here"),
+  arg("--seed", type=int, default=0, help="init and k-means seed"),
+)
+def plan(args: argparse.Namespace) -> int:
+  from lr2vq_jax.planning import command as plan_command
+
+  if (args.target_bytes is None) == (args.ratio is None):
+    raise CLIError("give exactly one of --target-bytes and --ratio", "e.g. --target-bytes 1.0MiB")
+  target = None if args.target_bytes is None else plan_command.parse_bytes(args.target_bytes)
+  if args.ratio is not None and not args.ratio > 1:
+    raise CLIError(f"--ratio {args.ratio:g}: must be > 1", "e.g. --ratio 43")
+  if args.batches < 0:
+    raise CLIError(f"--batches {args.batches}: must be >= 0", "e.g. --batches 8")
+  from lr2vq_jax.train.config import config_rules
+
+  config = _load_config(args.config)
+  try:
+    config_rules(config)  # the reference rules; the data is only read with --float-dir
+  except (ValueError, KeyError, OSError) as e:
+    raise CLIError(f"config rules: {e}", "fix --config.rules / --config.preset") from None
+  return plan_command.run(args, config, target)
+
+
+@command(
   "train",
   "run a config's pipeline stages (absl flags: --config FILE[:arg] --workdir DIR --config.x=y)",
 )

@@ -98,7 +98,7 @@ COVERAGE = (
   VALIDATE(r"^lr2vq train --config configs/imagenet_", "the other 11 ImageNet configs: same "
            "command and code path as the one trained (~1.5 min each on 2 cores); their flags are "
            "parsed as `lr2vq train` does and the config validated against the prepared data"),
-  RUN(r"^lr2vq (train|export|eval|report|estimate-dim|prepare) "),
+  RUN(r"^lr2vq (train|export|eval|report|estimate-dim|prepare|plan) "),
   RUN(r"^python -m lr2vq_jax\.main "),
 )  # fmt: skip
 

@@ -8,16 +8,23 @@ import ml_collections
 
 from lr2vq_jax import convert, presets
 from lr2vq_jax.core.rules import Rule, parse_rules
+from lr2vq_jax.planning.rules_file import read_rules_text
 from lr2vq_jax.train import config_file
 
 STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
 
 
+def rules_spec(config: ml_collections.ConfigDict) -> str:
+  """`config.rules` as text; "@FILE" reads a rules file (e.g. a plan from `lr2vq plan --out`)."""
+  spec = config.get("rules") or ""
+  return read_rules_text(spec[1:]) if spec.startswith("@") else spec
+
+
 def config_rules(config: ml_collections.ConfigDict) -> tuple[Rule, ...]:
-  """The experiment's rules: `config.rules` (text, see `parse_rules`) when set, else
+  """The experiment's rules: `config.rules` (text, see `parse_rules`, or "@FILE") when set, else
   `config.preset`; then `config.k`, `config.m` (when > 0) on every compressed layer, and
   `config.d` (when set) as d̃ (capped at m)."""
-  spec = config.get("rules") or ""
+  spec = rules_spec(config)
   rules = parse_rules(spec) if spec else presets.get_preset(config.preset)
   for field in ("k", "m"):
     value = config.get(field) or 0

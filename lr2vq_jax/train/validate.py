@@ -25,7 +25,7 @@ from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.nn.recorded import PROJECTIONS, STORES
 from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
-from lr2vq_jax.train.config import STAGES, config_rules
+from lr2vq_jax.train.config import STAGES, config_rules, rules_spec
 
 OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
 SCHEDULES = ("cosine", "constant")  # what step.learning_rate_schedule builds
@@ -228,8 +228,8 @@ def _base_rules(config) -> tuple:
     preset = _choice(config, "preset", tuple(presets.PRESETS))
     return presets.PRESETS[preset]
   try:
-    return parse_rules(spec)
-  except (ValueError, TypeError) as e:
+    return parse_rules(rules_spec(config))
+  except (ValueError, TypeError, OSError) as e:
     raise ConfigError(
       "rules", str(e), "write e.g. --config.rules='^conv1$:skip;conv:k=256,m=9,d=4;fc:k=1024,m=4'"
     ) from None
