@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from lr2vq_jax.core.rules import (
+  LayerPlan,
   Rule,
   as_rules,
   iter_leaves,
@@ -177,3 +178,31 @@ def size_report(params: Mapping, rules: Sequence[Rule], *, store: str = "codeboo
     codebook_bytes=float(sum(r.codebook_bytes for r in rows)),
     other_bytes=4.0 * other,
   )
+
+
+def describe_table(layers: Sequence[tuple[str, Rule | None, tuple, LayerPlan | None]]) -> str:
+  """The `describe` table of both front ends, from (path, matched rule, kernel shape, plan or
+  None) per linear layer: rule, n, k (requested→used where clamped), m, d̃, bits per code and the
+  layer's payload bytes (packed codes + fp16 k×m codebook, or the fp32 kernel if left float)."""
+  rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
+  total, ks = 0, []
+  for path, rule, shape, plan in layers:
+    if plan is None:
+      nbytes = 4 * math.prod(shape)
+      label = "float" if rule is None else f"{rule.pattern} (skip)"
+      rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
+    else:
+      nbytes = -(-plan.code_bits // 8) + table_bytes(plan.k, plan.m, plan.d, "codebook")
+      ks.append((path, rule.k, plan.k))
+      cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
+      rows.append((path, rule.pattern, str(shape), *map(str, cells)))
+    total += nbytes
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+  lines.insert(1, "-" * len(lines[0]))
+  lines += k_notes(ks)
+  lines.append(
+    f"total {total} bytes (kernels only; biases and norms not included); bits: per code "
+    "(ceil(log2 k)), 32 for a float kernel's weights"
+  )
+  return "\n".join(lines)

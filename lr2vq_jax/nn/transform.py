@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
+from lr2vq_jax.core.accounting import describe_table
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
 from lr2vq_jax.nn import layers
 from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
 
@@ -207,26 +207,13 @@ def describe(model: nn.Module, rules: Rule | Sequence[Rule], *args, **kwargs) ->
   Bytes are the PQF-convention payload of the layer: packed codes + fp16 k×m codebook, or the
   fp32 kernel for layers left float.
   """
-  rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
-  total, ks = 0, []
-  for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs):
-    if rule is None or rule.skip:
-      nbytes = 4 * math.prod(shape)
-      label = "float" if rule is None else f"{rule.pattern} (skip)"
-      rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
-    else:
-      plan = plan_layer(path, shape, rule, n_out_dims=n_out)
-      nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
-      ks.append((path, rule.k, plan.k))
-      cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
-      rows.append((path, rule.pattern, str(shape), *map(str, cells)))
-    total += nbytes
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-  lines.insert(1, "-" * len(lines[0]))
-  lines += k_notes(ks)
-  lines.append(
-    f"total {total} bytes (kernels only; biases and norms not included); bits: per code "
-    "(ceil(log2 k)), 32 for a float kernel's weights"
-  )
-  return "\n".join(lines)
+  layers = [
+    (
+      path,
+      rule,
+      shape,
+      None if rule is None or rule.skip else plan_layer(path, shape, rule, n_out_dims=n_out),
+    )
+    for path, rule, shape, n_out in _trace_layers(model, rules, *args, **kwargs)
+  ]
+  return describe_table(layers)

@@ -8,12 +8,12 @@ are attribute paths, linen paths scope names (`blocks_0`): write rules for the f
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 from flax import nnx
 
-from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
+from lr2vq_jax.core.accounting import describe_table
+from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
 from lr2vq_jax.nnx.kernel import QuantizedKernel
 
 LAYER_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.Einsum)
@@ -101,27 +101,13 @@ def describe(model: nnx.Module, rules: Rule | Sequence[Rule]) -> str:
   """A table of every linear layer: rule, n, k (requested→used where clamped), m, d̃, bits per
   code and payload bytes (packed codes + fp16 k×m codebook, or the fp32 kernel if left float)."""
   rules = as_rules(rules)
-  rows = [("layer", "rule", "shape", "n", "k", "m", "d", "bits", "bytes")]
-  total, ks = 0, []
-  for path, layer, rule in matched_layers(model, rules):
-    shape = tuple(layer.kernel.shape)
-    if rule is None or rule.skip:
-      nbytes = 4 * math.prod(shape)
-      label = "float" if rule is None else f"{rule.pattern} (skip)"
-      rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
-    else:
-      plan = layer_plan(path, layer, rule, rules)
-      nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
-      ks.append((path, rule.k, plan.k))
-      cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
-      rows.append((path, rule.pattern, str(shape), *map(str, cells)))
-    total += nbytes
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-  lines.insert(1, "-" * len(lines[0]))
-  lines += k_notes(ks)
-  lines.append(
-    f"total {total} bytes (kernels only; biases and norms not included); bits: per code "
-    "(ceil(log2 k)), 32 for a float kernel's weights"
-  )
-  return "\n".join(lines)
+  layers = [
+    (
+      path,
+      rule,
+      tuple(layer.kernel.shape),
+      None if rule is None or rule.skip else layer_plan(path, layer, rule, rules),
+    )
+    for path, layer, rule in matched_layers(model, rules)
+  ]
+  return describe_table(layers)
