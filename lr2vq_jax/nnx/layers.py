@@ -49,49 +49,29 @@ def _quantize_own_kernel(layer: nnx.Module, rule, stage: str, quant, rngs: nnx.R
   )
 
 
-class Linear(nnx.Linear):
+class _QuantizedInit:
+  """Mixin: flax's constructor, then the layer's own kernel quantized by `rule` at `stage`."""
+
+  def __init__(
+    self,
+    *args,
+    rule: Rule | None = None,
+    stage: str = "float",
+    quant: QuantConfig | None = None,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    super().__init__(*args, rngs=rngs, **kwargs)
+    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
+
+
+class Linear(_QuantizedInit, nnx.Linear):
   """`flax.nnx.Linear` whose kernel is LR²VQ-quantized according to `rule` and `stage`."""
 
-  def __init__(
-    self,
-    *args,
-    rule: Rule | None = None,
-    stage: str = "float",
-    quant: QuantConfig | None = None,
-    rngs: nnx.Rngs,
-    **kwargs,
-  ):
-    super().__init__(*args, rngs=rngs, **kwargs)
-    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
 
-
-class LinearGeneral(nnx.LinearGeneral):
+class LinearGeneral(_QuantizedInit, nnx.LinearGeneral):
   """`flax.nnx.LinearGeneral` (no batch_axis) with an LR²VQ kernel; subvectors over prod(in)."""
 
-  def __init__(
-    self,
-    *args,
-    rule: Rule | None = None,
-    stage: str = "float",
-    quant: QuantConfig | None = None,
-    rngs: nnx.Rngs,
-    **kwargs,
-  ):
-    super().__init__(*args, rngs=rngs, **kwargs)
-    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
 
-
-class Conv(nnx.Conv):
+class Conv(_QuantizedInit, nnx.Conv):
   """`flax.nnx.Conv` (groups included) with an LR²VQ kernel; subvectors in PyTorch OIHW order."""
-
-  def __init__(
-    self,
-    *args,
-    rule: Rule | None = None,
-    stage: str = "float",
-    quant: QuantConfig | None = None,
-    rngs: nnx.Rngs,
-    **kwargs,
-  ):
-    super().__init__(*args, rngs=rngs, **kwargs)
-    _quantize_own_kernel(self, rule, stage, quant or QuantConfig(), rngs)
