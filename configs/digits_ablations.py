@@ -1,6 +1,6 @@
 """One-factor ablations of the LR²VQ recipe on the embedded digits task, at both block sizes.
 
-Run all:   python benchmarks/ablations.py --seeds 5     (table: README "Ablations", ~40 min, 2 cores)
+Run all:   python benchmarks/ablations.py --seeds 5     (table: docs/research.md, ~40 min, 2 cores)
 Run one:   python -m lr2vq_jax.main --config configs/digits_ablations.py:distill,m18 \
              --workdir runs/ablation_distill_m18
 Hardware:  2 CPU cores; one variant at one block size and seed ≈ 30 s after the float model.
@@ -54,13 +54,13 @@ VARIANTS = {
   "store_factored": {"quant.store": "factored"},
   "bn_reestimate": {"quantize.bn_reestimate_batches": 20},
 }
-# The chosen recipe (README "Ablations"): the variants that lowered the mean validation loss of
+# The chosen recipe (docs/research.md "Ablations"): the variants that lowered the mean validation loss of
 # the exported artifact at both block sizes (5 seeds each): longer low-rank pre-training and an
 # orthonormal P. Rejected there: distillation and τ annealing (better at one block size, worse at
 # the other), β > 0, 1 or 5 DKM iterations; BN re-estimation and factored storage change nothing
 # measurable in accuracy (factored storage saves 2-6% of the bytes).
 RECIPE: dict = {"lowrank.num_epochs": 30, "quant.projection": "orthonormal"}
-# d̃ of the recipe, chosen by the lowest mean validation loss of its sweep (README "Choosing d̃").
+# d̃ of the recipe, chosen by the lowest mean validation loss of its sweep (docs/research.md "Choosing d̃").
 RECIPE_D = {"m9": 4, "m18": 2}
 # Changes tried on top of the recipe (at RECIPE_D), kept when they lower the validation loss again.
 ON_RECIPE = {

@@ -73,7 +73,8 @@ def ENV(pattern: str) -> Row:
 
 
 COVERAGE = (
-  SKIP(r"^make test$", "it is this test suite"),
+  SKIP(r"^make test(-fast)?$", "it is this test suite (test-fast: its tests not marked slow)"),
+  SKIP(r"^make lint$", "ruff over the sources: .ci/run runs it before the tests"),
   SKIP(r"^pip install ", "installs packages from an index (make demo / make test install the venv)"),
   SKIP(r"^(\.venv/bin/)?python benchmarks/", "a benchmark: measured by its script (minutes to "
        "hours), reported in README/docs, not a test"),
