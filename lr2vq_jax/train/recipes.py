@@ -18,7 +18,7 @@ from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
 STAGE_NAMES = ("float", "lowrank", "quantize", "pq", "dkm")
-# The LR²VQ recipe the digits ablations chose on validation (README "Ablations",
+# The LR²VQ recipe the digits ablations chose on validation (docs/research.md "Ablations",
 # configs/digits_ablations.py): an orthonormal P, and low-rank pre-training 1.5× as long as the
 # quantization fine-tuning (30 and 20 epochs there). Every LR²VQ config applies both.
 LR2VQ_RECIPE = {"quant.projection": "orthonormal"}
