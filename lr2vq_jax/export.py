@@ -92,10 +92,43 @@ def export(
   is, e.g. the model name and input shape that `lr2vq eval` needs.
   """
   rules = as_rules(rules)
-  chunk_size = (config or QuantConfig()).chunk_size
   params = traverse_util.flatten_dict(dict(variables["params"]))
   stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
   quant = traverse_util.flatten_dict(dict(variables.get(QUANT, {})))
+  _check_stage(params)
+  arrays: dict[str, np.ndarray] = {}
+  layers = {
+    "/".join(layer): _layer_entry(arrays, layer, params, quant, rules, config)
+    for layer in _quantized_layers(params)
+  }
+  consumed = {layer + (leaf,) for layer in _quantized_layers(params) for leaf in QUANTIZED_LEAVES}
+  dense = _dense_entries(arrays, params, stats, consumed, bn_epsilon)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  blob = buffer.getvalue()
+  manifest = {
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "bn_epsilon": bn_epsilon,
+    "metadata": dict(metadata or {}),
+    "layers": layers,
+    "float": dense,
+    "payload_bytes": _payload(layers, arrays, dense),
+    "arrays_sha256": hashlib.sha256(blob).hexdigest(),
+    "arrays_bytes": len(blob),
+  }
+  manifest["manifest_sha256"] = manifest_digest(manifest)
+  paths.makedirs(path)  # local or gs://; each file is written whole or not at all, manifest last
+  paths.write_bytes(paths.join(path, ARRAYS), blob)
+  paths.write_bytes(paths.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
+  return manifest
+
+
+QUANTIZED_LEAVES = ("z", "projection", "codebook")  # a quantized layer's params, never shipped
+
+
+def _check_stage(params: dict) -> None:
+  """ArtifactError unless `params` (flat) hold quantize- or frozen-stage layers."""
   if any(k[-1] == "z" and k[:-1] + ("codebook",) not in params for k in params):
     raise ArtifactError(
       "export needs quantize- or frozen-stage variables; got low-rank layers "
@@ -106,53 +139,58 @@ def export(
       "export needs quantize- or frozen-stage variables; got float-stage ones (no codebook): "
       "run lq.convert.float_to_lowrank and lq.convert.lowrank_to_quantize first"
     )
-  arrays: dict[str, np.ndarray] = {}
-  layers, consumed = {}, set()
-  for layer in _quantized_layers(params):
-    name = "/".join(layer)
-    rule = resolve(rules, name)
-    if rule is None or rule.skip:
-      raise ArtifactError(f"quantized layer {name!r} matches no rule in {list(rules)}")
-    codebook, projection = params[layer + ("codebook",)], params[layer + ("projection",)]
-    stage = "quantize" if layer + ("z",) in params else "frozen"
-    layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
-    settings = recorded.resolve(layer_quant, config, stage, f"export, layer {name!r}")
-    if stage == "quantize":
-      codes, c, p = hard_codes(
-        params[layer + ("z",)], codebook, projection, layer_quant["tau"],
-        settings=settings, chunk_size=chunk_size,
-      )  # fmt: skip
-    else:
-      codes, c, p = (
-        layer_quant["codes"],
-        codebook,
-        projection_as(projection, settings["projection"]),
-      )
-    store = settings["store"]
-    tables = frozen_tables(c, p, store)
-    k, d, m = codebook.shape[0], codebook.shape[1], projection.shape[1]
-    codes = np.asarray(codes)
-    entry = {
-      "rule": rule.pattern,
-      "shape": [int(s) for s in np.asarray(quant[layer + ("shape",)])],
-      "view_shape": [int(s) for s in np.asarray(quant[layer + ("view_shape",)])],
-      "n": int(codes.shape[0]),
-      "k": int(k),
-      "m": int(m),
-      "d": int(d),
-      "bits": codec.bits_per_code(int(k)),
-      "dtype": str(np.asarray(codebook).dtype),
-      "store": store,
-      "projection": settings["projection"],
-      "arrays": {"codes": _entry(arrays, f"{name}/codes", codec.pack_codes(codes, int(k)))},
-    }
-    names = ("table",) if store == "codebook" else ("codebook", "projection")
-    for part, table in zip(names, tables, strict=True):
-      entry["arrays"][part] = _entry(arrays, f"{name}/{part}", np.asarray(table, np.float16))
-    layers[name] = entry
-    consumed.update(layer + (leaf,) for leaf in ("z", "projection", "codebook"))
 
+
+def _layer_codes(layer, params: dict, layer_quant: dict, settings: dict, chunk_size: int):
+  """(codes, C, effective P) of one layer: computed from Z (quantize) or as frozen."""
+  codebook, projection = params[layer + ("codebook",)], params[layer + ("projection",)]
+  if layer + ("z",) in params:
+    return hard_codes(
+      params[layer + ("z",)], codebook, projection, layer_quant["tau"],
+      settings=settings, chunk_size=chunk_size,
+    )  # fmt: skip
+  return layer_quant["codes"], codebook, projection_as(projection, settings["projection"])
+
+
+def _layer_entry(arrays: dict, layer, params: dict, quant: dict, rules, config) -> dict:
+  """One quantized layer's manifest entry; its packed codes and fp16 tables go into `arrays`."""
+  name = "/".join(layer)
+  rule = resolve(rules, name)
+  if rule is None or rule.skip:
+    raise ArtifactError(f"quantized layer {name!r} matches no rule in {list(rules)}")
+  stage = "quantize" if layer + ("z",) in params else "frozen"
+  layer_quant = {k[-1]: v for k, v in quant.items() if k[:-1] == layer}
+  settings = recorded.resolve(layer_quant, config, stage, f"export, layer {name!r}")
+  chunk_size = (config or QuantConfig()).chunk_size
+  codes, c, p = _layer_codes(layer, params, layer_quant, settings, chunk_size)
+  codebook, store = params[layer + ("codebook",)], settings["store"]
+  k, d, m = codebook.shape[0], codebook.shape[1], p.shape[1]
+  codes = np.asarray(codes)
+  entry = {
+    "rule": rule.pattern,
+    "shape": [int(s) for s in np.asarray(quant[layer + ("shape",)])],
+    "view_shape": [int(s) for s in np.asarray(quant[layer + ("view_shape",)])],
+    "n": int(codes.shape[0]),
+    "k": int(k),
+    "m": int(m),
+    "d": int(d),
+    "bits": codec.bits_per_code(int(k)),
+    "dtype": str(np.asarray(codebook).dtype),
+    "store": store,
+    "projection": settings["projection"],
+    "arrays": {"codes": _entry(arrays, f"{name}/codes", codec.pack_codes(codes, int(k)))},
+  }
+  names = ("table",) if store == "codebook" else ("codebook", "projection")
+  for part, table in zip(names, frozen_tables(c, p, store), strict=True):
+    entry["arrays"][part] = _entry(arrays, f"{name}/{part}", np.asarray(table, np.float16))
+  return entry
+
+
+def _dense_entries(arrays: dict, params, stats, consumed: set, bn_epsilon: float) -> dict:
+  """Manifest entries of what ships as fp32: BatchNorm folded to scale/shift, every other
+  param not in `consumed` as is; the arrays go into `arrays`."""
   dense: dict[str, dict] = {}
+  consumed = set(consumed)
   for layer in _bn_layers(params, stats):
     name = "/".join(layer)
     scale = np.asarray(params[layer + ("scale",)], np.float32)
@@ -167,27 +205,7 @@ def export(
   for key, value in sorted(params.items()):
     if key not in consumed:
       dense["/".join(key)] = _entry(arrays, "/".join(key), np.asarray(value, np.float32))
-
-  payload = _payload(layers, arrays, dense)
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  blob = buffer.getvalue()
-  manifest = {
-    "format": FORMAT,
-    "format_version": FORMAT_VERSION,
-    "bn_epsilon": bn_epsilon,
-    "metadata": dict(metadata or {}),
-    "layers": layers,
-    "float": dense,
-    "payload_bytes": payload,
-    "arrays_sha256": hashlib.sha256(blob).hexdigest(),
-    "arrays_bytes": len(blob),
-  }
-  manifest["manifest_sha256"] = manifest_digest(manifest)
-  paths.makedirs(path)  # local or gs://; each file is written whole or not at all, manifest last
-  paths.write_bytes(paths.join(path, ARRAYS), blob)
-  paths.write_bytes(paths.join(path, MANIFEST), json.dumps(manifest, indent=1).encode())
-  return manifest
+  return dense
 
 
 def _payload(layers: dict, arrays: dict, dense: dict) -> dict:
