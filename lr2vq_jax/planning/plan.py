@@ -163,12 +163,7 @@ def plan(
   params = params_collection(variables)
   num_params = sum(math.prod(np.shape(leaf)) for _, leaf in iter_leaves(params))
   uncompressed = 4.0 * num_params
-  if (target_bytes is None) == (ratio is None):
-    raise ValueError("give exactly one of target_bytes and ratio")
-  if ratio is not None:
-    if not ratio > 1:
-      raise ValueError(f"ratio {ratio!r}: must be a number > 1")
-    target_bytes = uncompressed / ratio
+  target_bytes = _target(uncompressed, target_bytes, ratio)
   kernels = _kernels(params, layers)
   if not kernels:
     raise ValueError(f"no kernel matches layers={layers!r}")
@@ -179,14 +174,8 @@ def plan(
   rng = np.random.default_rng(
     np.asarray(jax.random.key_data(key)).ravel() if key is not None else 0
   )
-  options = {
-    path: cand.layer_candidates(
-      w, ms=ms, ks=ks, d=d, store=store, rng=rng, max_rows=max_rows, iters=iters,
-      allow_float=True,
-    ) if not (keep_float and re.search(keep_float, path)) else
-    [cand.Candidate(None, 0, 0, 4.0 * w.size, 0.0)]
-    for path, w in kernels.items()
-  }  # fmt: skip
+  search = dict(ms=ms, ks=ks, d=d, store=store, rng=rng, max_rows=max_rows, iters=iters)
+  options = {path: _options(path, w, keep_float, search) for path, w in kernels.items()}
   fixed = uncompressed - sum(4.0 * w.size for w in kernels.values())
   paths = list(kernels)
   costs = [[c.bytes for c in options[p]] for p in paths]
@@ -222,6 +211,24 @@ def plan(
   if abs(check - result.total_bytes) > 1e-6:  # the knapsack's bytes are the accounting's
     raise AssertionError(f"plan bytes {result.total_bytes} != size_report {check}")
   return result
+
+
+def _target(uncompressed: float, target_bytes: float | None, ratio: float | None) -> float:
+  """The byte budget: `target_bytes`, or the uncompressed bytes / `ratio` (exactly one given)."""
+  if (target_bytes is None) == (ratio is None):
+    raise ValueError("give exactly one of target_bytes and ratio")
+  if ratio is None:
+    return target_bytes
+  if not ratio > 1:
+    raise ValueError(f"ratio {ratio!r}: must be a number > 1")
+  return uncompressed / ratio
+
+
+def _options(path: str, kernel: np.ndarray, keep_float: str | None, search: dict) -> list:
+  """A layer's candidates: fp32 only where `keep_float` matches, else every (k, m, d̃) and fp32."""
+  if keep_float and re.search(keep_float, path):
+    return [cand.Candidate(None, 0, 0, 4.0 * kernel.size, 0.0)]
+  return cand.layer_candidates(kernel, allow_float=True, **search)
 
 
 def _sensitivity(model, variables, batches, kernels, key):
