@@ -380,16 +380,18 @@ def _loop(
         ckpt.save(done, state, _meta(stage, done, unlogged), force=True)
         last_good = done
       if preempted:
-        logging.warning("stage %s: SIGTERM, stopped at step %d (checkpointed)", stage.name, done)
+        logging.warning(
+          "stage %s: stopping at step %d (SIGTERM; checkpoint saved)", stage.name, done
+        )
         break
   if done == stop_at < stage.num_steps:
     logging.warning(
-      "stage %s: max_steps_this_run=%d reached, stopped at step %d of %d (checkpointed); "
+      "stage %s: stopping at step %d of %d (max_steps_this_run=%d; checkpoint saved); "
       "rerun the same command to continue",
       stage.name,
-      budget,
       done,
       stage.num_steps,
+      budget,
     )
   return state
 
