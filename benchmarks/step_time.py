@@ -1,7 +1,7 @@
 """Train-step time of float vs low-rank vs LR²VQ quantize vs vanilla DKM, measured in one process.
 
-Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state built
-like `trainer.abstract_state`/`init_state` do) on synthetic data; compile time is reported apart,
+Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state from
+`train.state.create_train_state` as in the trainer) on synthetic data; compile time is reported apart,
 step time is the median of --steps steps after one warm-up step. Models: ResNet-18 (224 px,
 batch 32, resnet18_small_blocks, LR²VQ d̃ = 4 as configs/imagenet_resnet18_small_lr2vq.py) and the
 embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile, the DKM forward
@@ -48,12 +48,12 @@ from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
 from lr2vq_jax.models import create_model  # noqa: E402
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
-from lr2vq_jax.train.step import (  # noqa: E402
-  OPTIMIZER_DEFAULTS,
-  TrainState,
-  create_optimizer,
-  make_train_step,
+from lr2vq_jax.train.state import (  # noqa: E402
+  abstract_train_state,
+  abstract_variables,
+  create_train_state,
 )
+from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS, create_optimizer, make_train_step  # noqa: E402
 
 # name: (model, preset, LR²VQ d̃, classes); d̃ as in configs/imagenet_*_lr2vq.py
 MODELS = {
@@ -94,16 +94,9 @@ def build(model_name: str, variant: str, args, quant: QuantConfig):
   mesh = partitioning.make_mesh()
   sample = jnp.zeros((1, size, size, channels), jnp.float32)
 
-  def init(rng):
-    variables = dict(model.init(rng, sample, train=False))
-    variables.pop("losses", None)
-    params = variables.pop("params")
-    tx = create_optimizer(cfg, 1000, params)
-    return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), rng)
-
-  target = partitioning.with_state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-  state = jax.jit(init, out_shardings=partitioning.shardings_of(target))(jax.random.key(0))
-  tx = create_optimizer(cfg, 1000, state.params)
+  tx = create_optimizer(cfg, 1000, abstract_variables(model, sample)["params"])
+  target = abstract_train_state(model, tx, sample, mesh)
+  state = create_train_state(model, tx, sample, mesh, jax.random.key(0))
   step = partitioning.jit_train_step(make_train_step(model, cfg, tx), target, mesh)
   rng = np.random.default_rng(0)
   batch = {

@@ -101,9 +101,9 @@ def sharding_mode(config) -> str:
   return mode
 
 
-def with_state_shardings(shapes: Any, mesh, config=None) -> Any:
-  """Attaches the target sharding to every `ShapeDtypeStruct` of an abstract train state."""
-  mode = sharding_mode(config)
+def with_state_shardings(shapes: Any, mesh, mode: str = "replicated") -> Any:
+  """Attaches the target sharding (`spec_for`, `mode` in MODES) to every `ShapeDtypeStruct` of
+  an abstract train state."""
 
   def one(path, s):
     spec = spec_for(path_str(path), tuple(s.shape), mesh, mode)
@@ -114,26 +114,6 @@ def with_state_shardings(shapes: Any, mesh, config=None) -> Any:
 
 def shardings_of(abstract: Any) -> Any:
   return jax.tree.map(lambda s: s.sharding, abstract)
-
-
-def init_state(stage, target, variables, key, from_variables: Callable, sample: Callable):
-  """The initial state, created directly with its target shardings (jit + out_shardings).
-
-  With several processes, process 0's host `variables` are broadcast so that every replica is
-  identical even if the conversion (k-means on each host) differed in the last bit.
-  """
-  out = shardings_of(target)
-  with jax.set_mesh(stage.mesh):
-    if variables is None:
-
-      def init(rng):
-        return from_variables(stage, dict(stage.model.init(rng, sample(stage), train=False)), rng)
-
-      return jax.jit(init, out_shardings=out)(key)
-    if jax.process_count() > 1:
-      variables = multihost_utils.broadcast_one_to_all(variables)
-    variables = jax.device_put(variables, replicated(stage.mesh))
-    return jax.jit(lambda v, rng: from_variables(stage, v, rng), out_shardings=out)(variables, key)
 
 
 def jit_train_step(step: Callable, target: Any, mesh) -> Callable:

@@ -156,7 +156,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -
     logging.info("=== stage %s ===", name)
     state, results = run_stage(config, name, workdir)
     if results.get("preempted"):
-      logging.warning("preempted during stage %s; rerun the same command to resume", name)
+      logging.warning("stopped during stage %s; rerun the same command to resume", name)
       return None
     if name == "float":
       stage = build_stage(config, name, workdir)

@@ -50,8 +50,7 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
       distill_temperature=1.0,
       teacher="",  # the float stage's directory ("": <workdir>/float)
       bn_reestimate_batches=0,  # before export: BN statistics recomputed with the hard weights
-      stop_after_steps=0,  # tests: stop as if interrupted
-      debug_nan_at_step=0,  # tests: inject NaN into the params before this step
+      max_steps_this_run=0,  # >0: stop (checkpointed) after this many steps; rerun to resume
     )
   )
   cfg.update(kw)

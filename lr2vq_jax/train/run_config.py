@@ -36,7 +36,7 @@ NEUTRAL = (
   r"^(preset|k|m|d|rules)$",  # compared through resolved_rules, the rules they resolve to
   r"\.init_from$",  # a stage with checkpoints resumes from them, not from init_from
   r"^sharding$",
-  r"\.(log_every|checkpoint_every|stop_after_steps|debug_nan_at_step|bn_reestimate_batches)$",
+  r"\.(log_every|checkpoint_every|max_steps_this_run|bn_reestimate_batches)$",
   r"^data\.(eval_batch_size|data_dir|manual_dir|prepare_if_missing|shuffle_buffer)$",
   r"^quant\.chunk_size$",
 )

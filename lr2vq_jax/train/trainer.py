@@ -9,6 +9,7 @@ resumes automatically from its own checkpoints. Data order and RNG are keyed by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from lr2vq_jax import convert, paths
@@ -27,6 +29,7 @@ from lr2vq_jax.train import checkpointing, hard_codes, input_pipeline, partition
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
 from lr2vq_jax.train.preemption import Preemption
+from lr2vq_jax.train.state import abstract_train_state, abstract_variables, create_train_state
 from lr2vq_jax.train.step import (
   TrainState,
   create_optimizer,
@@ -68,6 +71,17 @@ class Stage:
   @property
   def quant(self) -> QuantConfig:
     return quant_config(self.config, self.name)
+
+  @property
+  def sample_input(self) -> jax.Array:
+    """One image of the dataset's shape, what `model.init` traces the model with."""
+    return jnp.zeros((1, *self.info.image_shape), jnp.float32)
+
+  @functools.cached_property
+  def tx(self) -> optax.GradientTransformation:
+    """The stage's optimizer (schedule, frozen params) for its model's parameter tree."""
+    params = abstract_variables(self.model, self.sample_input)["params"]
+    return create_optimizer(self.cfg, self.num_steps, params)
 
 
 def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) -> QuantConfig:
@@ -113,26 +127,10 @@ def build_stage(config: ml_collections.ConfigDict, name: str, workdir: str) -> S
   )
 
 
-def _sample_input(stage: Stage) -> jax.ShapeDtypeStruct:
-  return jnp.zeros((1, *stage.info.image_shape), jnp.float32)
-
-
-def _state_from_variables(stage: Stage, variables: dict, rng) -> TrainState:
-  variables = {c: v for c, v in variables.items() if c != "losses"}
-  params = variables.pop("params")
-  tx = create_optimizer(stage.cfg, stage.num_steps, params)
-  return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), rng)
-
-
 def abstract_state(stage: Stage) -> TrainState:
   """Shapes, dtypes and target shardings of the stage's state, computed without any weights."""
-
-  def init(rng):
-    variables = stage.model.init(rng, _sample_input(stage), train=False)
-    return _state_from_variables(stage, dict(variables), rng)
-
-  shapes = jax.eval_shape(init, jax.random.key(0))
-  return partitioning.with_state_shardings(shapes, stage.mesh, stage.config)
+  mode = partitioning.sharding_mode(stage.config)
+  return abstract_train_state(stage.model, stage.tx, stage.sample_input, stage.mesh, mode)
 
 
 def _initial_variables(stage: Stage, key) -> dict | None:
@@ -144,7 +142,7 @@ def _initial_variables(stage: Stage, key) -> dict | None:
   directory = init_from or prev.workdir
   prev_state = restore_final(prev, directory)
   variables = partitioning.to_host(prev_state.variables())  # Z may span processes
-  plan = plan_model(stage.float_model, stage.rules, _sample_input(stage), train=False)
+  plan = plan_model(stage.float_model, stage.rules, stage.sample_input, train=False)
   q, quant = stage.config.quant, stage.quant
   if stage.name == "lowrank":
     return convert.float_to_lowrank(variables, stage.rules, plan=plan, config=quant)
@@ -232,7 +230,8 @@ def run_stage(
 ) -> tuple[TrainState, dict]:
   """Trains stage `name` to its last step (resuming if possible); returns (state, eval metrics).
 
-  Returns early with `preempted=True` in the metrics when SIGTERM arrived (state checkpointed).
+  Returns early with `preempted=True` in the metrics when SIGTERM arrived or the stage's
+  `max_steps_this_run` steps were done (state checkpointed; the same command resumes).
   """
   stage = build_stage(config, name, workdir)
   paths.makedirs(stage.workdir)
@@ -261,12 +260,13 @@ def _train_and_evaluate(stage: Stage, target, ckpt, logger) -> tuple[TrainState,
   else:
     start = 0
     variables = _initial_variables(stage, key)
-    state = partitioning.init_state(
-      stage, target, variables, key, _state_from_variables, _sample_input
+    mode = partitioning.sharding_mode(config)
+    state = create_train_state(
+      stage.model, stage.tx, stage.sample_input, stage.mesh, key, variables, mode
     )
     ckpt.save(0, state, _meta(stage, 0), force=True)
   train_step = partitioning.jit_train_step(
-    make_train_step(stage.model, stage.cfg, _tx(stage, state), stage.num_steps),
+    make_train_step(stage.model, stage.cfg, stage.tx, stage.num_steps),
     target,
     stage.mesh,
   )
@@ -313,29 +313,11 @@ def _teacher(stage: Stage):
   return logits
 
 
-def _tx(stage: Stage, state: TrainState):
-  return create_optimizer(stage.cfg, stage.num_steps, state.params)
-
-
 def _has_eval_row(logger: MetricsLogger, step: int) -> bool:
   return any(
     r["step"] == step and r["stage"] == logger.stage and "eval_top1" in r["scalars"]
     for r in logger.read_rows()
   )
-
-
-def _poison(state: TrainState) -> TrainState:
-  """Test hook (`debug_nan_at_step`): NaN into the last param leaf, as a diverging update does."""
-  leaves = jax.tree_util.tree_leaves_with_path(state.params)
-  target = jax.tree_util.keystr(leaves[-1][0])
-  logging.warning("debug_nan_at_step: writing NaN into params%s", target)
-
-  def one(path, x):
-    if jax.tree_util.keystr(path) != target:
-      return x
-    return jax.device_put(jnp.full(x.shape, jnp.nan, x.dtype), x.sharding)
-
-  return state.replace(params=jax.tree_util.tree_map_with_path(one, state.params))
 
 
 def _loop(
@@ -352,8 +334,9 @@ def _loop(
 ) -> TrainState:
   log_every = max(1, int(stage.cfg.get("log_every", 50)))
   ckpt_every = max(1, int(stage.cfg.get("checkpoint_every", 500)))
-  stop_at = int(stage.cfg.get("stop_after_steps", 0) or 0)  # for tests: simulate an interruption
-  nan_at = int(stage.cfg.get("debug_nan_at_step", 0) or 0)  # for tests: step `nan_at` goes NaN
+  # A time-limited job trains at most `max_steps_this_run` steps, checkpoints and returns.
+  budget = int(stage.cfg.get("max_steps_this_run", 0) or 0)
+  stop_at = min(start + budget, stage.num_steps) if budget else stage.num_steps
   last_good = start
   started = time.monotonic()
   with Preemption() as preempt:
@@ -361,12 +344,11 @@ def _loop(
     # Host metrics since the last log row; saved in each checkpoint's meta, so a log row averages
     # the same steps whether or not the run was interrupted in between.
     unlogged: list[dict] = [dict(m) for m in pending]
-    for step in range(start, stage.num_steps):
+    done = start
+    for step in range(start, stop_at):
       batch = partitioning.global_batch(next(train_iter), stage.mesh)
       if teacher is not None:
         batch["teacher_logits"] = teacher(batch["image"])
-      if step + 1 == nan_at:
-        state = _poison(state)
       state, metrics = train_step(state, batch)
       window.append(metrics)
       done = step + 1
@@ -374,7 +356,7 @@ def _loop(
         hook(done)
       boundary = done % log_every == 0 or done == stage.num_steps
       preempted = preempt.requested  # read once: a signal landing mid-iteration waits a step
-      saving = done % ckpt_every == 0 or done == stage.num_steps or preempted
+      saving = done % ckpt_every == 0 or done == stop_at or preempted
       if boundary or saving:
         host = jax.device_get(window)
         window = []
@@ -397,10 +379,20 @@ def _loop(
       if saving:
         ckpt.save(done, state, _meta(stage, done, unlogged), force=True)
         last_good = done
-      if preempted or (stop_at and done >= stop_at):
-        saved = "checkpoint saved" if saving else f"last checkpoint at step {last_good}"
-        logging.warning("stage %s: stopping at step %d (%s)", stage.name, done, saved)
+      if preempted:
+        logging.warning(
+          "stage %s: stopping at step %d (SIGTERM; checkpoint saved)", stage.name, done
+        )
         break
+  if done == stop_at < stage.num_steps:
+    logging.warning(
+      "stage %s: stopping at step %d of %d (max_steps_this_run=%d; checkpoint saved); "
+      "rerun the same command to continue",
+      stage.name,
+      done,
+      stage.num_steps,
+      budget,
+    )
   return state
 
 

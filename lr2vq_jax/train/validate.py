@@ -128,7 +128,7 @@ def _check_stage(config, name: str) -> None:
   _number(config, f"{s}.lr", low=0.0, strict=True)
   _int(config, f"{s}.num_steps", low=0)
   _number(config, f"{s}.num_epochs", low=0.0)
-  for field in ("warmup_steps", "stop_after_steps", "debug_nan_at_step"):
+  for field in ("warmup_steps", "max_steps_this_run"):
     _int(config, f"{s}.{field}", low=0)
   for field in ("final_lr_factor", "weight_decay", "grad_clip", "tau_alpha"):
     _number(config, f"{s}.{field}", low=0.0)

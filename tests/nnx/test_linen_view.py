@@ -61,7 +61,8 @@ def test_train_steps_of_the_training_system_match_linen(models):
   """Two steps of the trainer's own jitted quantize step: the same state for both front ends."""
   from lr2vq_jax.train import trainer
   from lr2vq_jax.train.config import load_config
-  from lr2vq_jax.train.step import create_optimizer, make_train_step
+  from lr2vq_jax.train.state import state_from_variables
+  from lr2vq_jax.train.step import make_train_step
 
   x, _, _, variables = models
   config = load_config("configs/default.py:quick")
@@ -76,9 +77,8 @@ def test_train_steps_of_the_training_system_match_linen(models):
       key=jax.random.key(1),
       config=stage.quant,
     )
-    state = trainer._state_from_variables(stage, dict(v), jax.random.key(0))
-    tx = create_optimizer(stage.cfg, stage.num_steps, state.params)
-    step = jax.jit(make_train_step(stage.model, stage.cfg, tx, stage.num_steps))
+    state = state_from_variables(v, stage.tx, jax.random.key(0))
+    step = jax.jit(make_train_step(stage.model, stage.cfg, stage.tx, stage.num_steps))
     batch = {"image": x, "label": jax.numpy.arange(4) % 10}
     with jax.set_mesh(stage.mesh):
       for _ in range(2):

@@ -17,12 +17,12 @@ def test_nnx_model_pipeline_interrupted_resumed_exported(tmp_path, capsys):
   config = load_config("configs/default.py:quick")
   config.model = "digits_cnn_nnx"
   config.stages = "float,lowrank,quantize"
-  config.quantize.stop_after_steps = 3
+  config.quantize.max_steps_this_run = 3
   config.quantize.checkpoint_every = 3
   pipeline.run(config, str(tmp_path))
   stopped = [r["step"] for r in _rows(tmp_path / "quantize" / "metrics.jsonl")]
   assert max(stopped) == 3  # interrupted mid-stage, checkpoint at step 3
-  config.quantize.stop_after_steps = 0
+  config.quantize.max_steps_this_run = 0
   records = pipeline.run(config, str(tmp_path), allow_config_change=True)
   rows = _rows(tmp_path / "quantize" / "metrics.jsonl")
   assert any("eval_top1" in r["scalars"] for r in rows) and max(r["step"] for r in rows) == 6

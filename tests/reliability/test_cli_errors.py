@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 import pytest
 
@@ -54,27 +53,13 @@ def test_train_bad_config_value(tmp_path, override, message):
   assert not workdir.exists()
 
 
-NAN_CONFIG = """
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location("_base", {base!r})
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
-
-
-def get_config(arg=None):
-  config = _base.get_config("quick")
-  config.stages = "float"
-  config.float.update(num_steps=9, checkpoint_every=2, log_every=3, debug_nan_at_step=5)
-  return config
-"""
-
-
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-  path = tmp_path / "nan_config.py"
-  path.write_text(textwrap.dedent(NAN_CONFIG.format(base=helpers.QUICK.split(":")[0])))
   workdir = tmp_path / "wd"
-  out = helpers.run(helpers.train_cmd(workdir, config=str(path)))
+  flags = ("stages=float", "float.num_steps=9", "float.checkpoint_every=2", "float.log_every=3")
+  cmd = helpers.train_cmd(workdir, *(f"--config.{f}" for f in flags))
+  # the real entry point, NaN written into the params before step 5 (tests/reliability/nan_at_step)
+  cmd[1:3] = ["-m", "tests.reliability.nan_at_step", "5"]
+  out = helpers.run(cmd)
   assert out.returncode == 1, out.stderr[-3000:]
   _two_lines(out.stderr, "stage float: non-finite loss or params at step 5 (layers: ")
   assert "last good checkpoint: step 4" in out.stderr

@@ -29,7 +29,7 @@ def test_checkpoint_from_8_devices_resumes_on_4(prepared, request, tmp_path):
   workdir = copy_workdir(prepared, tmp_path / "run")
   flags = ("--config.stages=quantize",)
   log = tmp_path / "log8.txt"
-  cmd = main_cmd(workdir, *flags, "--config.quantize.stop_after_steps=3")
+  cmd = main_cmd(workdir, *flags, "--config.quantize.max_steps_this_run=3")
   proc = start(cmd, child_env(8, tmp_path / "a"), log)
   try:
     reference = request.getfixturevalue("reference_4dev")  # trains meanwhile, if not done yet

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
   config = get_config("quick")
   stage = trainer.build_stage(config, "quantize", sys.argv[1])
   assert jax.device_count() == 4 and stage.mesh.shape["data"] == 4
-  init = jax.jit(lambda k: stage.model.init(k, trainer._sample_input(stage), train=False))
+  init = jax.jit(lambda k: stage.model.init(k, stage.sample_input, train=False))
   host = jax.device_get(dict(init(jax.random.key(0))))
   target = partitioning.with_state_shardings(jax.eval_shape(lambda: host), stage.mesh)
   sharded = jax.device_put(host, partitioning.shardings_of(target))

@@ -34,7 +34,8 @@ CHILD = textwrap.dedent(
   import jax, numpy as np
   from configs.default import get_config
   from lr2vq_jax.train import input_pipeline, partitioning, trainer
-  from lr2vq_jax.train.step import create_optimizer, learning_rate_schedule, make_train_step
+  from lr2vq_jax.train.state import create_train_state
+  from lr2vq_jax.train.step import learning_rate_schedule, make_train_step
 
   config = get_config("quick")
   base = trainer.build_stage(config, "quantize", sys.argv[1])
@@ -43,12 +44,13 @@ CHILD = textwrap.dedent(
 
   def train(stage):
     target = trainer.abstract_state(stage)
-    state = partitioning.init_state(
-      stage, target, None, jax.random.key(0), trainer._state_from_variables, trainer._sample_input
+    state = create_train_state(
+      stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
     )
     init = jax.device_get(state.params)
-    tx = create_optimizer(stage.cfg, stage.num_steps, state.params)
-    step = partitioning.jit_train_step(make_train_step(stage.model, stage.cfg, tx), target, stage.mesh)
+    step = partitioning.jit_train_step(
+      make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
+    )
     batches = input_pipeline.build_input(config.data, split="train", start_step=0)
     batch = partitioning.global_batch(next(batches), stage.mesh)
     with jax.set_mesh(stage.mesh):

@@ -21,7 +21,7 @@ from lr2vq_jax.train.step import make_eval_step
 def quantized(tmp_path_factory):
   config = get_config("quick")
   stage = trainer.build_stage(config, "quantize", str(tmp_path_factory.mktemp("run")))
-  variables = jax.jit(lambda key: stage.model.init(key, trainer._sample_input(stage), train=False))(
+  variables = jax.jit(lambda key: stage.model.init(key, stage.sample_input, train=False))(
     jax.random.key(0)
   )
   return config, stage, dict(variables)

@@ -1,0 +1,82 @@
+"""A model's train state, created directly on its target shardings.
+
+As in flax's lm1b and big_vision: the state's shapes come from `jax.eval_shape` (no weights), the
+partitioning rules turn them into shardings, and `jax.jit(init, out_shardings=...)` builds the
+state already split over the mesh, so no device ever holds an unsharded copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.experimental import multihost_utils
+
+from lr2vq_jax.nn import LOSSES
+from lr2vq_jax.train import partitioning
+from lr2vq_jax.train.step import TrainState
+
+
+def state_from_variables(variables: Mapping, tx: optax.GradientTransformation, rng) -> TrainState:
+  """Step 0 of training from a model's variables (`params` + state collections; no `losses`)."""
+  variables = {c: v for c, v in variables.items() if c != LOSSES}
+  params = variables.pop("params")
+  return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), rng)
+
+
+def abstract_variables(model, sample_input: jax.Array) -> dict:
+  """Shapes and dtypes of `model.init(rng, sample_input, train=False)`, computed without weights."""
+  init = lambda rng: dict(model.init(rng, sample_input, train=False))  # noqa: E731
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def abstract_train_state(
+  model,
+  tx: optax.GradientTransformation,
+  sample_input: jax.Array,
+  mesh: jax.sharding.Mesh,
+  sharding: str = "replicated",
+) -> TrainState:
+  """Shapes, dtypes and target shardings (`partitioning.STATE_RULES`, `sharding` mode) of the
+  state; what a restore places a checkpoint on."""
+
+  def init(rng):
+    return state_from_variables(dict(model.init(rng, sample_input, train=False)), tx, rng)
+
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  return partitioning.with_state_shardings(shapes, mesh, sharding)
+
+
+def create_train_state(
+  model,
+  tx: optax.GradientTransformation,
+  sample_input: jax.Array,
+  mesh: jax.sharding.Mesh,
+  rng: jax.Array,
+  variables: Mapping | None = None,
+  sharding: str = "replicated",
+) -> TrainState:
+  """The state at step 0 on its target shardings: from `model.init(rng, ...)`, or from given
+  host `variables` (e.g. converted from the previous stage; then `model` only shapes the state).
+
+  With several processes, process 0's `variables` are broadcast so that every replica is identical
+  even if a conversion (k-means on each host) differed in the last bit.
+  """
+  target = abstract_train_state(model, tx, sample_input, mesh, sharding)
+  out = partitioning.shardings_of(target)
+  with jax.set_mesh(mesh):
+    if variables is None:
+
+      def init(key):
+        return state_from_variables(dict(model.init(key, sample_input, train=False)), tx, key)
+
+      return jax.jit(init, out_shardings=out)(rng)
+    variables = dict(variables)
+    if jax.process_count() > 1:
+      variables = multihost_utils.broadcast_one_to_all(variables)
+    variables = jax.device_put(variables, partitioning.replicated(mesh))
+    return jax.jit(lambda v, key: state_from_variables(v, tx, key), out_shardings=out)(
+      variables, rng
+    )
