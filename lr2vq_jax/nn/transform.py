@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lr2vq_jax.core.accounting import table_bytes
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
 from lr2vq_jax.nn import layers
 from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
@@ -216,7 +217,7 @@ def describe(model: nn.Module, rules: Rule | Sequence[Rule], *args, **kwargs) ->
       rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
     else:
       plan = plan_layer(path, shape, rule, n_out_dims=n_out)
-      nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
+      nbytes = -(-plan.code_bits // 8) + table_bytes(plan.k, plan.m, plan.d, "codebook")
       ks.append((path, rule.k, plan.k))
       cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
       rows.append((path, rule.pattern, str(shape), *map(str, cells)))

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from flax import nnx
 
+from lr2vq_jax.core.accounting import table_bytes
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, k_cell, k_notes, plan_layer, resolve
 from lr2vq_jax.nnx.kernel import QuantizedKernel
 
@@ -111,7 +112,7 @@ def describe(model: nnx.Module, rules: Rule | Sequence[Rule]) -> str:
       rows.append((path, label, str(shape), "-", "-", "-", "-", "32", str(nbytes)))
     else:
       plan = layer_plan(path, layer, rule, rules)
-      nbytes = -(-plan.code_bits // 8) + 2 * plan.k * plan.m
+      nbytes = -(-plan.code_bits // 8) + table_bytes(plan.k, plan.m, plan.d, "codebook")
       ks.append((path, rule.k, plan.k))
       cells = (plan.n, k_cell(rule.k, plan.k), plan.m, plan.d, plan.bits_per_code, nbytes)
       rows.append((path, rule.pattern, str(shape), *map(str, cells)))
