@@ -126,10 +126,10 @@ def _target(args: argparse.Namespace) -> _Target:
     raise CLIError(str(e), e.hint) from None
   rules = config_rules(config)
   rules = rules if args.d is None else presets.with_d(rules, args.d)
-  from lr2vq_jax.train.input_pipeline import _NUM_CLASSES
+  from lr2vq_jax.train.input_pipeline import NUM_CLASSES
 
   data = config.data
-  model = _model(config.model, _NUM_CLASSES[data.name])
+  model = _model(config.model, NUM_CLASSES[data.name])
   shape = (data.image_size, data.image_size, 1 if data.name == "digits" else 3)
   return _Target(model, shape, rules, f"config {args.config}: model {config.model}")
 
