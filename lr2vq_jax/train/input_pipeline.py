@@ -50,6 +50,7 @@ CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
 CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet2012": 1000}  # also the dataset names
 NATIVE_IMAGE_SIZE = {"digits": 8, "cifar10": 32}  # fixed sizes; imagenet2012 resizes
+CHANNELS = {"digits": 1, "cifar10": 3, "imagenet2012": 3}
 _SHUFFLE_SALT, _AUGMENT_SALT = 0x5EED, 0xA06
 
 
@@ -226,22 +227,20 @@ def dataset_info(cfg: ml_collections.ConfigDict, *, process_count: int | None = 
   """Example counts, classes and image shape for `cfg` (prepares/validates imagenet2012)."""
   _check_image_size(cfg)
   s = cfg.image_size
+  shape = (s, s, CHANNELS[cfg.name])
   if cfg.name == "imagenet2012":
     builder = _imagenet_builder(cfg, process_count or jax.process_count())
     counts = [
       _num_examples(builder, sp) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)
     ]
-    shape = (s, s, 3)
   elif cfg.name == "digits":
     counts = [len(_digits_split(sp)[1]) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)]
-    shape = (s, s, 1)
   else:
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
     builder.download_and_prepare()
     counts = [
       _num_examples(builder, sp) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)
     ]
-    shape = (s, s, 3)
   return DataInfo(cfg.name, NUM_CLASSES[cfg.name], shape, *counts)
 
 

@@ -248,7 +248,7 @@ def _check_rules(config) -> None:
     raise ConfigError(field, str(e), "fix the rules") from None
   name = config.data.name
   size = config.data.image_size
-  channels = 1 if name == "digits" else 3
+  channels = input_pipeline.CHANNELS[name]
   model = create_model(
     config.model,
     num_classes=input_pipeline.NUM_CLASSES[name],
