@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from lr2vq_jax.core import codec, lowrank, subvectors
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core.accounting import table_bytes
 from lr2vq_jax.core.kmeans import kmeans
 
@@ -66,7 +67,13 @@ jax.tree_util.register_dataclass(
 
 
 def compress_tensor(
-  w: jax.Array, *, k: int, m: int, d: int | None = None, key: jax.Array, iters: int = 25
+  w: jax.Array,
+  *,
+  k: int,
+  m: int,
+  d: int | None = None,
+  key: jax.Array,
+  iters: int = kmeans_lib.ITERS,
 ) -> CompressedTensor:
   """to_subvectors(w, m) -> SVD init (Z, P) with d̃ = d (None: m) -> k-means++/Lloyd on Z.
 
