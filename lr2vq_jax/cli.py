@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lr2vq_jax import paths
+from lr2vq_jax.core.accounting import STORES
+from lr2vq_jax.core.recorded import DEFAULTS
 
 # Registered models (lr2vq_jax.models.MODELS) → the input shape `--model` traces them with.
 MODELS = {
@@ -126,11 +128,11 @@ def _target(args: argparse.Namespace) -> _Target:
     raise CLIError(str(e), e.hint) from None
   rules = config_rules(config)
   rules = rules if args.d is None else presets.with_d(rules, args.d)
-  from lr2vq_jax.train.input_pipeline import _NUM_CLASSES
+  from lr2vq_jax.train.input_pipeline import CHANNELS, NUM_CLASSES
 
   data = config.data
-  model = _model(config.model, _NUM_CLASSES[data.name])
-  shape = (data.image_size, data.image_size, 1 if data.name == "digits" else 3)
+  model = _model(config.model, NUM_CLASSES[data.name])
+  shape = (data.image_size, data.image_size, CHANNELS[data.name])
   return _Target(model, shape, rules, f"config {args.config}: model {config.model}")
 
 
@@ -139,7 +141,7 @@ def _target(args: argparse.Namespace) -> _Target:
   "print the per-layer size table (PQF/BGD convention) from shapes alone",
   *_model_args(),
   arg("--config", default=None, help="experiment config FILE[:arg]: its model, input and rules"),
-  arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
+  arg("--store", choices=STORES, default=DEFAULTS["store"], help="table layout"),
 )
 def report(args: argparse.Namespace) -> int:
   import jax
@@ -275,7 +277,7 @@ def _select_dim_on_task(args: argparse.Namespace, cands: list[int] | None) -> in
   arg("--d", type=int, default=None, help="d̃ cap (default: the config's d; 0: d̃ = m)"),
   arg("--layers", default=None, help="plan only kernels whose path re.search-es this regex"),
   arg("--keep-float", default=None, help="kernels matching this regex stay fp32"),
-  arg("--store", choices=("codebook", "factored"), default="codebook", help="table layout"),
+  arg("--store", choices=STORES, default=DEFAULTS["store"], help="table layout"),
   arg("--ms", default=None, help="candidate m values, comma-separated (default 1..36 divisors)"),
   arg("--ks", default=None, help="candidate k values, powers of two (default 2..2048)"),
   arg("--out", default=None, help="write the rules file here"),

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core import recorded, stages
 from lr2vq_jax.core.kernel import QUANT, QuantConfig
 from lr2vq_jax.core.recorded import StageError
@@ -129,7 +130,7 @@ def lowrank_to_quantize(
   rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
-  kmeans_iters: int = 25,
+  kmeans_iters: int = kmeans_lib.ITERS,
   tau_alpha: float | None = None,
   config: QuantConfig | None = None,
 ) -> dict:
@@ -209,7 +210,7 @@ def float_to_pq(
   rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
-  kmeans_iters: int = 25,
+  kmeans_iters: int = kmeans_lib.ITERS,
   plan: Plan | None = None,
   config: QuantConfig | None = None,
 ) -> dict:
@@ -232,7 +233,7 @@ def float_to_dkm(
   rules: Rule | Sequence[Rule],
   *,
   key: jax.Array,
-  kmeans_iters: int = 25,
+  kmeans_iters: int = kmeans_lib.ITERS,
   tau_alpha: float | None = None,
   plan: Plan | None = None,
   config: QuantConfig | None = None,

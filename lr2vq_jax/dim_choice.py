@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from lr2vq_jax import convert, presets
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core.dimension import default_candidates
 from lr2vq_jax.core.rules import Rule, as_rules
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
@@ -58,7 +59,7 @@ def select_dim(
   sample: Any = None,
   config: QuantConfig | None = None,
   key: jax.Array | None = None,
-  kmeans_iters: int = 25,
+  kmeans_iters: int = kmeans_lib.ITERS,
 ) -> DimScores:
   """Scores every candidate d̃ (default 1..m) of `rules` on the float `variables` of `model`.
 

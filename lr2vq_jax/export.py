@@ -375,7 +375,7 @@ def _check_layer(name: str, layer: dict, arrays: dict, where: str) -> None:
   if layer["bits"] != codec.bits_per_code(k):
     problems.append(f"bits {layer['bits']} for k={k}")
   codes = arrays[layer["arrays"]["codes"]["key"]]
-  if codes.dtype != np.uint8 or codes.shape != ((n * layer["bits"] + 7) // 8,):
+  if codes.dtype != np.uint8 or codes.shape != (codec.packed_size(n, k),):
     problems.append(f"codes {codes.dtype}{list(codes.shape)} for n={n}")
   for part, shape in want.items():
     if part in layer["arrays"] and arrays[layer["arrays"][part]["key"]].shape != shape:

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr2vq_jax.core.kmeans import assign
+from lr2vq_jax.core.kmeans import CHUNK_SIZE, assign
 
 MAX_K = 65536
 
 
-def encode(x: jax.Array, codebook: jax.Array, *, chunk_size: int = 65536) -> jax.Array:
+def encode(x: jax.Array, codebook: jax.Array, *, chunk_size: int = CHUNK_SIZE) -> jax.Array:
   """Index of the nearest codeword for each row of x (n, d): (n,) int32, chunked over n."""
   codes, _ = assign(x, jnp.asarray(codebook, jnp.float32), chunk_size=chunk_size)
   return codes

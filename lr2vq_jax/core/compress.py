@@ -7,12 +7,13 @@ product quantization (k-means on the raw subvectors, up to float rounding).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 
-from lr2vq_jax.core import lowrank, subvectors
+from lr2vq_jax.core import codec, lowrank, subvectors
+from lr2vq_jax.core import kmeans as kmeans_lib
+from lr2vq_jax.core.accounting import table_bytes
 from lr2vq_jax.core.kmeans import kmeans
 
 
@@ -57,12 +58,7 @@ class CompressedTensor:
   def num_bits(self, store: str = "factored") -> int:
     """n·ceil(log2 k) code bits + fp16 tables: 16·(k·d̃ + d̃·m) for C and P ("factored", default)
     or 16·k·m for the merged codebook C·P ("codebook", the PQF-convention figure)."""
-    code_bits = self.n * max(1, math.ceil(math.log2(self.k)))
-    if store == "factored":
-      return code_bits + 16 * (self.k * self.d + self.d * self.m)
-    if store == "codebook":
-      return code_bits + 16 * self.k * self.m
-    raise ValueError(f"store={store!r}: expected 'factored' or 'codebook'")
+    return self.n * codec.bits_per_code(self.k) + 8 * table_bytes(self.k, self.m, self.d, store)
 
 
 jax.tree_util.register_dataclass(
@@ -71,7 +67,13 @@ jax.tree_util.register_dataclass(
 
 
 def compress_tensor(
-  w: jax.Array, *, k: int, m: int, d: int | None = None, key: jax.Array, iters: int = 25
+  w: jax.Array,
+  *,
+  k: int,
+  m: int,
+  d: int | None = None,
+  key: jax.Array,
+  iters: int = kmeans_lib.ITERS,
 ) -> CompressedTensor:
   """to_subvectors(w, m) -> SVD init (Z, P) with d̃ = d (None: m) -> k-means++/Lloyd on Z.
 

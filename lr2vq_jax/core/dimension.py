@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core import lowrank, subvectors
 from lr2vq_jax.core.kmeans import kmeans, kmeans_plusplus
 from lr2vq_jax.core.rules import Rule, iter_leaves, params_collection, plan_layers
@@ -107,7 +108,7 @@ def estimate_dim(
   m: int,
   candidates: Sequence[int] | None = None,
   key: jax.Array | None = None,
-  iters: int = 25,
+  iters: int = kmeans_lib.ITERS,
   max_rows: int | None = None,
 ) -> DimEstimate:
   """Low-rank and measured clustering error of kernel `w` for each candidate d̃ (default 1..m).
@@ -201,7 +202,7 @@ def estimate_dim_model(
   layers: str | None = None,
   candidates: Sequence[int] | None = None,
   key: jax.Array | None = None,
-  iters: int = 25,
+  iters: int = kmeans_lib.ITERS,
   max_rows: int | None = None,
 ) -> ModelDimEstimate:
   """estimate_dim for every layer the rules compress (k after clamp), optionally only paths

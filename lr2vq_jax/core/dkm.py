@@ -34,6 +34,8 @@ MIN_CPU_ROWS = 64
 
 
 GRADS = ("unrolled", "last")
+ITERS = 3  # centroid updates per forward pass
+CHUNK_SIZE = 4096  # rows of z per chunk (memory bound)
 
 
 def _check_grad(grad: str) -> None:
@@ -83,7 +85,7 @@ def _prepare(z, centroids, tau):
 
 
 @functools.partial(jax.jit, static_argnames=("iters", "grad"))
-def dkm_naive(z: jax.Array, centroids: jax.Array, *, tau, iters: int = 3, grad: str = "unrolled"):
+def dkm_naive(z: jax.Array, centroids: jax.Array, *, tau, iters: int = ITERS, grad: str = GRADS[0]):
   """Reference DKM holding the full n x k attention: returns (z_soft (n, d), centroids (k, d))."""
   _check_grad(grad)
   z32, c, tau32 = _prepare(z, centroids, tau)
@@ -127,7 +129,7 @@ def row_axes(axis_name: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], 
   return (names, shards) if shards > 1 else ((), 1)
 
 
-def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = "unrolled"):
+def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = GRADS[0]):
   """DKM over chunked rows zs (chunks, chunk, d); inside `shard_map` over `axes`, the partial
   sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty)."""
   k, d = c.shape
@@ -185,10 +187,10 @@ def dkm(
   centroids: jax.Array,
   *,
   tau,
-  iters: int = 3,
-  chunk_size: int = 4096,
+  iters: int = ITERS,
+  chunk_size: int = CHUNK_SIZE,
   axis_name: str | tuple[str, ...] | None = None,
-  grad: str = "unrolled",
+  grad: str = GRADS[0],
 ):
   """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from lr2vq_jax.core import codec, recorded
 from lr2vq_jax.core import dkm as dkm_lib
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core.recorded import DEFAULTS, PROJECTIONS, STORES
 
 STAGES = ("float", "lowrank", "quantize", "frozen")
@@ -40,14 +41,14 @@ class QuantConfig:
   dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
   # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
   # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
-  dkm_grad: str = "unrolled"
+  dkm_grad: str = dkm_lib.GRADS[0]
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None
   # "learned" (default): P is any d̃×m matrix; "orthonormal": the layer uses P's Gram-Schmidt (QR)
   # factor, rows orthonormal (a Stiefel parametrization), so Z carries all the scale.
   projection: str | None = None
-  chunk_size: int = 4096  # rows of Z per DKM/assignment chunk (memory bound)
+  chunk_size: int = dkm_lib.CHUNK_SIZE  # rows of Z per DKM/assignment chunk (memory bound)
   # Mesh axis that training-time DKM splits the rows of Z over when a mesh is set (`jax.set_mesh`,
   # see train/partitioning.py); None or a one-device axis: unsharded.
   shard_axis: str | None = None
@@ -167,7 +168,7 @@ def stored_rows(codes, codebook, projection, store) -> jax.Array:
   return jax.lax.switch(store, branches, codebook, projection)
 
 
-def temperature(z, codebook, alpha: float, chunk_size: int = 65536) -> jax.Array:
+def temperature(z, codebook, alpha: float, chunk_size: int = kmeans_lib.CHUNK_SIZE) -> jax.Array:
   """τ = α · mean squared distance from each row of Z to its nearest centroid."""
   z = z.astype(jnp.float32)
   codebook = codebook.astype(jnp.float32)

@@ -45,6 +45,10 @@ def chunk_rows(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
 SCORE_BUDGET = 1 << 20
 
 
+ITERS = 25  # Lloyd iterations of `kmeans` (and of the conversions that call it)
+# Default rows per assignment chunk (fewer when SCORE_BUDGET / k is smaller, see `_rows`).
+CHUNK_SIZE = 65536
+
 # Largest k seeded by greedy k-means++ in `kmeans` (the digits recipe's k = 16 included).
 GREEDY_MAX_K = 64
 
@@ -103,7 +107,7 @@ def _cluster_sums(xb, vb, codes, k: int):
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
-def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = 65536):
+def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SIZE):
   """Nearest centroid per row, chunked: returns (codes (n,) int32, min squared distance (n,))."""
   n = x.shape[0]
   centroids = jnp.asarray(centroids, jnp.float32)
@@ -142,7 +146,7 @@ def _step(x, xs, valid, centroids):
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
-def lloyd_step(x: jax.Array, centroids: jax.Array, *, chunk_size: int = 65536):
+def lloyd_step(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SIZE):
   """One Lloyd step with empty-cluster repair: (new_centroids, codes, sse) for the input centroids."""
   x = jnp.asarray(x, jnp.float32)
   centroids = jnp.asarray(centroids, jnp.float32)
@@ -160,7 +164,7 @@ def kmeans_plusplus(
   k: int,
   *,
   key: jax.Array,
-  chunk_size: int = 65536,
+  chunk_size: int = CHUNK_SIZE,
   n_candidates: int | None = None,
 ) -> jax.Array:
   """Greedy k-means++ seeding (D^2 sampling of `n_candidates` points, keep the best); (k, d) f32.
@@ -221,7 +225,7 @@ def _round_sizes(k: int, rounds: int) -> list[int]:
 
 @functools.partial(jax.jit, static_argnames=("k", "rounds", "chunk_size"))
 def kmeans_parallel(
-  x: jax.Array, k: int, *, key: jax.Array, rounds: int = 16, chunk_size: int = 65536
+  x: jax.Array, k: int, *, key: jax.Array, rounds: int = 16, chunk_size: int = CHUNK_SIZE
 ) -> jax.Array:
   """Batched D^2 seeding (k-means|| style): (k, d) f32 distinct data points.
 
@@ -254,8 +258,8 @@ def kmeans(
   k: int,
   *,
   key: jax.Array,
-  iters: int = 25,
-  chunk_size: int = 65536,
+  iters: int = ITERS,
+  chunk_size: int = CHUNK_SIZE,
   init: jax.Array | None = None,
   return_history: bool = False,
 ):

@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.accounting import STORES
 
 PROJECTIONS = ("learned", "orthonormal")
-DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": 3}
+DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": dkm_lib.ITERS}
 KEYS = {"projection": "projection_mode", "store": "store_mode", "dkm_iters": "dkm_iters"}
 _CHOICES = {"projection": PROJECTIONS, "store": STORES}
 # The settings each stage's variables record (what its kernel depends on).

@@ -12,9 +12,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from lr2vq_jax.core import subvectors
-
-MAX_K = 65536
+from lr2vq_jax.core import codec, subvectors
+from lr2vq_jax.core.codec import MAX_K
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +136,7 @@ class LayerPlan:
 
   @property
   def bits_per_code(self) -> int:
-    return max(1, (self.k - 1).bit_length())  # ceil(log2 k)
+    return codec.bits_per_code(self.k)
 
   @property
   def code_bits(self) -> int:
@@ -171,7 +170,7 @@ def k_notes(layers: Sequence[tuple[str, int, int]]) -> list[str]:
       "(k ≤ 2^floor(log2(n/4)), the PQF/BGD rule: at least 4 subvectors per centroid)"
     )
   for k in sorted({used for _, _, used in layers if used & (used - 1)}):
-    bits = (k - 1).bit_length()
+    bits = codec.bits_per_code(k)
     notes.append(
       f"note: k={k} is not a power of two: codes still take {bits} bits, "
       f"{(1 << bits) - k} of {1 << bits} code values unused"

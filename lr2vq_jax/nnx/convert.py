@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core import recorded, stages
 from lr2vq_jax.core.kernel import STAGES, QuantConfig
 from lr2vq_jax.core.recorded import StageError
@@ -117,7 +118,7 @@ def quantize_model(
   key: jax.Array | None = None,
   config: QuantConfig | None = None,
   method: str = "lr2vq",
-  kmeans_iters: int = 25,
+  kmeans_iters: int = kmeans_lib.ITERS,
   tau_alpha: float | None = None,
   deterministic: bool = False,
 ) -> nnx.Module:

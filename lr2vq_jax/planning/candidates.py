@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lr2vq_jax.core import subvectors
+from lr2vq_jax.core import codec, subvectors
 from lr2vq_jax.core.accounting import table_bytes
 
 DEFAULT_MS = (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32, 36)
@@ -126,13 +126,13 @@ def layer_candidates(
     n = subvectors.num_subvectors(shape, m)
     if n < 8:
       continue
-    limit = subvectors.clamp_k(2**16, n)
+    limit = subvectors.clamp_k(codec.MAX_K, n)
     valid = [int(k) for k in ks if int(k) <= limit and int(k) & (int(k) - 1) == 0 and k >= 2]
     if not valid:
       continue
     dd = d_for(m, d)
     errors = layer_errors(kernel, m, dd, valid, rng=rng, max_rows=max_rows, iters=iters)
     for k in valid:
-      bits = n * max(1, (k - 1).bit_length())
+      bits = n * codec.bits_per_code(k)
       out.append(Candidate(k, m, dd, bits / 8 + table_bytes(k, m, dd, store), errors[k]))
   return out

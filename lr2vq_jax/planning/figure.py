@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lr2vq_jax.core.accounting import MIB
 from lr2vq_jax.planning.plan import Plan
 
 
@@ -34,7 +35,7 @@ def save_png(plan: Plan, path: str) -> None:
   ax.set_xlabel("layer bytes (codes + fp16 codebook)")
   ax.set_ylabel("predicted loss increase ½·s·‖W − Ŵ‖²")
   ax.set_title(
-    f"plan: {plan.total_bytes / 2**20:.3f} MiB of {plan.target_bytes / 2**20:.3f} MiB "
+    f"plan: {plan.total_bytes / MIB:.3f} MiB of {plan.target_bytes / MIB:.3f} MiB "
     "(dots: candidates, circles: chosen, ×: reference rules)",
     fontsize=9,
   )

@@ -48,7 +48,9 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
 CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
-_NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet2012": 1000}
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet2012": 1000}  # also the dataset names
+NATIVE_IMAGE_SIZE = {"digits": 8, "cifar10": 32}  # fixed sizes; imagenet2012 resizes
+CHANNELS = {"digits": 1, "cifar10": 3, "imagenet2012": 3}
 _SHUFFLE_SALT, _AUGMENT_SALT = 0x5EED, 0xA06
 
 
@@ -82,17 +84,17 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
   cfg.prefetch = -1
   cfg.seed = 0
   if name == "digits":
-    cfg.image_size, cfg.batch_size, cfg.eval_batch_size = 8, 128, 256
+    cfg.image_size, cfg.batch_size, cfg.eval_batch_size = NATIVE_IMAGE_SIZE[name], 128, 256
     cfg.train_split, cfg.eval_split, cfg.test_split = "train", "validation", "test"
   elif name == "cifar10":
-    cfg.image_size, cfg.batch_size, cfg.eval_batch_size = 32, 128, 500
+    cfg.image_size, cfg.batch_size, cfg.eval_batch_size = NATIVE_IMAGE_SIZE[name], 128, 500
     cfg.train_split, cfg.eval_split, cfg.test_split = "train[:90%]", "train[90%:]", "test"
   elif name == "imagenet2012":
     # The paper reports ImageNet validation accuracy; use "train[:99%]"/"train[99%:]" to tune.
     cfg.image_size, cfg.batch_size, cfg.eval_batch_size = 224, 256, 250
     cfg.train_split, cfg.eval_split, cfg.test_split = "train", "validation", "validation"
   else:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_NUM_CLASSES)}")
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(NUM_CLASSES)}")
   return cfg
 
 
@@ -148,19 +150,40 @@ def _arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.
   return _tfds_arrays(cfg.name, split, cfg.data_dir)
 
 
-def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any:
-  builder = tfds.builder("imagenet2012", data_dir=cfg.data_dir)
-  if builder.is_prepared():
-    return builder
-  try:  # tfds.testing.mock_data serves data for an unprepared builder.
-    builder.as_dataset(split="validation")
-    return builder
-  except AssertionError:
-    pass
+@dataclasses.dataclass(frozen=True)
+class ImageNetStatus:
+  """Where imagenet2012 stands under a data_dir: readable now, or where its archives should be."""
+
+  builder: Any
+  ready: bool  # prepared, or served by tfds.testing.mock_data (tests)
+  root: str  # the tfds data_dir root
+  manual: str  # folder of the manual download
+  tars: tuple[str, ...]  # ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar under `manual`
+  have_tars: bool
+
+
+def imagenet_status(data_dir: str | None, manual_dir: str | None) -> ImageNetStatus:
+  """Probes imagenet2012 without building it: the one check the trainer and validation share."""
+  builder = tfds.builder("imagenet2012", data_dir=data_dir)
+  ready = builder.is_prepared()
+  if not ready:
+    try:  # tfds.testing.mock_data serves data for an unprepared builder.
+      builder.as_dataset(split="validation")
+      ready = True
+    except AssertionError:
+      pass
   root = os.fspath(builder.data_dir_root)
-  manual = cfg.manual_dir or paths.join(root, "downloads", "manual")
-  tars = [paths.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
-  have_tars = all(paths.resolve(t).is_file() for t in tars)
+  manual = manual_dir or paths.join(root, "downloads", "manual")
+  tars = tuple(paths.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val"))
+  have_tars = not ready and all(paths.resolve(t).is_file() for t in tars)
+  return ImageNetStatus(builder, ready, root, manual, tars, have_tars)
+
+
+def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any:
+  status = imagenet_status(cfg.data_dir, cfg.manual_dir)
+  if status.ready:
+    return status.builder
+  root, manual, tars, have_tars = status.root, status.manual, status.tars, status.have_tars
   if have_tars and cfg.prepare_if_missing and process_count == 1:
     from lr2vq_jax.train import prepare  # hours: the checks and build of `lr2vq prepare`
 
@@ -188,7 +211,7 @@ def _imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any
 
 
 def _check_image_size(cfg: ml_collections.ConfigDict) -> None:
-  native = {"digits": 8, "cifar10": 32}.get(cfg.name)
+  native = NATIVE_IMAGE_SIZE.get(cfg.name)
   if native is not None and cfg.image_size != native:
     raise ValueError(f"{cfg.name} images are {native}x{native}; got image_size={cfg.image_size}")
 
@@ -204,23 +227,21 @@ def dataset_info(cfg: ml_collections.ConfigDict, *, process_count: int | None = 
   """Example counts, classes and image shape for `cfg` (prepares/validates imagenet2012)."""
   _check_image_size(cfg)
   s = cfg.image_size
+  shape = (s, s, CHANNELS[cfg.name])
   if cfg.name == "imagenet2012":
     builder = _imagenet_builder(cfg, process_count or jax.process_count())
     counts = [
       _num_examples(builder, sp) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)
     ]
-    shape = (s, s, 3)
   elif cfg.name == "digits":
     counts = [len(_digits_split(sp)[1]) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)]
-    shape = (s, s, 1)
   else:
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
     builder.download_and_prepare()
     counts = [
       _num_examples(builder, sp) for sp in (cfg.train_split, cfg.eval_split, cfg.test_split)
     ]
-    shape = (s, s, 3)
-  return DataInfo(cfg.name, _NUM_CLASSES[cfg.name], shape, *counts)
+  return DataInfo(cfg.name, NUM_CLASSES[cfg.name], shape, *counts)
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -14,6 +14,9 @@ layout, prepared by `lr2vq prepare`.
 
 import ml_collections
 
+from lr2vq_jax.core import kmeans as kmeans_lib
+from lr2vq_jax.nn import QuantConfig
+from lr2vq_jax.nn.recorded import DEFAULTS
 from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
@@ -61,14 +64,15 @@ def quant(**overrides) -> ml_collections.ConfigDict:
   """The `config.quant` section: DKM temperature rule, iterations, commitment, export layout."""
   cfg = ml_collections.ConfigDict(
     dict(
-      tau_alpha=0.03,
-      dkm_iters=3,
-      dkm_grad="unrolled",  # or "last": one-step gradient, faster, costs accuracy at m=18 (docs)
-      commitment=0.0,
-      store="codebook",
+      tau_alpha=QuantConfig.tau_alpha,
+      dkm_iters=DEFAULTS["dkm_iters"],
+      # "unrolled", or "last": one-step gradient, faster, costs accuracy at m=18 (docs)
+      dkm_grad=QuantConfig.dkm_grad,
+      commitment=QuantConfig.commitment,
+      store=DEFAULTS["store"],
       projection=LR2VQ_RECIPE["quant.projection"],  # or "learned": any P (no QR)
-      chunk_size=4096,
-      kmeans_iters=25,
+      chunk_size=QuantConfig.chunk_size,
+      kmeans_iters=kmeans_lib.ITERS,
     )
   )
   cfg.update(overrides)

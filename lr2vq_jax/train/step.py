@@ -38,10 +38,12 @@ class TrainState:
     return {"params": self.params, **self.model_state}
 
 
+OPTIMIZERS = ("adam", "sgd")  # what `create_optimizer` builds
+SCHEDULES = ("cosine", "constant")  # what `learning_rate_schedule` builds
 # The optimizer fields of a stage section and their defaults (`recipes.stage` adds the rest).
 OPTIMIZER_DEFAULTS = dict(
-  optimizer="adam",
-  schedule="cosine",
+  optimizer=OPTIMIZERS[0],
+  schedule=SCHEDULES[0],
   warmup_steps=0,
   final_lr_factor=0.0,
   weight_decay=0.0,
@@ -61,7 +63,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> op
   elif cfg.schedule == "constant":
     main = optax.constant_schedule(cfg.lr)
   else:
-    raise ValueError(f"schedule={cfg.schedule!r}: expected 'cosine' or 'constant'")
+    raise ValueError(f"schedule={cfg.schedule!r}: expected one of {SCHEDULES}")
   if warmup == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
@@ -82,7 +84,7 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Map
   elif cfg.optimizer == "sgd":
     tx = optax.sgd(lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
   else:
-    raise ValueError(f"optimizer={cfg.optimizer!r}: expected 'adam' or 'sgd'")
+    raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {OPTIMIZERS}")
   if cfg.get("grad_clip", 0):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   frozen = tuple(cfg.get("freeze", ()) or ())

@@ -25,6 +25,7 @@ from lr2vq_jax import convert, paths
 from lr2vq_jax.models import create_model
 from lr2vq_jax.models.torch_import import load_torchvision
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
+from lr2vq_jax.nn.recorded import DEFAULTS
 from lr2vq_jax.train import checkpointing, hard_codes, input_pipeline, partitioning, run_config
 from lr2vq_jax.train.config import stage_config, stage_rules
 from lr2vq_jax.train.metrics import MetricsLogger, periodic_hooks
@@ -96,7 +97,7 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
     dkm_grad=q.get("dkm_grad", QuantConfig.dkm_grad),
     commitment=q.commitment,
     store=q.store,
-    projection=q.get("projection", "learned"),
+    projection=q.get("projection", DEFAULTS["projection"]),
     chunk_size=q.chunk_size,
     shard_axis=partitioning.ROW_AXIS,
   )

@@ -19,19 +19,19 @@ import ml_collections
 
 from lr2vq_jax import paths, presets
 from lr2vq_jax.core import dkm as dkm_lib
-from lr2vq_jax.core.rules import MAX_K, parse_rules
+from lr2vq_jax.core.codec import MAX_K
+from lr2vq_jax.core.rules import parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS, create_model
 from lr2vq_jax.nn import plan_model
-from lr2vq_jax.nn.recorded import PROJECTIONS, STORES
+from lr2vq_jax.nn.recorded import DEFAULTS, PROJECTIONS, STORES
 from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
 from lr2vq_jax.train.config import STAGES, config_rules, rules_spec
+from lr2vq_jax.train.step import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("adam", "sgd")  # what step.create_optimizer builds
-SCHEDULES = ("cosine", "constant")  # what step.learning_rate_schedule builds
 DTYPES = ("float32", "bfloat16", "float16")
-DATASETS = tuple(input_pipeline._NUM_CLASSES)
-NATIVE_SIZE = {"digits": 8, "cifar10": 32}
+DATASETS = tuple(input_pipeline.NUM_CLASSES)
+NATIVE_SIZE = input_pipeline.NATIVE_IMAGE_SIZE
 PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
 
 
@@ -164,21 +164,10 @@ def _check_data(config) -> None:
 
 def _check_imagenet(data: ml_collections.ConfigDict) -> None:
   """Prepared, mocked (tests), or preparable from manual_dir; otherwise the fix, cheaply."""
-  import tensorflow_datasets as tfds
-
-  builder = tfds.builder("imagenet2012", data_dir=data.get("data_dir"))
-  if builder.is_prepared():
+  status = input_pipeline.imagenet_status(data.get("data_dir"), data.get("manual_dir"))
+  if status.ready or (status.have_tars and data.get("prepare_if_missing", False)):
     return
-  try:  # tfds.testing.mock_data serves an unprepared builder
-    builder.as_dataset(split="validation")
-    return
-  except AssertionError:
-    pass
-  root = os.fspath(builder.data_dir_root)
-  manual = data.get("manual_dir") or paths.join(root, "downloads", "manual")
-  tars = [paths.join(manual, f"ILSVRC2012_img_{s}.tar") for s in ("train", "val")]
-  if all(paths.resolve(t).is_file() for t in tars) and data.get("prepare_if_missing", False):
-    return
+  root, manual = status.root, status.manual
   raise ConfigError(
     "data.manual_dir",
     f"imagenet2012 is not prepared under data_dir={root!r} and {manual!r} lacks "
@@ -190,7 +179,7 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
 
 def _check_quant(config) -> None:
   _choice(config, "quant.store", STORES)
-  _choice(config, "quant.projection", PROJECTIONS, default="learned")
+  _choice(config, "quant.projection", PROJECTIONS, default=DEFAULTS["projection"])
   _choice(config, "quant.dkm_grad", dkm_lib.GRADS, default=dkm_lib.GRADS[0])
   _number(config, "quant.tau_alpha", low=0.0, strict=True)
   _number(config, "quant.commitment", low=0.0)
@@ -259,10 +248,10 @@ def _check_rules(config) -> None:
     raise ConfigError(field, str(e), "fix the rules") from None
   name = config.data.name
   size = config.data.image_size
-  channels = 1 if name == "digits" else 3
+  channels = input_pipeline.CHANNELS[name]
   model = create_model(
     config.model,
-    num_classes=input_pipeline._NUM_CLASSES[name],
+    num_classes=input_pipeline.NUM_CLASSES[name],
     dtype=config.get("dtype", "float32"),
   )
   check_rules(rules, model, jnp.zeros((1, size, size, channels), jnp.float32), field=field)
