@@ -128,11 +128,9 @@ def _target(args: argparse.Namespace) -> _Target:
     raise CLIError(str(e), e.hint) from None
   rules = config_rules(config)
   rules = rules if args.d is None else presets.with_d(rules, args.d)
-  from lr2vq_jax.train.input_pipeline import CHANNELS, NUM_CLASSES
+  from lr2vq_jax.train.config import config_model
 
-  data = config.data
-  model = _model(config.model, NUM_CLASSES[data.name])
-  shape = (data.image_size, data.image_size, CHANNELS[data.name])
+  model, shape = config_model(config)
   return _Target(model, shape, rules, f"config {args.config}: model {config.model}")
 
 

@@ -48,6 +48,15 @@ def parent(path: PathLike) -> str:
   return posixpath.dirname(text.rstrip("/")) if is_remote(text) else os.path.dirname(text)
 
 
+def existing_ancestor(path: PathLike) -> str:
+  """The nearest local folder or file at or above local `path` that exists (for checks on a path
+  that will be created: its free disk, whether it can be written)."""
+  probe = as_str(path)
+  while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+  return probe
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
   """Writes `data` so that a reader sees the old file or the whole new one, never a part.
 

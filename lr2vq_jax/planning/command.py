@@ -43,8 +43,7 @@ def load_weights(config, float_dir: str | None, seed: int):
   import jax
   import jax.numpy as jnp
 
-  from lr2vq_jax.models import create_model
-  from lr2vq_jax.train.input_pipeline import CHANNELS, NUM_CLASSES
+  from lr2vq_jax.train.config import config_model
 
   if float_dir:
     from lr2vq_jax.train.trainer import build_stage, restore_final
@@ -52,10 +51,9 @@ def load_weights(config, float_dir: str | None, seed: int):
     stage = build_stage(config, "float", "")  # its model and state layout: nothing is written
     variables = jax.device_get(restore_final(stage, float_dir).variables())
     return stage.float_model, variables, f"trained weights of {float_dir}"
-  data = config.data
-  model = create_model(config.model, num_classes=NUM_CLASSES[data.name])
-  size = min(int(data.image_size), 32)  # kernel shapes do not depend on the image size
-  shape = (1, size, size, CHANNELS[data.name])
+  model, (size, _, channels) = config_model(config)
+  size = min(size, 32)  # kernel shapes do not depend on the image size
+  shape = (1, size, size, channels)
   init = jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))
   variables = init(jax.random.key(seed, impl="rbg"))  # rbg: XLA:CPU compiles a ResNet init faster
   return model, variables, f"no trained weights: random init from the shapes (seed {seed})"

@@ -14,6 +14,18 @@ from lr2vq_jax.train import config_file
 STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
 
 
+def config_model(config: ml_collections.ConfigDict, *, dtype: str | None = None):
+  """(the config's float model, its per-example input shape (H, W, C)), from the config alone:
+  no data is read. `dtype` overrides the model's (default: the model's own default)."""
+  from lr2vq_jax.models import create_model
+  from lr2vq_jax.train.input_pipeline import CHANNELS, NUM_CLASSES
+
+  name, size = config.data.name, int(config.data.image_size)
+  kwargs = {} if dtype is None else {"dtype": dtype}
+  model = create_model(config.model, num_classes=NUM_CLASSES[name], **kwargs)
+  return model, (size, size, CHANNELS[name])
+
+
 def rules_spec(config: ml_collections.ConfigDict) -> str:
   """`config.rules` as text; "@FILE" reads a rules file (e.g. a plan from `lr2vq plan --out`)."""
   spec = config.get("rules") or ""

@@ -165,10 +165,7 @@ def check_free_disk(data_dir: str, need: int) -> None:
   A bucket (gs://) has no free-space figure: nothing to check."""
   if paths.is_remote(data_dir):
     return
-  probe = os.path.abspath(data_dir)
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  free = shutil.disk_usage(probe).free
+  free = shutil.disk_usage(paths.existing_ancestor(data_dir)).free
   if free < need:
     raise PrepareError(
       f"not enough free disk under {data_dir}: {free / 2**30:.1f} GiB free, "

@@ -22,11 +22,11 @@ from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.codec import MAX_K
 from lr2vq_jax.core.rules import parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
-from lr2vq_jax.models import MODELS, create_model
+from lr2vq_jax.models import MODELS
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.nn.recorded import DEFAULTS, PROJECTIONS, STORES
 from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
-from lr2vq_jax.train.config import STAGES, config_rules, rules_spec
+from lr2vq_jax.train.config import STAGES, config_model, config_rules, rules_spec
 from lr2vq_jax.train.step import OPTIMIZERS, SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -246,15 +246,8 @@ def _check_rules(config) -> None:
     rules = config_rules(config)
   except (ValueError, TypeError) as e:
     raise ConfigError(field, str(e), "fix the rules") from None
-  name = config.data.name
-  size = config.data.image_size
-  channels = input_pipeline.CHANNELS[name]
-  model = create_model(
-    config.model,
-    num_classes=input_pipeline.NUM_CLASSES[name],
-    dtype=config.get("dtype", "float32"),
-  )
-  check_rules(rules, model, jnp.zeros((1, size, size, channels), jnp.float32), field=field)
+  model, shape = config_model(config, dtype=config.get("dtype", "float32"))
+  check_rules(rules, model, jnp.zeros((1, *shape), jnp.float32), field=field)
 
 
 def _latest_meta(stage_dir: str) -> dict | None:
@@ -314,13 +307,8 @@ def check_workdir(workdir: str) -> None:
     except FileNotFoundError as e:
       raise ConfigError("workdir", str(e), "create the bucket or pick another --workdir") from None
     return
-  path = os.path.abspath(os.fspath(workdir))
-  probe = path
-  while not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
+  path = paths.as_str(workdir)
+  probe = paths.existing_ancestor(path)
   if not os.path.isdir(probe):
     raise ConfigError(
       "workdir", f"{path!r}: {probe!r} is not a directory", "pick another --workdir"
