@@ -14,6 +14,7 @@ runs its layers in one mode.
 from __future__ import annotations
 
 import enum
+import sys
 import warnings
 
 
@@ -60,7 +61,7 @@ def renamed_stage(mode, stage, default, where: str):
     f"{where}: the keyword stage= is deprecated, use mode= (a layer's mode; a stage is a step of "
     "the training pipeline)",
     DeprecationWarning,
-    stacklevel=3,
+    stacklevel=_user_stacklevel(),
   )
   if mode is not None and mode != default and mode != stage:
     raise TypeError(f"{where}: got mode={mode!r} and stage={stage!r}; give mode= only")
@@ -70,6 +71,20 @@ def renamed_stage(mode, stage, default, where: str):
 def deprecated_stage(obj) -> Mode:
   """The `.stage` attribute kept for reading: the object's `mode`, with a DeprecationWarning."""
   warnings.warn(
-    f"{type(obj).__name__}.stage is deprecated, use .mode", DeprecationWarning, stacklevel=3
+    f"{type(obj).__name__}.stage is deprecated, use .mode",
+    DeprecationWarning,
+    stacklevel=_user_stacklevel(),
   )
   return obj.mode
+
+
+def _user_stacklevel() -> int:
+  """`warnings.warn`'s stacklevel, for the function calling this, that names the first caller
+  outside lr2vq_jax and flax (whose module wrappers and metaclasses sit in between)."""
+  level, frame = 1, sys._getframe(1)
+  while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+    "lr2vq_jax",
+    "flax",
+  ):
+    level, frame = level + 1, frame.f_back
+  return level
