@@ -113,6 +113,24 @@ def load(path: str | os.PathLike) -> Artifact:
   for p in (manifest_path, arrays_path):
     if not paths.resolve(p).is_file():
       raise ArtifactError(f"{p}: missing; an artifact directory holds {MANIFEST} and {ARRAYS}")
+  manifest = _read_manifest(manifest_path)
+  try:
+    entries = _check_structure(manifest)
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise ArtifactError(f"{manifest_path}: malformed ({type(e).__name__}: {e})") from None
+  arrays = _read_arrays(arrays_path, manifest)
+  for entry in entries:
+    _check_entry(arrays, entry, arrays_path)
+  extra = sorted(set(arrays) - {e["key"] for e in entries})
+  if extra:
+    raise ArtifactError(f"{arrays_path}: arrays the manifest does not name: {extra[:5]}")
+  for name, layer in manifest["layers"].items():
+    _check_layer(name, layer, arrays, manifest_path)
+  return Artifact(manifest, arrays)
+
+
+def _read_manifest(manifest_path: str) -> dict:
+  """The manifest, checked for format, version and its own digest."""
   try:
     manifest = json.loads(paths.resolve(manifest_path).read_bytes().decode("utf-8"))
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -126,10 +144,11 @@ def load(path: str | os.PathLike) -> Artifact:
     )
   if manifest.get("manifest_sha256") != manifest_digest(manifest):
     raise ArtifactError(f"{manifest_path}: fails its manifest_sha256 check (altered or damaged)")
-  try:
-    entries = _check_structure(manifest)
-  except (KeyError, TypeError, ValueError, AttributeError) as e:
-    raise ArtifactError(f"{manifest_path}: malformed ({type(e).__name__}: {e})") from None
+  return manifest
+
+
+def _read_arrays(arrays_path: str, manifest: dict) -> dict[str, np.ndarray]:
+  """The npz's arrays, once its size and sha256 match the manifest (no pickle)."""
   blob = paths.resolve(arrays_path).read_bytes()
   if len(blob) != manifest["arrays_bytes"] or (
     hashlib.sha256(blob).hexdigest() != manifest["arrays_sha256"]
@@ -141,17 +160,9 @@ def load(path: str | os.PathLike) -> Artifact:
     raise ArtifactError(f"{arrays_path}: not an .npz (zip) file")
   try:
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-      arrays = {name: npz[name] for name in npz.files}
+      return {name: npz[name] for name in npz.files}
   except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
     raise ArtifactError(f"{arrays_path}: holds object arrays or is unreadable ({e})") from None
-  for entry in entries:
-    _check_entry(arrays, entry, arrays_path)
-  extra = sorted(set(arrays) - {e["key"] for e in entries})
-  if extra:
-    raise ArtifactError(f"{arrays_path}: arrays the manifest does not name: {extra[:5]}")
-  for name, layer in manifest["layers"].items():
-    _check_layer(name, layer, arrays, manifest_path)
-  return Artifact(manifest, arrays)
 
 
 def _check_structure(manifest: dict) -> list[dict]:
