@@ -23,6 +23,7 @@ from lr2vq_jax.core import (
 )
 from lr2vq_jax.core.dkm import dkm
 from lr2vq_jax.core.kmeans import KMeansResult, kmeans
+from lr2vq_jax.core.mode import MODES, Mode
 from lr2vq_jax.dim_choice import DimScores
 from lr2vq_jax.export import Artifact, ArtifactError, export, load
 from lr2vq_jax.nn import QuantConfig, describe, quantize_model, sum_losses
@@ -67,6 +68,8 @@ __all__ = [
   "DimScores",
   "KMeansResult",
   "LayerPlan",
+  "MODES",
+  "Mode",
   "Plan",
   "QuantConfig",
   "Rule",

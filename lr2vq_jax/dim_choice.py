@@ -20,6 +20,7 @@ import numpy as np
 from lr2vq_jax import convert, presets
 from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core.dimension import default_candidates
+from lr2vq_jax.core.mode import Mode
 from lr2vq_jax.core.rules import Rule, as_rules
 from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model
 
@@ -82,5 +83,5 @@ def select_dim(
     quant = convert.lowrank_to_quantize(
       lowrank, rules_d, key=key, kmeans_iters=kmeans_iters, config=config
     )
-    scores.append(float(eval_fn(quantize_model(model, rules_d, "quantize", config), quant)))
+    scores.append(float(eval_fn(quantize_model(model, rules_d, Mode.QUANTIZE, config), quant)))
   return DimScores(cands, tuple(scores))

@@ -86,7 +86,7 @@ def test_export_rejects_lowrank_variables(tmp_path):
   float_vars = PlainNet().init(jax.random.key(0), X)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
-  with pytest.raises(ValueError, match="quantize- or frozen-stage"):
+  with pytest.raises(ValueError, match="quantize- or frozen-mode"):
     lq.export(lowrank, RULES, tmp_path)
 
 

@@ -1,6 +1,6 @@
 """A quantized layer's kernel rows as a function of its LR²VQ arrays: the math both front ends run.
 
-  stage      arrays                          recorded state        rows X̂ (n, m)
+  mode       arrays                          recorded state        rows X̂ (n, m)
   lowrank    z (n,d̃), projection (d̃,m)       projection mode       Z·P
   quantize   z, projection, codebook (k,d̃)   + tau, store, iters   train: DKM(Z)·P; eval: hard codes
   frozen     codebook, projection            + codes (n,)          C[a]·P
@@ -20,16 +20,17 @@ import jax.numpy as jnp
 from lr2vq_jax.core import codec, recorded
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core import kmeans as kmeans_lib
+from lr2vq_jax.core.mode import MODES, QUANTIZED, Mode, as_mode
 from lr2vq_jax.core.recorded import DEFAULTS, PROJECTIONS, STORES
 
-STAGES = ("float", "lowrank", "quantize", "frozen")
+STAGES = MODES  # the former name of the layer modes, kept importable
 QUANT = "quant"  # non-trainable state: kernel shape, recorded settings, DKM temperature, codes
 LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
-  """Stage-independent knobs of the quantized layers (one per model, hashable).
+  """Mode-independent knobs of the quantized layers (one per model, hashable).
 
   `dkm_iters`, `store` and `projection` are recorded in the variables when they are made (init
   or a conversion); None (the default) means "as the variables say" (`DEFAULTS` where they say
@@ -70,9 +71,9 @@ class QuantConfig:
     given = getattr(self, name)
     return DEFAULTS[name] if given is None else given
 
-  def settings(self, stage: str) -> dict:
-    """The settings variables of `stage` record, as this config makes them."""
-    return {name: self.value(name) for name in recorded.STAGE_SETTINGS[stage]}
+  def settings(self, mode: Mode) -> dict:
+    """The settings variables in `mode` record, as this config makes them."""
+    return {name: self.value(name) for name in recorded.MODE_SETTINGS[mode]}
 
 
 def effective_projection(p: jax.Array, mode: str) -> jax.Array:
@@ -187,48 +188,64 @@ def train_iters(recorded_iters, config: QuantConfig) -> int:
   return DEFAULTS["dkm_iters"]
 
 
-def stage_rows(
-  stage: str,
+def _lowrank_rows(arrays, settings, config, *, train: bool):
+  """Z·P."""
+  del config, train
+  p = projection_as(arrays["projection"], settings["projection"])
+  return arrays["z"].astype(jnp.float32) @ p, None
+
+
+def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
+  """Training: soft DKM(Z)·P and β·commitment; evaluation: the hard codes an export ships."""
+  z, c, p, tau = arrays["z"], arrays["codebook"], arrays["projection"], arrays["tau"]
+  if not train:
+    codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
+    return stored_rows(codes, c, p, settings["store"]), None
+  z32 = z.astype(jnp.float32)
+  z_soft, centroids = dkm_lib.dkm(
+    z32,
+    c.astype(jnp.float32),
+    tau=jax.lax.stop_gradient(tau),
+    iters=train_iters(settings["dkm_iters"], config),
+    chunk_size=config.chunk_size,
+    axis_name=config.shard_axis,
+    grad=config.dkm_grad,
+  )
+  loss = None
+  if config.commitment > 0:
+    target = jax.lax.stop_gradient(centroids)
+    codes = codec.encode(jax.lax.stop_gradient(z32), target)
+    loss = config.commitment * jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
+  return z_soft @ projection_as(p, settings["projection"]), loss
+
+
+def _frozen_rows(arrays, settings, config, *, train: bool):
+  """C[a]·P: in float32 for training (fine-tuning C and P), from the fp16 tables for evaluation."""
+  del config
+  codes, c = arrays["codes"], arrays["codebook"]
+  p = projection_as(arrays["projection"], settings["projection"])
+  if train:
+    return decode_rows(codes, (c.astype(jnp.float32), p)), None
+  return stored_rows(codes, c, p, settings["store"]), None
+
+
+# The rows of each quantized mode: (arrays, settings, config, *, train) -> (rows, loss or None).
+MODE_ROWS = {Mode.LOWRANK: _lowrank_rows, Mode.QUANTIZE: _quantize_rows, Mode.FROZEN: _frozen_rows}
+
+
+def mode_rows(
+  mode: Mode | str,
   arrays: Mapping[str, jax.Array],
   settings: Mapping,
   config: QuantConfig,
   *,
   train: bool,
 ) -> tuple[jax.Array, jax.Array | None]:
-  """(rows X̂ (n, m) float32, β·commitment or None) of one layer at `stage`.
+  """(rows X̂ (n, m) float32, β·commitment or None) of one layer in `mode`.
 
-  `arrays` holds the stage's z / projection / codebook / tau / codes; `settings` the recorded
+  `arrays` holds the mode's z / projection / codebook / tau / codes; `settings` the recorded
   projection / store / dkm_iters (names, or recorded scalars, maybe traced). Training (`train`)
-  runs soft DKM in the quantize stage; evaluation the hard codes export ships.
+  runs soft DKM in the quantize mode; evaluation the hard codes export ships.
   """
-  p = arrays["projection"]
-  if stage == "lowrank":
-    return arrays["z"].astype(jnp.float32) @ projection_as(p, settings["projection"]), None
-  if stage == "quantize":
-    z, c, tau = arrays["z"], arrays["codebook"], arrays["tau"]
-    if not train:
-      codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
-      return stored_rows(codes, c, p, settings["store"]), None
-    z32 = z.astype(jnp.float32)
-    z_soft, centroids = dkm_lib.dkm(
-      z32,
-      c.astype(jnp.float32),
-      tau=jax.lax.stop_gradient(tau),
-      iters=train_iters(settings["dkm_iters"], config),
-      chunk_size=config.chunk_size,
-      axis_name=config.shard_axis,
-      grad=config.dkm_grad,
-    )
-    loss = None
-    if config.commitment > 0:
-      target = jax.lax.stop_gradient(centroids)
-      codes = codec.encode(jax.lax.stop_gradient(z32), target)
-      loss = config.commitment * jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
-    return z_soft @ projection_as(p, settings["projection"]), loss
-  if stage == "frozen":
-    codes, c = arrays["codes"], arrays["codebook"]
-    p = projection_as(p, settings["projection"])
-    if train:
-      return decode_rows(codes, (c.astype(jnp.float32), p)), None
-    return stored_rows(codes, c, p, settings["store"]), None
-  raise ValueError(f"stage={stage!r} has no quantized kernel; expected one of {STAGES[1:]}")
+  rows_fn = MODE_ROWS[as_mode(mode, QUANTIZED)]
+  return rows_fn(arrays, settings, config, train=train)

@@ -1,4 +1,4 @@
-"""What a layer's variables record about themselves, and which stage they are (linen and NNX).
+"""What a layer's variables record about themselves, and which mode they are in (linen and NNX).
 
 Every setting that changes what a quantized layer computes after training is written into the
 layer's non-trainable `quant` collection when the variables are made (`init` or a conversion):
@@ -23,25 +23,27 @@ import numpy as np
 
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.accounting import STORES
+from lr2vq_jax.core.mode import Mode
 
 PROJECTIONS = ("learned", "orthonormal")
 DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": dkm_lib.ITERS}
 KEYS = {"projection": "projection_mode", "store": "store_mode", "dkm_iters": "dkm_iters"}
 _CHOICES = {"projection": PROJECTIONS, "store": STORES}
-# The settings each stage's variables record (what its kernel depends on).
-STAGE_SETTINGS = {
-  "lowrank": ("projection",),
-  "quantize": ("projection", "store", "dkm_iters"),
-  "frozen": ("projection", "store"),
+# The settings each mode's variables record (what its kernel depends on).
+MODE_SETTINGS = {
+  Mode.LOWRANK: ("projection",),
+  Mode.QUANTIZE: ("projection", "store", "dkm_iters"),
+  Mode.FROZEN: ("projection", "store"),
 }
-# How to get from the stage a layer's variables are in to the stage a model wants.
+STAGE_SETTINGS = MODE_SETTINGS  # the former name, kept importable
+# How to get from the mode a layer's variables are in to the mode a model wants.
 CONVERSIONS = {
-  ("float", "lowrank"): "lq.convert.float_to_lowrank",
-  ("float", "quantize"): "lq.convert.float_to_lowrank, then lq.convert.lowrank_to_quantize",
-  ("float", "frozen"): "lq.convert.float_to_pq (or reach quantize, then quantize_to_frozen)",
-  ("lowrank", "quantize"): "lq.convert.lowrank_to_quantize",
-  ("lowrank", "frozen"): "lq.convert.lowrank_to_quantize, then lq.convert.quantize_to_frozen",
-  ("quantize", "frozen"): "lq.convert.quantize_to_frozen",
+  (Mode.FLOAT, Mode.LOWRANK): "lq.convert.float_to_lowrank",
+  (Mode.FLOAT, Mode.QUANTIZE): "lq.convert.float_to_lowrank, then lq.convert.lowrank_to_quantize",
+  (Mode.FLOAT, Mode.FROZEN): "lq.convert.float_to_pq (or reach quantize, then quantize_to_frozen)",
+  (Mode.LOWRANK, Mode.QUANTIZE): "lq.convert.lowrank_to_quantize",
+  (Mode.LOWRANK, Mode.FROZEN): "lq.convert.lowrank_to_quantize, then lq.convert.quantize_to_frozen",
+  (Mode.QUANTIZE, Mode.FROZEN): "lq.convert.quantize_to_frozen",
 }
 
 
@@ -49,8 +51,11 @@ class SettingError(ValueError):
   """An explicit setting that contradicts what the variables record."""
 
 
-class StageError(ValueError):
-  """Variables of another stage than the one asked for; the message names the conversion."""
+class ModeError(ValueError):
+  """Variables of another mode than the one asked for; the message names the conversion."""
+
+
+StageError = ModeError  # the former name, kept importable
 
 
 def encode(name: str, value: Any) -> jax.Array:
@@ -85,11 +90,11 @@ def check(name: str, explicit: Any, recorded: Any, where: str) -> None:
     )
 
 
-def resolve(layer_quant: Mapping[str, Any], config: Any, stage: str, where: str) -> dict:
+def resolve(layer_quant: Mapping[str, Any], config: Any, mode: Mode, where: str) -> dict:
   """Settings of one layer from its concrete `quant` entries; `config` (or None) only checked
   against them, and used where nothing is recorded (variables made before settings were kept)."""
   out = {}
-  for name in STAGE_SETTINGS[stage]:
+  for name in MODE_SETTINGS[mode]:
     explicit = None if config is None else getattr(config, name)
     key = KEYS[name]
     recorded = decode(name, layer_quant[key]) if key in layer_quant else None
@@ -104,23 +109,23 @@ def record(quant: dict, layer: tuple, settings: Mapping[str, Any]) -> None:
     quant[layer + (KEYS[name],)] = encode(name, value)
 
 
-def layer_stage(leaves: set[str]) -> str:
-  """The stage of one layer from the names of its params."""
+def layer_mode(leaves: set[str]) -> Mode:
+  """The mode of one layer from the names of its params."""
   if "z" in leaves:
-    return "quantize" if "codebook" in leaves else "lowrank"
+    return Mode.QUANTIZE if "codebook" in leaves else Mode.LOWRANK
   if "codebook" in leaves:
-    return "frozen"
-  return "float"
+    return Mode.FROZEN
+  return Mode.FLOAT
 
 
-def stage_error(path: str, found: str, wanted: str, where: str) -> StageError:
-  """The error for a layer at stage `found` where `wanted` was expected, naming the way there."""
+def mode_error(path: str, found: Mode, wanted: Mode, where: str) -> ModeError:
+  """The error for a layer in mode `found` where `wanted` was expected, naming the way there."""
   how = CONVERSIONS.get((found, wanted))
   hint = (
     f"run {how} on them first"
     if how
-    else f"use variables of stage {wanted!r} (stages only move float → lowrank → quantize → frozen)"
+    else f"use variables of mode '{wanted}' (modes only move float → lowrank → quantize → frozen)"
   )
-  return StageError(
-    f"{where}: layer {path!r} holds {found}-stage variables, {wanted}-stage ones are needed; {hint}"
+  return ModeError(
+    f"{where}: layer {path!r} holds {found}-mode variables, {wanted}-mode ones are needed; {hint}"
   )

@@ -1,5 +1,6 @@
 """Flax linen layers and the model transform for LR²VQ."""
 
+from lr2vq_jax.core.mode import MODES, Mode
 from lr2vq_jax.nn.kernel import LOSSES, QUANT, STAGES, QuantConfig
 from lr2vq_jax.nn.layers import Conv, Dense, DenseGeneral, n_out_dims
 from lr2vq_jax.nn.transform import (
@@ -13,11 +14,13 @@ from lr2vq_jax.nn.transform import (
 
 __all__ = [
   "LOSSES",
+  "MODES",
   "QUANT",
   "STAGES",
   "Conv",
   "Dense",
   "DenseGeneral",
+  "Mode",
   "QuantConfig",
   "QuantizedModel",
   "describe",

@@ -1,16 +1,16 @@
-"""A linen layer's kernel from its LR²VQ variables, for every stage of the pipeline.
+"""A linen layer's kernel from its LR²VQ variables, in every mode (`lr2vq_jax.core.mode`).
 
 The variables live in the calling layer's own scope (big_vision `StdConv` style: the kernel is
 computed from other params), so a quantized layer has the same path as the float layer it replaces.
 
-  stage      params                         'quant' collection   kernel
+  mode       params                         'quant' collection   kernel
   float      kernel                         -                     kernel
   lowrank    z (n,d̃), projection (d̃,m)      shapes                Z·P
   quantize   z, projection, codebook (k,d̃)  shapes, tau           train: DKM(Z)·P; eval: hard codes
   frozen     codebook, projection           shapes, codes (n,)    C[a]·P
 
 "shapes" are `shape` (the kernel's) and `view_shape` (what is cut into subvectors), kept so that
-an export or a later stage needs nothing but the variables. The settings that change the result
+an export or a later mode needs nothing but the variables. The settings that change the result
 (projection mode, store, DKM iterations) are recorded there too (`core/recorded.py`).
 The math is `lr2vq_jax.core.kernel` (shared with NNX); this file only makes and reads variables.
 """
@@ -27,6 +27,7 @@ from lr2vq_jax.core import kernel as kernel_math
 from lr2vq_jax.core import lowrank, recorded
 from lr2vq_jax.core.kernel import (  # noqa: F401  (the linen-side names of the shared math)
   LOSSES,
+  MODES,
   QUANT,
   STAGES,
   QuantConfig,
@@ -40,6 +41,7 @@ from lr2vq_jax.core.kernel import (  # noqa: F401  (the linen-side names of the 
   stored_rows,
   temperature,
 )
+from lr2vq_jax.core.mode import QUANTIZED, Mode, as_mode
 from lr2vq_jax.core.rules import LayerPlan, Rule, plan_layer
 
 
@@ -50,73 +52,103 @@ def quantized_kernel(
   shape: Sequence[int],
   param_dtype: Any,
   rule: Rule,
-  stage: str,
+  mode: Mode | str,
   train: bool,
   config: QuantConfig,
   n_out_dims: int | None,
 ) -> jax.Array:
-  """Creates/reads the stage's variables in `mdl`'s scope and returns the kernel (param_dtype)."""
-  if stage not in STAGES or stage == "float":
-    raise ValueError(f"stage={stage!r}: expected one of {STAGES[1:]}")
+  """Creates/reads the mode's variables in `mdl`'s scope and returns the kernel (param_dtype)."""
+  mode = as_mode(mode, QUANTIZED)
   geo = plan_layer("/".join(map(str, mdl.path)), shape, rule, n_out_dims=n_out_dims)
-  _check_stage(mdl, stage)
+  _check_mode(mdl, mode)
   mdl.variable(QUANT, "shape", lambda: jnp.asarray(geo.shape, jnp.int32))
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
-  settings = _settings(mdl, stage, config)
-  arrays = _stage_arrays(mdl, stage, geo, config, init_fn, param_dtype)
-  rows, commitment = kernel_math.stage_rows(stage, arrays, settings, config, train=train)
+  settings = _settings(mdl, mode, config)
+  arrays = _mode_arrays(mdl, mode, geo, config, init_fn, param_dtype)
+  rows, commitment = kernel_math.mode_rows(mode, arrays, settings, config, train=train)
   if commitment is not None:
     mdl.sow(LOSSES, "commitment", commitment)
   return geo.to_kernel(rows).astype(param_dtype)
 
 
-def _stage_arrays(mdl, stage: str, geo: LayerPlan, config, init_fn, param_dtype) -> dict:
-  """The stage's params and 'quant' variables in `mdl` (made at init from a random kernel)."""
-  initializing = mdl.is_initializing()
-  rows0 = None
-  if initializing:
-    kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
-    rows0 = geo.to_rows(jnp.asarray(kernel, jnp.float32))
-  z0 = p0 = c0 = None
-  if stage == "frozen":
-    codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
-    if initializing:
-      z0, p0 = (rows0, jnp.eye(geo.m)) if geo.d == geo.m else lowrank.svd_init(rows0, geo.d)
-      c0 = _random_rows(mdl, z0, geo.k)
-    c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
-    p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-    return {"codes": codes, "codebook": c, "projection": p}
-  if initializing:
-    z0, p0 = lowrank.svd_init(rows0, geo.d)
+def _initial_rows(mdl, geo: LayerPlan, init_fn, param_dtype) -> jax.Array | None:
+  """At init, the rows of a random float kernel the mode's variables start from; else None."""
+  if not mdl.is_initializing():
+    return None
+  kernel = init_fn(mdl.make_rng("params"), geo.shape, param_dtype)
+  return geo.to_rows(jnp.asarray(kernel, jnp.float32))
+
+
+def _lowrank_params(mdl, geo: LayerPlan, rows0, param_dtype) -> tuple:
+  """(z, projection, float32 z at init or None): at init, the truncated SVD of the random kernel."""
+  z0, p0 = (None, None) if rows0 is None else lowrank.svd_init(rows0, geo.d)
   z = mdl.param("z", _given(z0, (geo.n, geo.d), param_dtype))
   p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
-  if stage == "lowrank":
-    return {"z": z, "projection": p}
-  c0 = _random_rows(mdl, z0, geo.k) if initializing else None
+  return z, p, z0
+
+
+def _lowrank_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
+  """z and projection."""
+  del config
+  z, p, _ = _lowrank_params(mdl, geo, rows0, param_dtype)
+  return {"z": z, "projection": p}
+
+
+def _quantize_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
+  """z, projection, a codebook (at init: k random rows of Z) and DKM's temperature τ."""
+  z, p, z0 = _lowrank_params(mdl, geo, rows0, param_dtype)
+  c0 = None if z0 is None else _random_rows(mdl, z0, geo.k)
   c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
   tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
   return {"z": z, "projection": p, "codebook": c, "tau": tau}
 
 
-def _check_stage(mdl, stage: str) -> None:
-  """Outside init, the layer's params must be of `stage`: else the conversion to run, by name."""
+def _frozen_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
+  """Codes, codebook and projection (at init: SVD of the random kernel, or P = I at d̃ = m)."""
+  del config
+  codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
+  z0 = p0 = c0 = None
+  if rows0 is not None:
+    z0, p0 = (rows0, jnp.eye(geo.m)) if geo.d == geo.m else lowrank.svd_init(rows0, geo.d)
+    c0 = _random_rows(mdl, z0, geo.k)
+  c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
+  p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))
+  return {"codes": codes, "codebook": c, "projection": p}
+
+
+def _mode_arrays(mdl, mode: Mode, geo: LayerPlan, config, init_fn, param_dtype) -> dict:
+  """The mode's params and 'quant' variables in `mdl` (made at init from a random kernel)."""
+  rows0 = _initial_rows(mdl, geo, init_fn, param_dtype)
+  return _MODE_ARRAYS[mode](mdl, geo, rows0, param_dtype, config)
+
+
+# The variables of each quantized mode: (mdl, geo, initial rows or None, dtype, config) -> arrays.
+_MODE_ARRAYS = {
+  Mode.LOWRANK: _lowrank_arrays,
+  Mode.QUANTIZE: _quantize_arrays,
+  Mode.FROZEN: _frozen_arrays,
+}
+
+
+def _check_mode(mdl, mode: Mode) -> None:
+  """Outside init, the layer's params must be of `mode`: else the conversion to run, by name."""
   if mdl.is_initializing() or mdl.scope is None:
     return
   names = {n for n in ("kernel", "z", "codebook") if mdl.has_variable("params", n)}
-  found = recorded.layer_stage(names)
-  if found != stage:
-    raise recorded.stage_error(module_name(mdl), found, stage, "quantize_model(stage=...)")
+  found = recorded.layer_mode(names)
+  if found != mode:
+    raise recorded.mode_error(module_name(mdl), found, mode, "quantize_model(mode=...)")
 
 
 def module_name(mdl) -> str:
   return "/".join(map(str, mdl.path))
 
 
-def _settings(mdl, stage: str, config: QuantConfig) -> dict:
-  """The stage's recorded settings: created at init from `config`, else read from the variables
+def _settings(mdl, mode: Mode, config: QuantConfig) -> dict:
+  """The mode's recorded settings: created at init from `config`, else read from the variables
   (a concrete value is checked against an explicit `config` field; a traced one is used as is)."""
   out = {}
-  for name in recorded.STAGE_SETTINGS[stage]:
+  for name in recorded.MODE_SETTINGS[mode]:
     key, explicit = recorded.KEYS[name], getattr(config, name)
     if mdl.is_initializing():
       out[name] = mdl.variable(QUANT, key, lambda n=name: recorded.encode(n, config.value(n))).value

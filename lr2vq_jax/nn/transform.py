@@ -1,6 +1,6 @@
 """Quantize an existing linen model by rules on module paths, without editing its source.
 
-`quantize_model(model, rules, stage)` wraps `model`; inside the wrapper every plain
+`quantize_model(model, rules, mode)` wraps `model`; inside the wrapper every plain
 `flax.linen.Conv`, `Dense` and `DenseGeneral` call is intercepted (`nn.intercept_methods`) and
 re-run as the matching `lr2vq_jax.nn` layer bound to the *same scope*, so the variable tree keeps
 the original model's paths: only the kernels of matched layers become z/projection/codebook.
@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from lr2vq_jax.core.accounting import describe_table
+from lr2vq_jax.core.mode import Mode, as_mode, deprecated_stage, renamed_stage
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layer, resolve
 from lr2vq_jax.nn import layers
-from lr2vq_jax.nn.kernel import LOSSES, STAGES, QuantConfig
+from lr2vq_jax.nn.kernel import LOSSES, QuantConfig
 
 # Call arguments that name the training mode in models people write, and their sense.
 TRAIN_FLAGS = {"train": True, "training": True, "is_training": True, "deterministic": False}
@@ -41,7 +42,7 @@ def _constructor_fields(mdl: nn.Module) -> dict[str, Any]:
   }
 
 
-def _make_interceptor(rules: Sequence[Rule], stage: str, train: bool, config: QuantConfig):
+def _make_interceptor(rules: Sequence[Rule], mode: Mode, train: bool, config: QuantConfig):
   def interceptor(next_fun, args, kwargs, context):
     mdl = context.module
     replacement = _REPLACEMENTS.get(type(mdl))
@@ -51,7 +52,7 @@ def _make_interceptor(rules: Sequence[Rule], stage: str, train: bool, config: Qu
     if rule is None or rule.skip:
       return next_fun(*args, **kwargs)
     quantized = replacement(
-      **_constructor_fields(mdl), rule=rule, stage=stage, train=train, quant=config, parent=None
+      **_constructor_fields(mdl), rule=rule, mode=mode, train=train, quant=config, parent=None
     )
     return quantized.clone(parent=mdl.scope)(*args, **kwargs)
 
@@ -61,8 +62,8 @@ def _make_interceptor(rules: Sequence[Rule], stage: str, train: bool, config: Qu
 class QuantizedModel(nn.Module):
   """`model` with LR²VQ kernels where `rules` say; same variable paths as `model`.
 
-  The quantize stage runs soft DKM (training) or hard codes (evaluation, what export ships). The
-  mode is `quant_train=` when given (the explicit way, whatever the model calls its flag), else
+  The quantize mode runs soft DKM (training) or hard codes (evaluation, what export ships): which
+  one is `quant_train=` when given (the explicit way, whatever the model calls its flag), else
   the wrapped model's own flag found by name in its call, positional or keyword (or its default
   when the call leaves it out): `train`, `training`, `is_training` (or the negation
   `deterministic`). Without either it is hard codes,
@@ -72,16 +73,21 @@ class QuantizedModel(nn.Module):
 
   model: nn.Module
   rules: tuple[Rule, ...]
-  stage: str = "quantize"
+  mode: Mode | str = Mode.QUANTIZE
   config: QuantConfig = QuantConfig()
 
+  @property
+  def stage(self) -> Mode:
+    """Deprecated: the model's `mode`."""
+    return deprecated_stage(self)
+
   def setup(self):
-    if self.stage not in STAGES:
-      raise ValueError(f"stage={self.stage!r}: expected one of {STAGES}")
+    as_mode(self.mode)
     nn.share_scope(self, self.model)
 
   def __call__(self, *args, quant_train: bool | None = None, **kwargs):
-    if self.stage == "float":
+    mode = as_mode(self.mode)
+    if mode == Mode.FLOAT:
       return self.model(*args, **kwargs)
     train = quant_train
     if train is None:
@@ -89,13 +95,13 @@ class QuantizedModel(nn.Module):
     if train is None:
       train = False
       self._check_hard_is_meant(args)
-    interceptor = _make_interceptor(self.rules, self.stage, bool(train), self.config)
+    interceptor = _make_interceptor(self.rules, mode, bool(train), self.config)
     with nn.intercept_methods(interceptor):
       return self.model(*args, **kwargs)
 
   def _check_hard_is_meant(self, args: tuple) -> None:
     """Hard codes where training is evident (`losses` mutable, gradients taken) is an error."""
-    if self.stage != "quantize" or self.is_initializing():
+    if self.mode != Mode.QUANTIZE or self.is_initializing():
       return
     if self.is_mutable_collection(LOSSES):
       why = "'losses' is mutable"
@@ -105,7 +111,7 @@ class QuantizedModel(nn.Module):
       return
     raise ValueError(
       f"quantize_model: {type(self.model).__name__}'s call has no train/training/deterministic "
-      f"argument, so the quantize stage would run hard codes (no gradient reaches z or the "
+      f"argument, so the quantize mode would run hard codes (no gradient reaches z or the "
       f"codebook) although {why}: pass quant_train=True to apply() for soft-DKM training "
       "(quant_train=False: hard codes on purpose)"
     )
@@ -146,17 +152,21 @@ def _under_grad(*trees) -> bool:
 def quantize_model(
   model: nn.Module,
   rules: Sequence[Rule],
-  stage: str = "quantize",
+  mode: Mode | str = Mode.QUANTIZE,
   config: QuantConfig | None = None,
+  *,
+  stage: Mode | str | None = None,
 ) -> QuantizedModel:
-  """Returns `model` transformed to `stage` by `rules` (first match wins on module paths).
+  """Returns `model` with its layers in `mode` by `rules` (first match wins on module paths).
 
   `rules` is a sequence of `Rule`s or a single one. A model with an `lr2vq_quantize` method (an
-  NNX model seen through `lq.nnx.LinenView`) quantizes itself.
+  NNX model seen through `lq.nnx.LinenView`) quantizes itself. `stage=` is the deprecated name
+  of `mode=`.
   """
+  mode = as_mode(renamed_stage(mode, stage, Mode.QUANTIZE, "quantize_model"))
   if hasattr(model, "lr2vq_quantize"):
-    return model.lr2vq_quantize(as_rules(rules), stage, config)
-  return QuantizedModel(model, as_rules(rules), stage, config or QuantConfig())
+    return model.lr2vq_quantize(as_rules(rules), mode, config)
+  return QuantizedModel(model, as_rules(rules), mode, config or QuantConfig())
 
 
 def _trace_layers(model: nn.Module, rules: Sequence[Rule], *args, **kwargs) -> list[tuple]:

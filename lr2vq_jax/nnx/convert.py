@@ -1,10 +1,10 @@
-"""Stage conversions of an NNX model, in place: matched layers get a `QuantizedKernel`.
+"""Mode conversions of an NNX model, in place: matched layers get a `QuantizedKernel`.
 
   method "lr2vq"  float → lowrank (SVD) → quantize (k-means++/Lloyd on Z, τ) → frozen (hard codes)
   method "pq"     float → frozen by k-means on the raw subvectors (d̃ = m; PQ / BGD baseline)
   method "dkm"    float → quantize with Z = X, P = I (d̃ = m; vanilla DKM), → frozen
 
-Each step is the per-layer function of `lr2vq_jax.core.stages` that `lr2vq_jax.convert` runs on
+Each step is the per-layer function of `lr2vq_jax.core.conversions` that `lr2vq_jax.convert` runs on
 linen variables, with the same keys (`fold_in(key, i)`, layers in sorted path order), so the same
 weights give the same numbers on both front ends. Convert eagerly (or inside `nnx.eval_shape` /
 a jitted function that returns the state): `jax.jit` drops in-place surgery on its inputs.
@@ -19,33 +19,33 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lr2vq_jax.core import conversions, recorded
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core import recorded, stages
-from lr2vq_jax.core.kernel import STAGES, QuantConfig
-from lr2vq_jax.core.recorded import StageError
+from lr2vq_jax.core.kernel import QuantConfig
+from lr2vq_jax.core.mode import QUANTIZED, Mode, as_mode, names, renamed_stage
+from lr2vq_jax.core.recorded import ModeError
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, vanilla
 from lr2vq_jax.nnx.kernel import QuantizedKernel
 from lr2vq_jax.nnx.transform import layer_plan, matched_layers
 
 METHODS = ("lr2vq", "pq", "dkm")
-_ORDER = {s: i for i, s in enumerate(STAGES)}
 
 
 class _Layer:
-  """One matched layer's conversion state: stage, arrays and recorded settings (encoded)."""
+  """One matched layer's conversion state: mode, arrays and recorded settings (encoded)."""
 
   def __init__(self, path: str, layer: nnx.Module, plan: LayerPlan):
     self.path, self.layer, self.plan = path, layer, plan
     kernel = layer.kernel
     if isinstance(kernel, QuantizedKernel):
-      self.stage, self.dtype, self.arrays = kernel.stage, kernel.param_dtype, kernel.arrays()
+      self.mode, self.dtype, self.arrays = kernel.mode, kernel.param_dtype, kernel.arrays()
       self.quant = {
         recorded.KEYS[n]: getattr(kernel, recorded.KEYS[n])[...]
-        for n in recorded.STAGE_SETTINGS[kernel.stage]
+        for n in recorded.MODE_SETTINGS[kernel.mode]
       }
     else:
       value = kernel[...]
-      self.stage, self.dtype, self.quant = "float", value.dtype, {}
+      self.mode, self.dtype, self.quant = Mode.FLOAT, value.dtype, {}
       self.arrays = {"rows": plan.to_rows(jnp.asarray(value, jnp.float32))}
 
   @property
@@ -54,10 +54,10 @@ class _Layer:
 
   def settings(self, config: QuantConfig | None, conversion: str) -> dict:
     where = f"{conversion}, layer {self.path!r}"
-    return recorded.resolve(self.quant, config, self.stage, where)
+    return recorded.resolve(self.quant, config, self.mode, where)
 
-  def set(self, stage: str, arrays: dict, settings: dict) -> None:
-    self.stage, self.arrays = stage, arrays
+  def set(self, mode: Mode, arrays: dict, settings: dict) -> None:
+    self.mode, self.arrays = mode, arrays
     self.quant = {recorded.KEYS[n]: recorded.encode(n, v) for n, v in settings.items()}
 
 
@@ -71,26 +71,26 @@ def _to_lowrank(layers: list[_Layer], method: str, config: QuantConfig) -> None:
   for layer in layers:
     rows = layer.arrays["rows"]
     if method == "dkm":
-      z, p = stages.dkm_layer(rows)
+      z, p = conversions.dkm_layer(rows)
     else:
-      z, p = stages.lowrank_layer(rows, layer.plan.d)
-    layer.set("lowrank", {"z": z, "projection": p}, config.settings("lowrank"))
+      z, p = conversions.lowrank_layer(rows, layer.plan.d)
+    layer.set(Mode.LOWRANK, {"z": z, "projection": p}, config.settings(Mode.LOWRANK))
 
 
 def _to_quantize(layers: list[_Layer], key, config: QuantConfig, iters: int, alpha) -> None:
   for i, layer in enumerate(sorted(layers, key=lambda entry: entry.key)):
     resolved = layer.settings(config, "quantize_model (lowrank → quantize)")
-    codebook, tau = stages.quantize_layer(
+    codebook, tau = conversions.quantize_layer(
       layer.arrays["z"], layer.plan.k, jax.random.fold_in(key, i), iters=iters, tau_alpha=alpha
     )
     arrays = {**layer.arrays, "codebook": codebook, "tau": tau}
-    layer.set("quantize", arrays, {**config.settings("quantize"), **resolved})
+    layer.set(Mode.QUANTIZE, arrays, {**config.settings(Mode.QUANTIZE), **resolved})
 
 
 def _to_frozen(layers: list[_Layer], config: QuantConfig, explicit: QuantConfig | None) -> None:
   for layer in layers:
     settings = layer.settings(explicit, "quantize_model (quantize → frozen)")
-    codebook, codes = stages.freeze_layer(
+    codebook, codes = conversions.freeze_layer(
       layer.arrays["z"],
       layer.arrays["codebook"],
       layer.arrays["tau"],
@@ -98,23 +98,24 @@ def _to_frozen(layers: list[_Layer], config: QuantConfig, explicit: QuantConfig 
       chunk_size=config.chunk_size,
     )
     arrays = {"projection": layer.arrays["projection"], "codebook": codebook, "codes": codes}
-    layer.set("frozen", arrays, {n: settings[n] for n in recorded.STAGE_SETTINGS["frozen"]})
+    layer.set(Mode.FROZEN, arrays, {n: settings[n] for n in recorded.MODE_SETTINGS[Mode.FROZEN]})
 
 
 def _to_pq(layers: list[_Layer], key, config: QuantConfig, iters: int) -> None:
   for i, layer in enumerate(sorted(layers, key=lambda entry: entry.path)):
-    codebook, projection, codes = stages.pq_layer(
+    codebook, projection, codes = conversions.pq_layer(
       layer.arrays["rows"], layer.plan.k, jax.random.fold_in(key, i), iters=iters
     )
     arrays = {"codebook": codebook, "projection": projection, "codes": codes}
-    layer.set("frozen", arrays, config.settings("frozen"))
+    layer.set(Mode.FROZEN, arrays, config.settings(Mode.FROZEN))
 
 
 def quantize_model(
   model: nnx.Module,
   rules: Rule | Sequence[Rule],
-  stage: str = "quantize",
+  mode: Mode | str = Mode.QUANTIZE,
   *,
+  stage: Mode | str | None = None,
   key: jax.Array | None = None,
   config: QuantConfig | None = None,
   method: str = "lr2vq",
@@ -122,21 +123,22 @@ def quantize_model(
   tau_alpha: float | None = None,
   deterministic: bool = False,
 ) -> nnx.Module:
-  """Moves every layer the rules select to `stage`, in place, and returns `model`.
+  """Moves every layer the rules select to `mode`, in place, and returns `model`.
 
-  A float kernel goes float → lowrank → quantize → frozen as far as `stage`; a `QuantizedKernel`
-  at an earlier stage moves forward from where it is (stages never move back: `dequantize`).
+  A float kernel goes float → lowrank → quantize → frozen as far as `mode`; a `QuantizedKernel`
+  in an earlier mode moves forward from where it is (modes never move back: `dequantize`).
   `key` seeds k-means (quantize step and PQ). `method` "pq" / "dkm" are the baselines (d̃ = m).
   New kernels start in NNX's training mode (`deterministic=False`: soft DKM); `model.eval()`
   selects the hard codes. The float weights are replaced: keep a copy with
-  `nnx.clone(model, arrays=True)` first if you need it.
+  `nnx.clone(model, arrays=True)` first if you need it. `stage=` is the deprecated name of `mode=`.
   """
-  if stage not in STAGES[1:]:
-    raise ValueError(f"stage={stage!r}: expected one of {STAGES[1:]} (dequantize goes to float)")
+  mode = as_mode(renamed_stage(mode, stage, Mode.QUANTIZE, "quantize_model"))
+  if mode == Mode.FLOAT:
+    raise ValueError(f"mode='float': expected one of {names(QUANTIZED)} (dequantize goes to float)")
   if method not in METHODS:
     raise ValueError(f"method={method!r}: expected one of {METHODS}")
-  if method == "pq" and stage != "frozen" or method == "dkm" and stage == "lowrank":
-    raise ValueError(f"method={method!r} has no {stage} stage")
+  if method == "pq" and mode != Mode.FROZEN or method == "dkm" and mode == Mode.LOWRANK:
+    raise ValueError(f"method={method!r} has no {mode} mode")
   explicit, config = config, config or QuantConfig()
   alpha = config.tau_alpha if tau_alpha is None else tau_alpha
   rules = as_rules(rules) if method == "lr2vq" else vanilla(rules)
@@ -146,24 +148,24 @@ def quantize_model(
     if rule is not None and not rule.skip
   ]
   for layer in layers:
-    if _ORDER[layer.stage] > _ORDER[stage]:
-      raise recorded.stage_error(layer.path, layer.stage, stage, "quantize_model")
-    if method != "lr2vq" and layer.stage != "float":
-      raise StageError(f"quantize_model(method={method!r}): layer {layer.path!r} is not float")
-  at = lambda s: [entry for entry in layers if entry.stage == s]  # noqa: E731
+    if layer.mode.order > mode.order:
+      raise recorded.mode_error(layer.path, layer.mode, mode, "quantize_model")
+    if method != "lr2vq" and layer.mode != Mode.FLOAT:
+      raise ModeError(f"quantize_model(method={method!r}): layer {layer.path!r} is not float")
+  at = lambda m: [entry for entry in layers if entry.mode == m]  # noqa: E731
   if method == "pq":
-    _to_pq(at("float"), _need_key(key, "PQ"), config, kmeans_iters)
+    _to_pq(at(Mode.FLOAT), _need_key(key, "PQ"), config, kmeans_iters)
   else:
-    _to_lowrank(at("float"), method, config)
-  if stage in ("quantize", "frozen") and at("lowrank"):
-    _to_quantize(at("lowrank"), _need_key(key, "k-means"), config, kmeans_iters, alpha)
-  if stage == "frozen":
-    _to_frozen(at("quantize"), config, explicit)
+    _to_lowrank(at(Mode.FLOAT), method, config)
+  if mode in (Mode.QUANTIZE, Mode.FROZEN) and at(Mode.LOWRANK):
+    _to_quantize(at(Mode.LOWRANK), _need_key(key, "k-means"), config, kmeans_iters, alpha)
+  if mode == Mode.FROZEN:
+    _to_frozen(at(Mode.QUANTIZE), config, explicit)
   for entry in layers:
     settings = {n: recorded.decode(n, v) for n, v in _decoded_keys(entry.quant).items()}
     entry.layer.kernel = QuantizedKernel(
       entry.plan,
-      entry.stage,
+      entry.mode,
       entry.arrays,
       settings,
       config=config,

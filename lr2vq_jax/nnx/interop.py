@@ -81,7 +81,7 @@ def export(
   config: QuantConfig | None = None,
   metadata: Mapping[str, Any] | None = None,
 ) -> dict:
-  """Writes the artifact of a quantize- or frozen-stage NNX model (`lq.export`'s format)."""
+  """Writes the artifact of a quantize- or frozen-mode NNX model (`lq.export`'s format)."""
   return export_lib.export(
     to_variables(model),
     rules,

@@ -1,18 +1,18 @@
-"""`QuantizedKernel`: the NNX stand-in for a layer's `kernel` Param at an LR²VQ stage.
+"""`QuantizedKernel`: the NNX stand-in for a layer's `kernel` Param in an LR²VQ mode.
 
 Every flax NNX linear layer reads its weight as `self.kernel[...]`; a `QuantizedKernel` assigned to
-`layer.kernel` answers that read with the stage's kernel, so the layer's class, configuration, bias
+`layer.kernel` answers that read with the mode's kernel, so the layer's class, configuration, bias
 and call code stay as they were. State lives under the layer's `kernel`:
 
-  stage      nnx.Param                       QuantState (never trained)
+  mode       nnx.Param                       QuantState (never trained)
   lowrank    z (n,d̃), projection (d̃,m)      projection_mode
   quantize   z, projection, codebook (k,d̃)  tau, projection_mode, store_mode, dkm_iters
   frozen     codebook, projection            codes (n,), projection_mode, store_mode
 
-The math is `lr2vq_jax.core.kernel`, the one the linen layers run. Mode follows NNX's convention:
-`deterministic=False` (after `model.train()`) is soft DKM, `True` (`model.eval()`) the hard codes
-an export ships. The geometry (`plan`), stage and config are static: a stage change is a new
-GraphDef, hence a new compile, as a new linen stage is.
+The math is `lr2vq_jax.core.kernel`, the one the linen layers run. Training follows NNX's
+convention: `deterministic=False` (after `model.train()`) is soft DKM, `True` (`model.eval()`) the
+hard codes an export ships. The geometry (`plan`), mode and config are static: a mode change is a
+new GraphDef, hence a new compile, as a new linen mode is.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from flax import nnx
 
 from lr2vq_jax.core import kernel as kernel_math
 from lr2vq_jax.core import recorded
-from lr2vq_jax.core.kernel import STAGES, QuantConfig
+from lr2vq_jax.core.kernel import QuantConfig
+from lr2vq_jax.core.mode import QUANTIZED, Mode, as_mode, deprecated_stage
 from lr2vq_jax.core.rules import LayerPlan
 from lr2vq_jax.nnx.variables import Losses, QuantState
 
@@ -47,12 +48,12 @@ def _row_sharding(name: str, n: int, config: QuantConfig) -> dict:
 
 
 class QuantizedKernel(nnx.Module):
-  """A layer's kernel as its LR²VQ variables at `stage` (`kernel[...]` gives the kernel)."""
+  """A layer's kernel as its LR²VQ variables in `mode` (`kernel[...]` gives the kernel)."""
 
   def __init__(
     self,
     plan: LayerPlan,
-    stage: str,
+    mode: Mode | str,
     arrays: Mapping[str, Any],
     settings: Mapping[str, Any],
     *,
@@ -60,10 +61,8 @@ class QuantizedKernel(nnx.Module):
     param_dtype: Any = jnp.float32,
     deterministic: bool = False,
   ):
-    if stage not in STAGES[1:]:
-      raise ValueError(f"stage={stage!r}: expected one of {STAGES[1:]}")
     self.plan = plan
-    self.stage = stage
+    self.mode = mode = as_mode(mode, QUANTIZED)
     self.config = config = config or QuantConfig()
     self.param_dtype = jnp.dtype(param_dtype)
     self.deterministic = deterministic
@@ -74,8 +73,13 @@ class QuantizedKernel(nnx.Module):
           value = value.astype(self.param_dtype)
         kind = nnx.Param if name in PARAMS else QuantState
         setattr(self, name, kind(value, **_row_sharding(name, plan.n, config)))
-    for name in recorded.STAGE_SETTINGS[stage]:
+    for name in recorded.MODE_SETTINGS[mode]:
       setattr(self, recorded.KEYS[name], QuantState(recorded.encode(name, settings[name])))
+
+  @property
+  def stage(self) -> Mode:
+    """Deprecated: the kernel's `mode`."""
+    return deprecated_stage(self)
 
   # -- what layer code reads ---------------------------------------------------------------------
 
@@ -106,17 +110,17 @@ class QuantizedKernel(nnx.Module):
     if deterministic is not None:
       self.deterministic = deterministic
 
-  # -- the stage's kernel ------------------------------------------------------------------------
+  # -- the mode's kernel -------------------------------------------------------------------------
 
   def arrays(self) -> dict[str, jax.Array]:
-    """The stage's z / projection / codebook / tau / codes (those it has)."""
+    """The mode's z / projection / codebook / tau / codes (those it has)."""
     return {n: getattr(self, n)[...] for n in (*PARAMS, *STATE) if hasattr(self, n)}
 
   def settings(self) -> dict:
     """Recorded settings: names where Python can read them (checked against an explicit config
     field), the recorded scalars as they are under tracing."""
     out = {}
-    for name in recorded.STAGE_SETTINGS[self.stage]:
+    for name in recorded.MODE_SETTINGS[self.mode]:
       value = getattr(self, recorded.KEYS[name])[...]
       if recorded.is_concrete(value):
         value = recorded.decode(name, value)
@@ -125,9 +129,9 @@ class QuantizedKernel(nnx.Module):
     return out
 
   def materialize(self) -> jax.Array:
-    """The kernel (param dtype, the float layer's shape) at this stage and mode."""
-    rows, commitment = kernel_math.stage_rows(
-      self.stage, self.arrays(), self.settings(), self.config, train=not self.deterministic
+    """The kernel (param dtype, the float layer's shape) in this mode (soft or hard codes)."""
+    rows, commitment = kernel_math.mode_rows(
+      self.mode, self.arrays(), self.settings(), self.config, train=not self.deterministic
     )
     if commitment is not None and hasattr(self, "__captures__"):
       self.sow(Losses, "commitment", commitment)  # collected by nnx.capture(model, Losses)

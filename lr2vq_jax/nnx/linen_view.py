@@ -3,7 +3,7 @@
 Training loops written for linen (this project's `lr2vq_jax.train` among them) keep their
 variables in dicts ({"params", "batch_stats", "quant"}) and call `model.init(rng, x, train=...)` and
 `model.apply(variables, x, train=..., mutable=[...])`. `LinenView(factory)` gives an NNX model
-that interface: each `apply` merges the stage's NNX graph with the given arrays, sets NNX's mode
+that interface: each `apply` merges the mode's NNX graph with the given arrays, sets NNX's mode
 (`model.train()` / `model.eval()`), runs the NNX code and hands the changed collections back. The
 variables are `lq.nnx.to_variables`'s layout, which is the linen one, so the dict-based
 conversions, checkpoints, sharding rules and export run unchanged; `lq.nn.quantize_model` and
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from lr2vq_jax.core.kernel import LOSSES, QuantConfig
+from lr2vq_jax.core.mode import Mode, as_mode, deprecated_stage, renamed_stage
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules
 from lr2vq_jax.nnx.interop import linen_keys, to_variables
 from lr2vq_jax.nnx.kernel import QuantizedKernel
@@ -30,39 +32,51 @@ from lr2vq_jax.nnx.transform import iter_layers, plan_model
 from lr2vq_jax.nnx.variables import Losses
 
 
-def init_stage(model: nnx.Module, rules, stage: str, key: jax.Array, config: QuantConfig):
-  """Gives the rules' layers random `stage` kernels, as a linen `init` of that stage does (SVD
+def init_mode(model: nnx.Module, rules, mode: Mode | str, key: jax.Array, config: QuantConfig):
+  """Gives the rules' layers random `mode` kernels, as a linen `init` in that mode does (SVD
   of the random kernel, k random rows of Z as codebook); in place, returns `model`."""
+  mode = as_mode(mode)
   layers = dict(iter_layers(model))
   for i, (path, plan) in enumerate(sorted(plan_model(model, rules).items())):
     value = layers[path].kernel[...]
     rows = plan.to_rows(jnp.asarray(value, jnp.float32))
-    arrays = initial_arrays(rows, plan, stage, jax.random.fold_in(key, i), config.tau_alpha)
+    arrays = initial_arrays(rows, plan, mode, jax.random.fold_in(key, i), config.tau_alpha)
     layers[path].kernel = QuantizedKernel(
-      plan, stage, arrays, config.settings(stage), config=config, param_dtype=value.dtype
+      plan, mode, arrays, config.settings(mode), config=config, param_dtype=value.dtype
     )
   return model
 
 
+def init_stage(model: nnx.Module, rules, stage: Mode | str, key: jax.Array, config: QuantConfig):
+  """Deprecated name of `init_mode`."""
+  warnings.warn("lq.nnx.init_stage is deprecated, use init_mode", DeprecationWarning, stacklevel=2)
+  return init_mode(model, rules, stage, key, config)
+
+
 @dataclasses.dataclass(frozen=True)
 class LinenView:
-  """`factory(rngs=...)` (an NNX float model) at `stage` under `rules`, with linen's interface."""
+  """`factory(rngs=...)` (an NNX float model) in `mode` under `rules`, with linen's interface."""
 
   factory: Callable[..., nnx.Module]
   rules: tuple[Rule, ...] = ()
-  stage: str = "float"
+  mode: Mode | str = Mode.FLOAT
   config: QuantConfig = QuantConfig()
 
+  @property
+  def stage(self) -> Mode:
+    """Deprecated: the view's `mode`."""
+    return deprecated_stage(self)
+
   def build(self, rng: jax.Array) -> nnx.Module:
-    """A fresh NNX model of this stage, randomly initialised from `rng`."""
+    """A fresh NNX model in this mode, randomly initialised from `rng`."""
     model = self.factory(rngs=nnx.Rngs(rng))
-    if self.stage != "float":
-      init_stage(model, self.rules, self.stage, jax.random.fold_in(rng, 1), self.config)
+    if self.mode != Mode.FLOAT:
+      init_mode(model, self.rules, self.mode, jax.random.fold_in(rng, 1), self.config)
     return model
 
   @functools.cached_property
   def _graph(self):
-    """(GraphDef, abstract State, NNX path → linen key) of this stage's model."""
+    """(GraphDef, abstract State, NNX path → linen key) of this mode's model."""
     model = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
     graphdef, state = nnx.split(model)
     return graphdef, state, linen_keys(model)
@@ -73,14 +87,14 @@ class LinenView:
     return to_variables(self.build(rng))
 
   def bind_variables(self, variables) -> nnx.Module:
-    """The stage's NNX model holding `variables` (linen layout; extra leaves are ignored)."""
+    """The mode's NNX model holding `variables` (linen layout; extra leaves are ignored)."""
     graphdef, abstract, keys = self._graph
     flat = traverse_util.flatten_dict(_plain(variables))
     leaves = []
     for path, var in nnx.to_flat_state(abstract):
       key = keys.get(tuple(path))
       if key is not None and key not in flat:
-        raise KeyError(f"variables have no {'/'.join(key)!r} (the model's stage is {self.stage})")
+        raise KeyError(f"variables have no {'/'.join(key)!r} (the model's mode is {self.mode})")
       leaves.append((path, var if key is None else var.replace(flat[key])))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
@@ -114,9 +128,18 @@ class LinenView:
 
   # -- the hooks lq.nn.quantize_model / plan_model call -----------------------------------------
 
-  def lr2vq_quantize(self, rules, stage: str, config: QuantConfig | None = None) -> LinenView:
+  def lr2vq_quantize(
+    self,
+    rules,
+    mode: Mode | str = Mode.QUANTIZE,
+    config: QuantConfig | None = None,
+    *,
+    stage: Mode | str | None = None,
+  ) -> LinenView:
+    """This view with `rules` in `mode` (`stage=` is the deprecated name of `mode=`)."""
+    mode = as_mode(renamed_stage(mode, stage, Mode.QUANTIZE, "LinenView.lr2vq_quantize"))
     return dataclasses.replace(
-      self, rules=as_rules(rules), stage=stage, config=config or QuantConfig()
+      self, rules=as_rules(rules), mode=mode, config=config or QuantConfig()
     )
 
   def lr2vq_plan(self, rules: Rule | Sequence[Rule]) -> dict[str, LayerPlan]:

@@ -3,7 +3,7 @@
 `QuantState` holds τ, the frozen codes and the recorded settings; its linen collection name is
 `quant`, so the linen ↔ NNX bridge and the export see the same layout. An optimizer built with
 `nnx.Optimizer(model, tx, wrt=nnx.Param)` and `nnx.grad` (Param by default) never touch it.
-`Losses` is what the quantize stage sows (β·commitment) and `nnx.capture(model, Losses)` returns.
+`Losses` is what the quantize mode sows (β·commitment) and `nnx.capture(model, Losses)` returns.
 """
 
 from __future__ import annotations

@@ -28,11 +28,11 @@ def test_conv_float_stage_matches_flax(kwargs):
   )
   ref = nn.Conv(**kwargs)
   variables = ref.init(jax.random.key(1), x)
-  ours = lq.nn.Conv(**kwargs, rule=lq.Rule(".*", k=4, m=2), stage="float")
+  ours = lq.nn.Conv(**kwargs, rule=lq.Rule(".*", k=4, m=2), mode="float")
   np.testing.assert_array_equal(ours.apply(variables, x), ref.apply(variables, x))
   # With no rule the layer is the flax layer whatever the stage.
   np.testing.assert_array_equal(
-    lq.nn.Conv(**kwargs, stage="quantize").apply(variables, x), ref.apply(variables, x)
+    lq.nn.Conv(**kwargs, mode="quantize").apply(variables, x), ref.apply(variables, x)
   )
 
 
@@ -48,14 +48,14 @@ def test_dense_float_stage_matches_flax(cls, ref_cls, kwargs):
   x = jax.random.normal(jax.random.key(0), (3, 8))
   ref = ref_cls(**kwargs)
   variables = ref.init(jax.random.key(1), x)
-  ours = cls(**kwargs, rule=lq.Rule(".*", k=4, m=4), stage="float")
+  ours = cls(**kwargs, rule=lq.Rule(".*", k=4, m=4), mode="float")
   np.testing.assert_array_equal(ours.apply(variables, x), ref.apply(variables, x))
 
 
 @pytest.mark.parametrize("stage", ["lowrank", "quantize", "frozen"])
 def test_every_stage_runs_and_holds_its_variables(stage):
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
-  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=9, d=3), stage=stage)
+  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=9, d=3), mode=stage)
   variables = layer.init(jax.random.key(1), x)
   params = variables["params"]
   assert "kernel" not in params
@@ -76,7 +76,7 @@ def test_every_stage_runs_and_holds_its_variables(stage):
 def test_quantize_stage_soft_vs_hard_and_commitment():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
   cfg = lq.nn.QuantConfig(commitment=0.5, tau_alpha=0.01)
-  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=9, d=3), stage="quantize", quant=cfg)
+  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=9, d=3), mode="quantize", quant=cfg)
   variables = layer.init(jax.random.key(1), x)
   hard = layer.apply(variables, x)
   soft, state = layer.clone(train=True).apply(variables, x, mutable=["losses"])
@@ -100,14 +100,14 @@ def test_float_to_lowrank_with_full_rank_reproduces_float_outputs():
   ref = nn.Conv(8, (3, 3), strides=2, use_bias=True)
   variables = ref.init(jax.random.key(1), x)
   lowrank_vars = convert.float_to_lowrank(variables, [rule])
-  ours = lq.nn.Conv(8, (3, 3), strides=2, rule=rule, stage="lowrank")
+  ours = lq.nn.Conv(8, (3, 3), strides=2, rule=rule, mode="lowrank")
   np.testing.assert_allclose(
     ours.apply(lowrank_vars, x), ref.apply(variables, x), rtol=1e-4, atol=1e-5
   )
 
 
 def test_bad_m_is_one_clear_error():
-  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=7), stage="lowrank")
+  layer = lq.nn.Conv(8, (3, 3), rule=lq.Rule(".*", k=8, m=7), mode="lowrank")
   with pytest.raises(ValueError, match="m"):
     layer.init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
 
@@ -118,7 +118,7 @@ def test_one_step_dkm_gradient_keeps_the_forward_and_trains_every_param():
   outs, grads = {}, {}
   for mode in ("unrolled", "last"):
     cfg = lq.nn.QuantConfig(tau_alpha=0.01, dkm_grad=mode)
-    layer = lq.nn.Conv(8, (3, 3), rule=rule, stage="quantize", quant=cfg, train=True)
+    layer = lq.nn.Conv(8, (3, 3), rule=rule, mode="quantize", quant=cfg, train=True)
     variables = layer.init(jax.random.key(1), x)
 
     def loss(params, layer=layer, variables=variables):

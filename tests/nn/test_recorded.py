@@ -127,21 +127,21 @@ def test_hard_codes_under_training_are_an_error_unless_asked_for():
 def test_stage_checks_name_the_conversion():
   float_vars = PlainNet().init(jax.random.key(0), X)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
-  with pytest.raises(StageError, match="float-stage.*float_to_lowrank, then"):
+  with pytest.raises(StageError, match="float-mode.*float_to_lowrank, then"):
     lq.quantize_model(PlainNet(), RULES).apply(float_vars, X)
   with pytest.raises(
-    StageError, match="got float-stage.*run lq.convert.float_to_lowrank on them first"
+    StageError, match="got float-mode.*run lq.convert.float_to_lowrank on them first"
   ):
     convert.lowrank_to_quantize(float_vars, RULES, key=jax.random.key(0))
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
-  assert convert.stage_of(lowrank) == "lowrank"
-  with pytest.raises(StageError, match="got lowrank-stage"):
+  assert convert.mode_of(lowrank) == "lowrank"
+  with pytest.raises(StageError, match="got lowrank-mode"):
     convert.float_to_lowrank(lowrank, RULES)
-  with pytest.raises(StageError, match="got lowrank-stage.*run lq.convert.lowrank_to_quantize"):
+  with pytest.raises(StageError, match="got lowrank-mode.*run lq.convert.lowrank_to_quantize"):
     convert.quantize_to_frozen(lowrank)
-  with pytest.raises(StageError, match="layer 'body' holds lowrank-stage"):
+  with pytest.raises(StageError, match="layer 'body' holds lowrank-mode"):
     lq.quantize_model(PlainNet(), RULES, "frozen").apply(lowrank, X)
-  with pytest.raises(ValueError, match="float-stage ones"):
+  with pytest.raises(ValueError, match="float-mode ones"):
     lq.export(float_vars, RULES, "unused")
 
 

@@ -113,7 +113,7 @@ def test_unused_rule_and_unsupported_layers_are_errors(setup):
   general = nnx.LinearGeneral(8, 8, batch_axis={0: 2}, axis=1, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="batch_axis"):
     lq.nnx.plan_model(general, lq.Rule("", k=4, m=4))
-  with pytest.raises(ValueError, match="stage='bogus'"):
+  with pytest.raises(ValueError, match="mode='bogus'"):
     lq.nnx.quantize_model(_nnx_model(variables), RULES, "bogus")
   with pytest.raises(ValueError, match="key="):
     lq.nnx.quantize_model(_nnx_model(variables), RULES, "quantize")

@@ -30,4 +30,4 @@ def test_readme_nnx_snippet_runs(tmp_path, monkeypatch):
   assert float(namespace["loss"]) > 0 and (tmp_path / "artifact" / "manifest.json").exists()
   fresh, logits = namespace["fresh"], namespace["logits"]
   assert float(abs(fresh(x) - logits).max()) < 1e-4  # decoded artifact == hard evaluation
-  assert namespace["model"].conv.kernel.stage == "quantize"
+  assert namespace["model"].conv.kernel.mode == "quantize"

@@ -1,8 +1,8 @@
-"""One layer's stage conversions on plain arrays: what `convert` (linen variable dicts) and
+"""One layer's mode conversions on plain arrays: what `convert` (linen variable dicts) and
 `lr2vq_jax.nnx` (NNX kernels) both run, so the two front ends convert to the same numbers.
 
-  lowrank_layer   rows X → z, projection (truncated SVD, exact at d̃ = m)          (LR²VQ stage 2)
-  quantize_layer  z → codebook (k-means++ / Lloyd), τ                             (LR²VQ stage 3)
+  lowrank_layer   rows X → z, projection (truncated SVD, exact at d̃ = m)          (LR²VQ step 2)
+  quantize_layer  z → codebook (k-means++ / Lloyd), τ                             (LR²VQ step 3)
   freeze_layer    z, codebook, τ → refined codebook, hard codes (as evaluation)   (export / PQ tuning)
   pq_layer        rows X → codebook, projection I, codes (k-means on X)          (PQ / BGD baseline)
   dkm_layer       rows X → z = X, projection I (then quantize_layer)              (vanilla DKM)
@@ -62,5 +62,5 @@ def pq_layer(
 
 
 def dkm_layer(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(z = X, projection I): the low-rank stage of vanilla DKM (d̃ = m, no representation)."""
+  """(z = X, projection I): the low-rank mode of vanilla DKM (d̃ = m, no representation)."""
   return rows, jnp.eye(rows.shape[1], dtype=jnp.float32)
