@@ -81,7 +81,7 @@ def clustered_score(
     stage.rules,
     key=key,
     kmeans_iters=config.quant.kmeans_iters,
-    tau_alpha=stage.quant.tau_alpha,
+    tau_alpha=stage.layer_config.tau_alpha,
   )
   if bn_batches:
     train = input_pipeline.build_input(config.data, split="train")
