@@ -88,11 +88,11 @@ def config_path(stage_dir: str) -> epath.Path:
 
 
 def check_unchanged(
-  config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str], allow: bool = False
+  config: ml_collections.ConfigDict, workdir: str, names: Sequence[str], allow: bool = False
 ) -> None:
   """`ConfigChangedError` when a stage with checkpoints in `workdir` ran with a config whose
   result-changing fields differ from `config` (unless `allow`). Reads only."""
-  for stage in stages:
+  for stage in names:
     new = resolved(config, stage)
     stage_dir = paths.join(workdir, stage)
     path = config_path(stage_dir)
