@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers, periodic_actions
 
 from lr2vq_jax import paths
@@ -136,7 +137,11 @@ class StepTrace:
 
   def __call__(self, step: int) -> None:
     if step == self.after_step and self.num_steps > 0 and not self.running:
-      jax.profiler.start_trace(self.logdir)
+      try:
+        jax.profiler.start_trace(self.logdir)
+      except (RuntimeError, ValueError, OSError) as e:  # e.g. a trace already running: train on
+        logging.warning("profile_steps: no trace (%s)", e)
+        return
       self.running = True
     elif self.running and step >= self.after_step + self.num_steps:
       self.close()

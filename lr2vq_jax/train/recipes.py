@@ -79,6 +79,9 @@ def quant_section(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+quant = quant_section  # the former name: config files written before the rename still load
+
+
 def compression_overrides() -> dict:
   """Config fields that override the preset from the command line (0 / "": the preset's own):
   `k` and `m` on every compressed layer, or `rules` replacing the preset, as text

@@ -58,3 +58,14 @@ def test_profile_steps_is_validated(tmp_path):
   with pytest.raises(ConfigError) as info:
     validate_config(config, str(tmp_path / "wd"))
   assert info.value.field == "profile_steps"
+
+
+def test_a_trace_that_cannot_start_does_not_stop_training(tmp_path):
+  first = metrics.StepTrace(tmp_path / "a", num_steps=1, after_step=1)
+  first(1)
+  second = metrics.StepTrace(tmp_path / "b", num_steps=1, after_step=1)
+  second(1)  # the profiler is busy: a warning, no exception
+  assert first.running and not second.running
+  first.close()
+  second.close()
+  assert not first.running
