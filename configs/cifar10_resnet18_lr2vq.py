@@ -11,7 +11,13 @@ Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
+from lr2vq_jax.train.recipes import (
+  compression_overrides,
+  lowrank_epochs,
+  quant_section,
+  shorten,
+  stage,
+)
 
 
 def get_config(arg=None):
@@ -19,6 +25,9 @@ def get_config(arg=None):
   config.model = "resnet18"
   config.dtype = "float32"
   config.seed = 0
+  config.profile_steps = (
+    0  # > 0: a profiler trace of that many steps per stage (configs/default.py)
+  )
   config.data = default_data_config("cifar10")
   config.data.batch_size = 256
   config.data.eval_batch_size = 500
@@ -26,7 +35,7 @@ def get_config(arg=None):
   config.d = 4
   config.update(compression_overrides())
   config.stages = "float,lowrank,quantize,pq,dkm"
-  config.quant = quant()
+  config.quant = quant_section()
   sgd = dict(optimizer="sgd", weight_decay=5e-4, warmup_steps=500)
   config.float = stage(100, 0.1, **sgd)
   config.lowrank = stage(lowrank_epochs(20), 1e-3)

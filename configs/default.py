@@ -13,7 +13,13 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 import ml_collections
 
 from lr2vq_jax.train.input_pipeline import default_data_config
-from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
+from lr2vq_jax.train.recipes import (
+  compression_overrides,
+  lowrank_epochs,
+  quant_section,
+  shorten,
+  stage,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dtype = "float32"
   config.seed = 0
   config.sharding = "replicated"  # or "fsdp": also split large params (train/partitioning.py)
+  # > 0: a jax.profiler trace of that many train steps (after each stage's first, compiling, step)
+  # in <workdir>/<stage>/plugins/profile/, for TensorBoard's Profile tab or Perfetto; 0: off.
+  config.profile_steps = 0
   config.data = default_data_config("digits")
   config.data.batch_size = 64
   config.data.eval_batch_size = 450
@@ -29,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.d = 4  # d̃ of the compressed layers (capped at m); chosen on validation (docs/research.md)
   config.update(compression_overrides())
   config.stages = "float,lowrank,quantize,pq,dkm"
-  config.quant = quant()
+  config.quant = quant_section()
   short = dict(weight_decay=1e-4, log_every=50, checkpoint_every=200)
   config.float = stage(40, 2e-3, **short)
   config.lowrank = stage(lowrank_epochs(20), 1e-3, **short)  # 30 epochs

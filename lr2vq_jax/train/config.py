@@ -1,4 +1,4 @@
-"""Reading the experiment config: rules and per-stage sections, with one clear error each."""
+"""Reading the experiment config: rules, per-stage sections and the layer config, one error each."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import ml_collections
 
 from lr2vq_jax import convert, presets
 from lr2vq_jax.core.rules import Rule, parse_rules
+from lr2vq_jax.nn import QuantConfig
+from lr2vq_jax.nn.recorded import DEFAULTS
 from lr2vq_jax.planning.rules_file import read_rules_text
-from lr2vq_jax.train import config_file
-
-STAGES = ("float", "lowrank", "quantize", "pq", "dkm")
+from lr2vq_jax.train import config_file, stages
+from lr2vq_jax.train.partitioning import ROW_AXIS
 
 
 def config_model(config: ml_collections.ConfigDict, *, dtype: str | None = None):
@@ -53,20 +54,38 @@ def config_rules(config: ml_collections.ConfigDict) -> tuple[Rule, ...]:
 
 
 def stage_rules(config: ml_collections.ConfigDict, stage: str) -> tuple[Rule, ...]:
-  """LR²VQ stages use the configured d̃; the pq and dkm baselines use d̃ = m."""
+  """LR²VQ stages use the configured d̃; the pq and dkm baselines (`vanilla`) use d̃ = m."""
   rules = config_rules(config)
-  return convert.vanilla(rules) if stage in ("pq", "dkm") else rules
+  return convert.vanilla(rules) if stages.get(stage).vanilla else rules
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
   """The stage's section (`config.float`, `config.lowrank`, ...)."""
-  if stage not in STAGES:
-    raise ValueError(f"config.stages: unknown stage {stage!r}; expected some of {STAGES}")
+  stages.get(stage)
   if stage not in config:
     raise ValueError(
       f"config has no section {stage!r}; add config.{stage} (see configs/default.py)"
     )
   return config[stage]
+
+
+def layer_config(config: ml_collections.ConfigDict, stage: str | None = None) -> QuantConfig:
+  """The `QuantConfig` the compressed layers run with: the quant section (`config.quant`), with
+  the stage's own `tau_alpha` when it is > 0."""
+  section = config.quant
+  tau_alpha = section.tau_alpha
+  if stage is not None and config[stage].get("tau_alpha", 0) > 0:
+    tau_alpha = config[stage].tau_alpha
+  return QuantConfig(
+    tau_alpha=tau_alpha,
+    dkm_iters=section.dkm_iters,
+    dkm_grad=section.get("dkm_grad", QuantConfig.dkm_grad),
+    commitment=section.commitment,
+    store=section.store,
+    projection=section.get("projection", DEFAULTS["projection"]),
+    chunk_size=section.chunk_size,
+    shard_axis=ROW_AXIS,
+  )
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -23,7 +23,9 @@ from lr2vq_jax import convert, paths
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
-from lr2vq_jax.train.trainer import build_stage, evaluate, restore_final, run_stage
+from lr2vq_jax.train.evaluation import evaluate
+from lr2vq_jax.train.stage_setup import build_stage, restore_final
+from lr2vq_jax.train.trainer import run_stage
 
 BASIS = "validation loss of the k-means-clustered rank-d̃ model"
 
@@ -81,7 +83,7 @@ def clustered_score(
     stage.rules,
     key=key,
     kmeans_iters=config.quant.kmeans_iters,
-    tau_alpha=stage.quant.tau_alpha,
+    tau_alpha=stage.layer_config.tau_alpha,
   )
   if bn_batches:
     train = input_pipeline.build_input(config.data, split="train")

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers, periodic_actions
 
 from lr2vq_jax import paths
@@ -118,6 +119,49 @@ class MetricsLogger:
     self.close()
 
 
+class StepTrace:
+  """A `jax.profiler` trace of `num_steps` train steps, written under `logdir/plugins/profile/`
+  (TensorBoard's Profile tab, or Perfetto for the `.trace.json.gz`).
+
+  Call it as `trace(step)` after every step: it starts once step `after_step` is done (the first
+  step of a run compiles, which would swamp the trace) and stops `num_steps` steps later, or at
+  `close()` if the run ends first. The steps are dispatched asynchronously: the trace holds what
+  the host and devices did in that window.
+  """
+
+  def __init__(self, logdir: str | os.PathLike, num_steps: int, after_step: int):
+    self.logdir = paths.as_str(logdir)
+    self.num_steps = int(num_steps)
+    self.after_step = int(after_step)
+    self.running = False
+
+  def __call__(self, step: int) -> None:
+    if step == self.after_step and self.num_steps > 0 and not self.running:
+      try:
+        jax.profiler.start_trace(self.logdir)
+      except (RuntimeError, ValueError, OSError) as e:  # e.g. a trace already running: train on
+        logging.warning("profile_steps: no trace (%s)", e)
+        return
+      self.running = True
+    elif self.running and step >= self.after_step + self.num_steps:
+      self.close()
+
+  def close(self) -> None:
+    if self.running:
+      jax.profiler.stop_trace()
+      self.running = False
+
+
+class Hooks(list):
+  """Hooks to call as `hook(step)` after every train step; `close()` ends what one left running
+  (a trace cut short by the end of the run)."""
+
+  def close(self) -> None:
+    for hook in self:
+      if isinstance(hook, StepTrace):
+        hook.close()
+
+
 def periodic_hooks(
   workdir: str | os.PathLike,
   *,
@@ -125,26 +169,22 @@ def periodic_hooks(
   writer: metric_writers.MetricWriter | None = None,
   is_primary: bool | None = None,
   progress_every_secs: float = 60.0,
-  profile: bool = True,
-  num_profile_steps: int = 5,
-  first_profile: int = 10,
-) -> list[periodic_actions.PeriodicAction]:
-  """ReportProgress (steps/s, ETA) and, on the primary process, a Profile of a few early steps.
+  profile_steps: int = 0,
+  first_step: int = 0,
+) -> Hooks:
+  """ReportProgress (steps/s, ETA) and, on the primary process with `profile_steps` > 0, a
+  `StepTrace` of that many steps after the first step past `first_step` (a resumed run's start).
 
-  Call each hook as `hook(step)` after every train step.
+  Call each hook as `hook(step)` after every train step and `hooks.close()` at the end.
   """
   primary = jax.process_index() == 0 if is_primary is None else is_primary
-  hooks: list[periodic_actions.PeriodicAction] = [
-    periodic_actions.ReportProgress(
-      num_train_steps=num_train_steps, writer=writer, every_secs=progress_every_secs
-    )
-  ]
-  if primary and profile:
-    hooks.append(
-      periodic_actions.Profile(
-        logdir=paths.as_str(workdir),
-        num_profile_steps=num_profile_steps,
-        first_profile=first_profile,
+  hooks = Hooks(
+    [
+      periodic_actions.ReportProgress(
+        num_train_steps=num_train_steps, writer=writer, every_secs=progress_every_secs
       )
-    )
+    ]
+  )
+  if primary and profile_steps > 0:
+    hooks.append(StepTrace(workdir, profile_steps, after_step=first_step + 1))
   return hooks

@@ -18,21 +18,16 @@ from absl import logging
 
 import lr2vq_jax as lq
 from lr2vq_jax import paths
-from lr2vq_jax.train import hard_codes, input_pipeline, partitioning, run_config
+from lr2vq_jax.train import hard_codes, input_pipeline, partitioning, run_config, stages
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
+from lr2vq_jax.train.config import layer_config
+from lr2vq_jax.train.evaluation import evaluate
 from lr2vq_jax.train.preemption import Preemption
-from lr2vq_jax.train.trainer import build_stage, evaluate, quant_config, run_stage
+from lr2vq_jax.train.stage_setup import build_stage
+from lr2vq_jax.train.trainer import run_stage
 from lr2vq_jax.train.validate import validate_config
 
-METHODS = {"float": "float", "quantize": "LR²VQ", "pq": "PQ", "dkm": "vanilla DKM"}
-COMPRESSED = ("quantize", "pq", "dkm")
 COLUMNS = ("method", "k", "m", "d", "exported_bytes", "ratio", "top1", "val_top1")
-
-
-def parse_stages(stages) -> list[str]:
-  if isinstance(stages, str):
-    return [s.strip() for s in stages.split(",") if s.strip()]
-  return list(stages)
 
 
 def artifact_metadata(config: ml_collections.ConfigDict, stage) -> dict:
@@ -79,7 +74,7 @@ def export_and_evaluate(config, name: str, state, workdir: str) -> dict:
       host,
       stage.rules,
       directory,
-      config=quant_config(config),
+      config=layer_config(config),
       metadata=artifact_metadata(config, stage),
     )
     variables = lq.load(directory).decode()
@@ -109,7 +104,7 @@ def _record(config, stage, variables, payload: int) -> dict:
 
   test, val = split("test"), split("eval")
   return {
-    "method": METHODS[stage.name],
+    "method": stage.spec.label,
     "stage": stage.name,
     **_rule_summary(stage.rules),
     "exported_bytes": int(payload),
@@ -140,7 +135,9 @@ def run(
   SIGTERM at any point checkpoints the running stage or stops before the next one.
   """
   validate_config(config, workdir)
-  run_config.check_unchanged(config, workdir, parse_stages(config.stages), allow_config_change)
+  run_config.check_unchanged(
+    config, workdir, stages.parse_stages(config.stages), allow_config_change
+  )
   paths.makedirs(workdir)
   with Preemption() as preempt:
     return _run(config, workdir, preempt)
@@ -148,7 +145,7 @@ def run(
 
 def _run(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -> list[dict] | None:
   records = []
-  for name in parse_stages(config.stages):
+  for name in stages.parse_stages(config.stages):
     if preempt.requested:
       logging.warning("preempted before stage %s; rerun the same command to resume", name)
       return None
@@ -158,12 +155,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -
     if results.get("preempted"):
       logging.warning("stopped during stage %s; rerun the same command to resume", name)
       return None
-    if name == "float":
+    spec = stages.get(name)
+    if spec.exports:
+      record = export_and_evaluate(config, name, state, workdir)
+    elif spec.label is not None:  # the float model itself: its own bytes, nothing to export
       stage = build_stage(config, name, workdir)
       record = _record(config, stage, partitioning.to_host(state.variables()), _float_bytes(stage))
       record.update(k="-", m="-", d="-")
-    elif name in COMPRESSED:
-      record = export_and_evaluate(config, name, state, workdir)
     else:
       continue
     record["wall_s"] = round(time.monotonic() - start, 1)

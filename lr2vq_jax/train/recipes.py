@@ -1,4 +1,4 @@
-"""Experiment recipes shared by the files in configs/: a stage section and the ImageNet builder.
+"""Experiment recipes shared by the files in configs/: the sections and the ImageNet builder.
 
 Each `configs/imagenet_<model>_<blocks>_<method>.py` calls `imagenet(...)` and documents its own
 command, hardware and expected result. Recipe (reconstructed from the
@@ -17,10 +17,10 @@ import ml_collections
 from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.nn import QuantConfig
 from lr2vq_jax.nn.recorded import DEFAULTS
+from lr2vq_jax.train import stages
 from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
-STAGE_NAMES = ("float", "lowrank", "quantize", "pq", "dkm")
 # The LR²VQ recipe the digits ablations chose on validation (docs/research.md "Ablations",
 # configs/digits_ablations.py): an orthonormal P, and low-rank pre-training 1.5× as long as the
 # quantization fine-tuning (30 and 20 epochs there). Every LR²VQ config applies both.
@@ -33,7 +33,7 @@ def lowrank_epochs(quantize_epochs: float) -> float:
   return LOWRANK_EPOCH_RATIO * quantize_epochs
 
 
-METHOD_STAGES = {"lr2vq": "float,lowrank,quantize", "dkm": "float,dkm", "pq": "float,pq"}
+METHOD_STAGES = stages.method_stages()  # {"lr2vq": "float,lowrank,quantize", "pq": ..., ...}
 
 
 def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
@@ -60,7 +60,7 @@ def stage(num_epochs: float, lr: float, **kw) -> ml_collections.ConfigDict:
   return cfg
 
 
-def quant(**overrides) -> ml_collections.ConfigDict:
+def quant_section(**overrides) -> ml_collections.ConfigDict:
   """The `config.quant` section: DKM temperature rule, iterations, commitment, export layout."""
   cfg = ml_collections.ConfigDict(
     dict(
@@ -79,6 +79,9 @@ def quant(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+quant = quant_section  # the former name: config files written before the rename still load
+
+
 def compression_overrides() -> dict:
   """Config fields that override the preset from the command line (0 / "": the preset's own):
   `k` and `m` on every compressed layer, or `rules` replacing the preset, as text
@@ -89,7 +92,7 @@ def compression_overrides() -> dict:
 def shorten(config: ml_collections.ConfigDict, *, steps: int, kmeans_iters: int) -> None:
   """Shrinks every stage to `steps` steps (logging and checkpointing along) for smoke runs."""
   config.quant.kmeans_iters = kmeans_iters
-  for name in STAGE_NAMES:
+  for name in stages.NAMES:
     config[name].num_steps = steps
     config[name].log_every = max(1, steps // 2)
     config[name].checkpoint_every = max(1, steps // 2)
@@ -103,6 +106,9 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.dtype = "bfloat16"  # compute; params and optimizer state stay float32
   config.seed = 0
   config.sharding = "replicated"  # or "fsdp": also split large params (train/partitioning.py)
+  config.profile_steps = (
+    0  # > 0: a profiler trace of that many steps per stage (configs/default.py)
+  )
   config.data = default_data_config("imagenet2012")
   config.data.batch_size = 1024
   config.data.eval_batch_size = 1000
@@ -110,7 +116,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.d = 0 if method != "lr2vq" else (8 if blocks == "large" else 4)  # d̃ (capped at each m)
   config.update(compression_overrides())
   config.stages = METHOD_STAGES[method]
-  config.quant = quant()
+  config.quant = quant_section()
   lr = 1e-3 * config.data.batch_size / 128  # PQF: Adam 1e-3 per 128-image worker
   config.float = stage(0, lr, init_from="")  # 0 epochs: import torchvision weights, evaluate
   config.lowrank = stage(lowrank_epochs(9), lr)

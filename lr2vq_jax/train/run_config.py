@@ -18,24 +18,16 @@ import ml_collections
 from etils import epath
 
 from lr2vq_jax import paths
-from lr2vq_jax.train import checkpointing
+from lr2vq_jax.train import checkpointing, stages
 from lr2vq_jax.train.config import stage_rules
 
 CONFIG_FILE = "config.json"
-# Upstream stages whose settings shape a stage's starting point.
-UPSTREAM = {
-  "lowrank": ("float",),
-  "quantize": ("float", "lowrank"),
-  "pq": ("float",),
-  "dkm": ("float",),
-}
-STAGE_SECTIONS = ("float", "lowrank", "quantize", "pq", "dkm")
 # Fields (dotted, regex on the full name) that do not change what a stage computes.
 NEUTRAL = (
   r"^stages$",
   r"^(preset|k|m|d|rules)$",  # compared through resolved_rules, the rules they resolve to
   r"\.init_from$",  # a stage with checkpoints resumes from them, not from init_from
-  r"^sharding$",
+  r"^(sharding|profile_steps)$",
   r"\.(log_every|checkpoint_every|max_steps_this_run|bn_reestimate_batches)$",
   r"^data\.(eval_batch_size|data_dir|manual_dir|prepare_if_missing|shuffle_buffer)$",
   r"^quant\.chunk_size$",
@@ -76,9 +68,9 @@ def _relevant(name: str, stage: str) -> bool:
   if any(re.search(p, name) for p in NEUTRAL):
     return False
   section = name.split(".", 1)[0]
-  if section in STAGE_SECTIONS:
-    return section == stage or section in UPSTREAM.get(stage, ())
-  return stage != "float" or section not in COMPRESSION
+  if section in stages.STAGES:  # upstream stages' settings shape this one's starting point
+    return section == stage or section in stages.upstream(stage)
+  return stages.get(stage).mode != "float" or section not in COMPRESSION
 
 
 def differences(old: dict, new: dict, stage: str) -> list[str]:
@@ -96,11 +88,11 @@ def config_path(stage_dir: str) -> epath.Path:
 
 
 def check_unchanged(
-  config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str], allow: bool = False
+  config: ml_collections.ConfigDict, workdir: str, names: Sequence[str], allow: bool = False
 ) -> None:
   """`ConfigChangedError` when a stage with checkpoints in `workdir` ran with a config whose
   result-changing fields differ from `config` (unless `allow`). Reads only."""
-  for stage in stages:
+  for stage in names:
     new = resolved(config, stage)
     stage_dir = paths.join(workdir, stage)
     path = config_path(stage_dir)

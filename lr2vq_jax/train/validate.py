@@ -25,14 +25,13 @@ from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.nn.recorded import DEFAULTS, PROJECTIONS, STORES
-from lr2vq_jax.train import checkpointing, input_pipeline, partitioning
-from lr2vq_jax.train.config import STAGES, config_model, config_rules, rules_spec
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, stages
+from lr2vq_jax.train.config import config_model, config_rules, rules_spec
 from lr2vq_jax.train.step import OPTIMIZERS, SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16")
 DATASETS = tuple(input_pipeline.NUM_CLASSES)
 NATIVE_SIZE = input_pipeline.NATIVE_IMAGE_SIZE
-PREVIOUS = {"lowrank": "float", "quantize": "lowrank", "pq": "float", "dkm": "float"}
 
 
 class ConfigError(ValueError):
@@ -96,22 +95,18 @@ def _patterns(config, field: str) -> None:
       raise ConfigError(field, f"{p!r} is not a regex ({e})", "fix the pattern") from None
 
 
-def parse_stages(config: ml_collections.ConfigDict) -> list[str]:
-  """`config.stages` as a list, every name a known stage with a config section."""
-  raw = _get(config, "stages")
-  if isinstance(raw, str):
-    names = [s.strip() for s in raw.split(",") if s.strip()]
-  elif isinstance(raw, list | tuple):
-    names = list(raw)
-  else:
-    names = []
-  if not names:
+def _check_stages(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.stages` as a list (`stages.parse_stages`), every stage with a config section."""
+  try:
+    names = stages.parse_stages(_get(config, "stages"))
+  except ValueError as e:
     raise ConfigError(
-      "stages", f"{raw!r} names no stage", f"e.g. --config.stages={','.join(STAGES)}"
-    )
+      "stages",
+      str(e),
+      f"list some of {', '.join(stages.NAMES)}, comma-separated, each once "
+      f"(e.g. --config.stages={','.join(stages.NAMES)})",
+    ) from None
   for name in names:
-    if name not in STAGES:
-      raise ConfigError("stages", f"unknown stage {name!r}", f"choose from: {', '.join(STAGES)}")
     if name not in config:
       raise ConfigError(
         name,
@@ -138,8 +133,8 @@ def _check_stage(config, name: str) -> None:
   distill = _number(config, f"{s}.distill", low=0.0, default=0.0)
   if distill > 1.0:
     raise ConfigError(f"{s}.distill", f"weight {distill}", "use a weight in [0, 1]")
-  if distill > 0 and s == "float":
-    raise ConfigError("float.distill", "the float stage is the teacher", "set float.distill=0")
+  if distill > 0 and s == stages.ROOT:
+    raise ConfigError(f"{s}.distill", f"the {s} stage is the teacher", f"set {s}.distill=0")
   _int(config, f"{s}.log_every", low=1, default=1)
   _int(config, f"{s}.checkpoint_every", low=1, default=1)
   if _get(config, f"{s}.optimizer") == "sgd":
@@ -177,7 +172,7 @@ def _check_imagenet(data: ml_collections.ConfigDict) -> None:
   )
 
 
-def _check_quant(config) -> None:
+def _check_quant_section(config) -> None:
   _choice(config, "quant.store", STORES)
   _choice(config, "quant.projection", PROJECTIONS, default=DEFAULTS["projection"])
   _choice(config, "quant.dkm_grad", dkm_lib.GRADS, default=dkm_lib.GRADS[0])
@@ -256,19 +251,19 @@ def _latest_meta(stage_dir: str) -> dict | None:
   return checkpointing.latest_meta(checkpointing.checkpoint_dir(stage_dir))
 
 
-def _check_sources(config, stages: list[str], workdir: str | None) -> None:
+def _check_sources(config, names: list[str], workdir: str | None) -> None:
   """Each stage's starting point exists and is the right stage of the same model."""
-  float_init = _get(config, "float.init_from") or ""
-  if "float" in stages and float_init and not paths.resolve(float_init).is_file():
+  root_init = _get(config, f"{stages.ROOT}.init_from") or ""
+  if stages.ROOT in names and root_init and not paths.resolve(root_init).is_file():
     raise ConfigError(
-      "float.init_from",
-      f"{float_init!r} is not a file",
+      f"{stages.ROOT}.init_from",
+      f"{root_init!r} is not a file",
       "point it at a state dict .npz/.safetensors",
     )
-  for i, name in enumerate(stages):
-    if name == "float":
+  for i, name in enumerate(names):
+    prev, init = stages.STAGES[name].previous, _get(config, f"{name}.init_from") or ""
+    if prev is None:
       continue
-    prev, init = PREVIOUS[name], _get(config, f"{name}.init_from") or ""
     if init:
       meta = _latest_meta(init)
       if meta is None:
@@ -285,7 +280,7 @@ def _check_sources(config, stages: list[str], workdir: str | None) -> None:
           f"point it at <workdir>/{prev} of a {config.model} run",
         )
       continue
-    if workdir is None or prev in stages[:i]:
+    if workdir is None or prev in names[:i]:
       continue
     if _latest_meta(paths.join(workdir, name)) is None and (
       _latest_meta(paths.join(workdir, prev)) is None
@@ -327,14 +322,15 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
   _choice(config, "dtype", DTYPES, default="float32")
   _choice(config, "sharding", partitioning.MODES, default="replicated")
   _int(config, "seed", low=0)
-  stages = parse_stages(config)
-  for name in stages:
+  _int(config, "profile_steps", low=0, default=0)
+  names = _check_stages(config)
+  for name in names:
     _check_stage(config, name)
   if "data" not in config:
     raise ConfigError("data", "section missing", "add config.data (see configs/default.py)")
   _check_data(config)
   if "quant" not in config:
     raise ConfigError("quant", "section missing", "add config.quant (see configs/default.py)")
-  _check_quant(config)
+  _check_quant_section(config)
   _check_rules(config)
-  _check_sources(config, stages, workdir)
+  _check_sources(config, names, workdir)

@@ -72,10 +72,10 @@ def test_train_steps_of_the_training_system_match_linen(models):
     stage = trainer.build_stage(config, "quantize", "/nonexistent")
     rules = stage.rules
     v = convert.lowrank_to_quantize(
-      convert.float_to_lowrank(variables, rules, config=stage.quant),
+      convert.float_to_lowrank(variables, rules, config=stage.layer_config),
       rules,
       key=jax.random.key(1),
-      config=stage.quant,
+      config=stage.layer_config,
     )
     state = state_from_variables(v, stage.tx, jax.random.key(0))
     step = jax.jit(make_train_step(stage.model, stage.cfg, stage.tx, stage.num_steps))

@@ -75,9 +75,11 @@ def test_non_primary_writes_nothing(tmp_path):
 
 def test_periodic_hooks(tmp_path):
   log = metrics.MetricsLogger(tmp_path, is_primary=True, asynchronous=False)
-  hooks = metrics.periodic_hooks(tmp_path, num_train_steps=10, writer=log.writer, is_primary=True)
-  assert [type(h).__name__ for h in hooks] == ["ReportProgress", "Profile"]
-  hooks = metrics.periodic_hooks(tmp_path, num_train_steps=10, is_primary=False)
+  hooks = metrics.periodic_hooks(
+    tmp_path, num_train_steps=10, writer=log.writer, is_primary=True, profile_steps=2
+  )
+  assert [type(h).__name__ for h in hooks] == ["ReportProgress", "StepTrace"]
+  hooks = metrics.periodic_hooks(tmp_path, num_train_steps=10, is_primary=False, profile_steps=2)
   assert [type(h).__name__ for h in hooks] == ["ReportProgress"]
   for step in range(1, 4):
     hooks[0](step)

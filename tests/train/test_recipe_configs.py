@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from lr2vq_jax.train import recipes
-from lr2vq_jax.train.config import load_config
-from lr2vq_jax.train.trainer import quant_config
+from lr2vq_jax.train.config import layer_config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # collectable from any folder
 
@@ -44,7 +43,7 @@ def test_default_config_is_the_chosen_recipe():
   assert default.preset == recipe.preset
   # The LR²VQ stages are configured identically (the ablation file sets τ per stage).
   for stage in ("lowrank", "quantize"):
-    assert quant_config(default, stage) == quant_config(recipe, stage), stage
+    assert layer_config(default, stage) == layer_config(recipe, stage), stage
     mine, theirs = default[stage].to_dict(), recipe[stage].to_dict()
     assert {**mine, "tau_alpha": 0} == {**theirs, "tau_alpha": 0}, stage
 

@@ -1,0 +1,31 @@
+"""Evaluation: top-1/top-5 and loss of a model over one pass of a split, on the mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import jax
+
+from lr2vq_jax.train import hard_codes, partitioning
+from lr2vq_jax.train.step import make_eval_step
+
+
+def evaluate(model, variables, make_iter: Callable[[], Iterable], mesh) -> dict[str, float]:
+  """Top-1/top-5 (%) and loss over one pass of a split, each example counted once.
+
+  A quantize-mode model is evaluated through its frozen equivalent: hard codes and tables are
+  computed once here (sharded over the mesh), not in every batch.
+  """
+  model, variables = hard_codes.frozen_model(model, variables, mesh)
+  eval_step = jax.jit(make_eval_step(model))
+  totals: dict[str, float] = {}
+  for batch in make_iter():
+    out = jax.device_get(eval_step(variables, partitioning.global_batch(batch, mesh)))
+    for key, value in out.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  count = max(totals.get("count", 0.0), 1.0)
+  return {
+    "top1": 100 * totals["top1"] / count,
+    "top5": 100 * totals["top5"] / count,
+    "loss": totals["loss"] / count,
+  }
