@@ -10,7 +10,7 @@ Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; 
 
 import ml_collections
 
-from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.datasets import default_data_config
 from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
 
 

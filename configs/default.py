@@ -12,7 +12,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 
 import ml_collections
 
-from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.datasets import default_data_config
 from lr2vq_jax.train.recipes import compression_overrides, lowrank_epochs, quant, shorten, stage
 
 
