@@ -3,7 +3,8 @@
 * `README "Section"` / `docs/X.md "Section"` in the code names a heading that exists;
 * markdown links in the README and docs/ point at files that exist, and their `#anchors` at
   headings (GitHub's slugs);
-* repository paths in backticks (`configs/x.py`, `benchmarks/y.py`, ...) exist;
+* repository paths in backticks (`configs/x.py`, `lr2vq_jax/data/`) or naming a file in plain text
+  (configs/x.py) exist;
 * nothing points outside the repository (notes the project does not ship).
 """
 
@@ -22,6 +23,10 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # ":" (configs/x.py:quick) or a space is not part of it.
 TOP = ("configs", "benchmarks", "lr2vq_jax", "tests", "examples", "launch", "docs")
 PATH = re.compile(r"`(?:\.\./)?((?:" + "|".join(TOP) + r")/[^`\s:]*)")
+# ... and one in plain text, when it names a file (configs/default.py, docs/research.md).
+PLAIN = re.compile(
+  r"(?<![\w/.$-])((?:" + "|".join(TOP) + r")/[\w./{},-]*\.(?:py|md|sh|txt|json|png|npz))\b"
+)
 OUTSIDE = re.compile(
   r"\.\./shared|\bshared/reference|PAPER\.md|EXPERIMENTS\.md|DESIGN\.md|DESIGN §|ANCHORS\.md"
   r"|\bissue #?\d+"
@@ -112,9 +117,10 @@ def _expand(path: str) -> list[str]:
 def test_backticked_repo_paths_exist():
   checked, missing = 0, []
   for doc in _files((*DOCS, *SOURCES), (".md", ".py", ".sh")):
-    for m in PATH.finditer(doc.read_text(encoding="utf-8")):
+    text = doc.read_text(encoding="utf-8")
+    for m in [*PATH.finditer(text), *PLAIN.finditer(text)]:
       raw = m.group(1).rstrip(".,;)")
-      if re.search(r"[<>*…]|\bX\b|NAME|/\.\.\.", raw):  # a pattern, not a path
+      if re.search(r"[<>*…]|\bX\b|NAME|/\.\.\.|/[A-Za-z]\.\w+$", raw):  # a pattern, not a path
         continue
       for path in _expand(raw):
         checked += 1
