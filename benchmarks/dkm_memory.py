@@ -181,6 +181,61 @@ def fmt(value: float | None, spec: str) -> str:
   return "skipped" if value is None else format(value, spec)
 
 
+def measure(n: int, d: int, chunk_size: int, repeats: int, skip_naive_above: float) -> dict:
+  """One (n, d) case: bounded DKM always, naive DKM unless its estimate exceeds the GiB limit."""
+  bounded = spawn("bounded", n, d, chunk_size, repeats)
+  naive = None
+  if naive_estimate_bytes(n) <= skip_naive_above * GIB:
+    naive = spawn("naive", n, d, chunk_size, repeats)
+  row = {
+    "n": n,
+    "d": d,
+    "naive_gib": naive and naive["temp_gib"],
+    "bounded_gib": bounded["temp_gib"],
+    "naive_s": naive and naive["time_s"],
+    "bounded_s": bounded["time_s"],
+    "naive_rss_gib": naive and naive["rss_gib"],
+    "bounded_rss_gib": bounded["rss_gib"],
+  }
+  print(
+    f"n={n} d={d} naive_gib={fmt(row['naive_gib'], '.3f')} "
+    f"bounded_gib={row['bounded_gib']:.3f} naive_s={fmt(row['naive_s'], '.2f')} "
+    f"bounded_s={row['bounded_s']:.2f} naive_rss_gib={fmt(row['naive_rss_gib'], '.3f')} "
+    f"bounded_rss_gib={row['bounded_rss_gib']:.3f}",
+    flush=True,
+  )
+  return row
+
+
+def report(rows: list[dict], chunk_size: int) -> None:
+  """The table of every case and the RESULT line (ratios at n = 250k, d = 8)."""
+  print()
+  print(f"k={K}, iters={ITERS}, chunk_size={chunk_size}, forward+grad of sum(z_soft**2)")
+  print()
+  print(
+    "| n | d | naive temp GiB | bounded temp GiB | mem ratio | naive s | bounded s | time ratio "
+    "| naive RSS GiB | bounded RSS GiB |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    mem_ratio = r["naive_gib"] / r["bounded_gib"] if r["naive_gib"] else None
+    time_ratio = r["bounded_s"] / r["naive_s"] if r["naive_s"] else None
+    print(
+      f"| {r['n']:,} | {r['d']} | {fmt(r['naive_gib'], '.3f')} | {r['bounded_gib']:.3f} "
+      f"| {fmt(mem_ratio, '.1f')} | {fmt(r['naive_s'], '.2f')} | {r['bounded_s']:.2f} "
+      f"| {fmt(time_ratio, '.2f')} | {fmt(r['naive_rss_gib'], '.3f')} "
+      f"| {r['bounded_rss_gib']:.3f} |"
+    )
+  ref = next((r for r in rows if r["n"] == 250_000 and r["d"] == 8 and r["naive_gib"]), None)
+  if ref is not None:
+    print(
+      f"RESULT mem_ratio_250k_d8={ref['naive_gib'] / ref['bounded_gib']:.2f} "
+      f"time_ratio_250k_d8={ref['bounded_s'] / ref['naive_s']:.2f}"
+    )
+  else:
+    print("RESULT mem_ratio_250k_d8=skipped time_ratio_250k_d8=skipped")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="only n=250k, d=8")
@@ -212,56 +267,8 @@ def main() -> None:
     return
 
   cases = [(250_000, 8)] if args.quick else CASES
-  rows = []
-  for n, d in cases:
-    bounded = spawn("bounded", n, d, args.chunk_size, args.repeats)
-    naive = None
-    if naive_estimate_bytes(n) <= args.skip_naive_above * GIB:
-      naive = spawn("naive", n, d, args.chunk_size, args.repeats)
-    row = {
-      "n": n,
-      "d": d,
-      "naive_gib": naive and naive["temp_gib"],
-      "bounded_gib": bounded["temp_gib"],
-      "naive_s": naive and naive["time_s"],
-      "bounded_s": bounded["time_s"],
-      "naive_rss_gib": naive and naive["rss_gib"],
-      "bounded_rss_gib": bounded["rss_gib"],
-    }
-    rows.append(row)
-    print(
-      f"n={n} d={d} naive_gib={fmt(row['naive_gib'], '.3f')} "
-      f"bounded_gib={row['bounded_gib']:.3f} naive_s={fmt(row['naive_s'], '.2f')} "
-      f"bounded_s={row['bounded_s']:.2f} naive_rss_gib={fmt(row['naive_rss_gib'], '.3f')} "
-      f"bounded_rss_gib={row['bounded_rss_gib']:.3f}",
-      flush=True,
-    )
-
-  print()
-  print(f"k={K}, iters={ITERS}, chunk_size={args.chunk_size}, forward+grad of sum(z_soft**2)")
-  print()
-  print(
-    "| n | d | naive temp GiB | bounded temp GiB | mem ratio | naive s | bounded s | time ratio "
-    "| naive RSS GiB | bounded RSS GiB |"
-  )
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    mem_ratio = r["naive_gib"] / r["bounded_gib"] if r["naive_gib"] else None
-    time_ratio = r["bounded_s"] / r["naive_s"] if r["naive_s"] else None
-    print(
-      f"| {r['n']:,} | {r['d']} | {fmt(r['naive_gib'], '.3f')} | {r['bounded_gib']:.3f} "
-      f"| {fmt(mem_ratio, '.1f')} | {fmt(r['naive_s'], '.2f')} | {r['bounded_s']:.2f} "
-      f"| {fmt(time_ratio, '.2f')} | {fmt(r['naive_rss_gib'], '.3f')} "
-      f"| {r['bounded_rss_gib']:.3f} |"
-    )
-  ref = next((r for r in rows if r["n"] == 250_000 and r["d"] == 8 and r["naive_gib"]), None)
-  if ref is not None:
-    print(
-      f"RESULT mem_ratio_250k_d8={ref['naive_gib'] / ref['bounded_gib']:.2f} "
-      f"time_ratio_250k_d8={ref['bounded_s'] / ref['naive_s']:.2f}"
-    )
-  else:
-    print("RESULT mem_ratio_250k_d8=skipped time_ratio_250k_d8=skipped")
+  rows = [measure(n, d, args.chunk_size, args.repeats, args.skip_naive_above) for n, d in cases]
+  report(rows, args.chunk_size)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """ImageNet input pipeline throughput: images/s per host core, train and eval preprocessing.
 
-Runs the project's own preprocessing functions (lr2vq_jax.train.input_pipeline): train = JPEG
+Runs the project's own preprocessing functions (lr2vq_jax.train.preprocessing): train = JPEG
 decode fused with the Inception crop (8–100% area, aspect 3/4–4/3), resize to 224, flip,
 normalise; eval = decode, resize the shorter side to 256, centre crop 224, normalise. Input: JPEGs
 of ImageNet's common sizes and aspect ratios (500×375, 375×500, 500×333, 500×500, 333×500,
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lr2vq_jax.train import input_pipeline as ip  # noqa: E402
+from lr2vq_jax.train.preprocessing import augment_seed, imagenet_eval, imagenet_train  # noqa: E402
 from tests.data.tiny_imagenet import SIZES, encode_image  # noqa: E402
 
 
@@ -45,9 +45,9 @@ def jpegs(n: int, seed: int = 0) -> list[bytes]:
 def dataset(data: list[bytes], mode: str, train: bool, cores: int, batch: int) -> tf.data.Dataset:
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(data)).repeat().enumerate()
   if train:
-    fn = lambda i, j: ip._imagenet_train(j, 224, ip._augment_seed(0, i))  # noqa: E731
+    fn = lambda i, j: imagenet_train(j, 224, augment_seed(0, i))  # noqa: E731
   else:
-    fn = lambda i, j: ip._imagenet_eval(j, 224)  # noqa: E731
+    fn = lambda i, j: imagenet_eval(j, 224)  # noqa: E731
   parallel = mode != "off"
   if parallel:
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=mode != "on")

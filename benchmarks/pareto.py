@@ -6,7 +6,8 @@ Drives the project's own pipeline (`lr2vq_jax.train.pipeline.run`) stage by stag
 is trained once per seed and every method starts from it (`init_from`), the low-rank pre-training
 is shared by all LR²VQ runs with the same (m, d̃). top-1 is that of the exported artifact on the 450
 test digits. A d̃ sweep at fixed (k, m) is compared with `estimate_dim`'s choice on the float weights
-and on the low-rank pre-trained weights. Finished runs are reused from --out.
+and on the low-rank pre-trained weights. Finished runs are reused from --out. The tables, figure
+and RESULT line are written by `benchmarks/pareto_report.py`.
 
   python benchmarks/pareto.py --seeds 2 --out runs/bench/pareto            # ~10 min per seed
   python benchmarks/pareto.py --quick --out /tmp/pareto_quick              # smoke run, 6 steps/stage
@@ -28,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
+from pareto_report import METHODS, ints, report  # noqa: E402
 
 import lr2vq_jax as lq  # noqa: E402
 from lr2vq_jax import presets  # noqa: E402
@@ -37,15 +39,10 @@ from lr2vq_jax.train.config import load_config  # noqa: E402
 from lr2vq_jax.train.recipes import shorten  # noqa: E402
 from lr2vq_jax.train.trainer import build_stage, restore_final  # noqa: E402
 
-METHODS = ("PQ", "vanilla DKM", "LR²VQ")
 STAGE_OF = {"PQ": "pq", "vanilla DKM": "dkm", "LR²VQ": "quantize"}
 # τ multipliers chosen on an inner validation split by the prototype, per m.
 TAU_ALPHA = {("quantize", 9): 0.03, ("quantize", 18): 0.003, ("dkm", 9): 0.01, ("dkm", 18): 0.03}
 LAYERS = r"^conv[23]$"
-
-
-def ints(text: str) -> list[int]:
-  return [int(t) for t in text.split(",") if t.strip()]
 
 
 def preset_name(k: int, m: int) -> str:
@@ -178,100 +175,6 @@ def dim_estimates(runner: Runner, seed: int, k: int, m: int, ds: list[int]) -> d
   }
 
 
-def aggregate(records: list[dict]) -> list[dict]:
-  groups: dict[tuple, list[dict]] = {}
-  for r in records:
-    groups.setdefault((r["method"], r["k"], r["m"], r["d"]), []).append(r)
-  rows = []
-  for (method, k, m, d), rs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][3])):
-    top1 = np.array([r["top1"] for r in rs])
-    rows.append(
-      {
-        "method": method,
-        "k": k,
-        "m": m,
-        "d": d,
-        "bytes": rs[0]["exported_bytes"],
-        "ratio": rs[0]["ratio"],
-        "top1_mean": float(top1.mean()),
-        "top1_std": float(top1.std()),
-        "val_top1_mean": float(np.mean([r["val_top1"] for r in rs])),
-        "seeds": len(rs),
-      }
-    )
-  return rows
-
-
-def table(rows: list[dict], float_rows: list[dict]) -> str:
-  f = np.array([r["top1"] for r in float_rows])
-  head = "| method | k | m | d̃ | exported bytes | ratio | test top-1 % | val top-1 % | seeds |"
-  lines = [head, "|---|---|---|---|---|---|---|---|---|"]
-  lines.append(
-    f"| float | - | - | - | {float_rows[0]['exported_bytes']:,} | 1.0 "
-    f"| {f.mean():.2f} ± {f.std():.2f} | - | {len(f)} |"
-  )
-  for r in rows:
-    lines.append(
-      f"| {r['method']} | {r['k']} | {r['m']} | {r['d']} | {r['bytes']:,} | {r['ratio']} "
-      f"| {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['val_top1_mean']:.2f} | {r['seeds']} |"
-    )
-  return "\n".join(lines)
-
-
-def plot(rows, float_rows, sweep, dims, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-  ftop = np.mean([r["top1"] for r in float_rows])
-  for method, marker, color in zip(METHODS, "sov", ("C0", "C1", "C2"), strict=True):
-    for m, style in ((9, "-"), (18, "--")):
-      pts = sorted(
-        (r for r in rows if r["method"] == method and r["m"] == m and r["main"]),
-        key=lambda r: r["bytes"],
-      )
-      if pts:
-        ax.errorbar(
-          [p["bytes"] for p in pts],
-          [p["top1_mean"] for p in pts],
-          yerr=[p["top1_std"] for p in pts],
-          marker=marker,
-          linestyle=style,
-          color=color,
-          capsize=3,
-          label=f"{method} m={m} (k = {', '.join(str(p['k']) for p in pts)})",
-        )
-  ax.axhline(ftop, color="gray", linestyle=":", label=f"float {ftop:.2f}%")
-  ax.set_xlabel("exported artifact bytes (whole model)")
-  ax.set_ylabel("test top-1 % (exported artifact)")
-  ax.set_title("digits CNN: accuracy vs size (mean ± std over seeds)")
-  ax.legend(fontsize=7)
-  for m, pts in sweep.items():
-    pts = sorted(pts, key=lambda r: r["d"])
-    bx.errorbar(
-      [p["d"] for p in pts],
-      [p["top1_mean"] for p in pts],
-      yerr=[p["top1_std"] for p in pts],
-      marker="o",
-      capsize=3,
-      label=f"LR²VQ m={m}",
-    )
-    if m in dims:
-      for key, color, label in (
-        ("float_best", "C3", "estimate_dim (float)"),
-        ("lowrank_best", "C2", "estimate_dim (low-rank)"),
-      ):
-        bx.axvline(dims[m][key], color=color, linestyle="--", label=f"{label} m={m}")
-  bx.set_xlabel("d̃")
-  bx.set_ylabel("test top-1 %")
-  bx.set_title("d̃ sweep (k fixed)")
-  bx.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-
-
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default="runs/bench/pareto", help="output dir (runs are reused)")
@@ -326,75 +229,7 @@ def main() -> None:
         ]
         lowrank_val.append({"m": m, "d": d, "val_top1_mean": float(np.mean(vals))})
 
-  rows = aggregate(records)
-  main_keys = {
-    (meth, k, m, m if meth != "LR²VQ" else min(args.d, m))
-    for meth in METHODS
-    for k in ks + [args.gap_k]
-    for m in ms
-  }
-  for r in rows:
-    r["main"] = (r["method"], r["k"], r["m"], r["d"]) in main_keys
-  sweep = {
-    m: [r for r in rows if r["method"] == "LR²VQ" and r["k"] == args.sweep_k and r["m"] == m]
-    for m in sweep_ms
-  }
-  print()
-  print(
-    f"digits CNN, conv2+conv3 compressed, {len(seeds)} seed(s)"
-    f"{', QUICK (6 steps per stage)' if args.quick else ''}; test top-1 of the exported artifact"
-  )
-  print(table(rows, float_rows))
-  for m in sweep_ms:
-    best = max(sweep[m], key=lambda r: r["top1_mean"])
-    fe, le = dims[m]["per_seed"][0]["float_rel_error"], dims[m]["per_seed"][0]["lowrank_rel_error"]
-    print(
-      f"\nd̃ sweep k={args.sweep_k} m={m}: measured best d̃ = {best['d']} "
-      f"({best['top1_mean']:.2f}%); estimate_dim on float weights -> {dims[m]['float_best']}, "
-      f"on low-rank pre-trained weights -> {dims[m]['lowrank_best']}"
-    )
-    print(
-      "| d̃ | LR²VQ top-1 | low-rank val top-1 | rel. error (float W, seed 0) "
-      "| rel. error (low-rank W_d̃, seed 0) |"
-    )
-    print("|---|---|---|---|---|")
-    for r in sorted(sweep[m], key=lambda r: r["d"]):
-      lv = next(x["val_top1_mean"] for x in lowrank_val if x["m"] == m and x["d"] == r["d"])
-      print(
-        f"| {r['d']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {lv:.2f} "
-        f"| {fe[r['d']]:.4f} | {le[r['d']]:.4f} |"
-      )
-
-  def gap(m, other):
-    pick = {
-      r["method"]: r["top1_mean"]
-      for r in rows
-      if r["k"] == args.gap_k and r["m"] == m and r["main"]
-    }
-    return pick["LR²VQ"] - pick[other] if "LR²VQ" in pick and other in pick else float("nan")
-
-  png = out / "pareto.png"
-  plot(rows, float_rows, sweep, dims, png)
-  summary = {
-    "args": vars(args),
-    "records": records,
-    "float": float_rows,
-    "rows": rows,
-    "dim_estimates": dims,
-    "lowrank_val": lowrank_val,
-    "wall_s": round(time.monotonic() - t0, 1),
-  }
-  (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-  print(f"\nwrote {out / 'results.json'} and {png} ({summary['wall_s']} s)")
-  parts = [
-    f"lr2vq_minus_{o}_m{m}={gap(m, name):+.2f}"
-    for m in ms
-    for o, name in (("dkm", "vanilla DKM"), ("pq", "PQ"))
-  ]
-  print(
-    f"RESULT k={args.gap_k} d={args.d} seeds={len(seeds)} quick={int(args.quick)} "
-    + " ".join(parts)
-  )
+  report(args, records, float_rows, dims, lowrank_val, out, t0)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
-"""LR²VQ on CIFAR-10 with ResNet-18 (ImageNet layout), small blocks: the whole pipeline.
+"""LR²VQ on CIFAR-10, ResNet-18 (ImageNet layout), small blocks (31.4×, 1.357 MiB, PQF/BGD accounting).
 
 Run:       lr2vq train --config configs/cifar10_resnet18_lr2vq.py --workdir runs/cifar10
 Smoke:     --config configs/cifar10_resnet18_lr2vq.py:runlocal  (CPU, a few steps per stage)
 Hardware:  one GPU or TPU host (about 3·10⁴ steps at batch 256); on 2 CPU cores only :runlocal.
-Expected:  not measured yet. Float ResNet-18 reaches ~93% in this recipe class; at 28.9× the
-           PQ-family baselines typically lose 1–3 points. Needs tfds `cifar10` prepared in data_dir
-           (`lr2vq prepare cifar10 --data_dir DIR` downloads it); nothing is downloaded by the tests.
+Expected:  not measured: no CIFAR-10 run has been made with this code. Needs tfds `cifar10`
+           prepared in data_dir (`lr2vq prepare cifar10 --data_dir DIR` downloads it); nothing is
+           downloaded by the tests.
 """
 
 import ml_collections
 
-from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.datasets import default_data_config
 from lr2vq_jax.train.recipes import (
   compression_overrides,
   lowrank_epochs,

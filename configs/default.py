@@ -2,9 +2,11 @@
 
 Run:       make demo   (= python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo)
 Quick:     --config configs/default.py:quick  (a few steps per stage; what the test suite runs)
-Hardware:  2 CPU cores, about 1.5 minutes for all five stages (make demo: 1 min 44 s with the install).
+Hardware:  2 CPU cores: make demo took 1 min 44 s on an idle machine, install included (fresh
+           clone, pip's cache warm); 8 min 10 s with the cores shared by other jobs (load 13).
 Expected:  float ≥ 98% top-1 on the 450 held-out test digits; LR²VQ (m = 9, k = 16, d̃ = 4) close to
-           it at 0.44 code bits per weight; PQ and vanilla DKM at the same bytes lose more.
+           it at 0.44 code bits per weight; PQ and vanilla DKM at the same bytes score lower (over
+           5 seeds: PQ by more than the spread, vanilla DKM within it; docs/research.md).
 
 Stages: float (train the CNN) → lowrank (SVD, low-rank pre-training) → quantize (k-means++ then
 DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start from float.
@@ -12,7 +14,7 @@ DKM fine-tuning) → export + evaluate the artifact; baselines pq and dkm start 
 
 import ml_collections
 
-from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.datasets import default_data_config
 from lr2vq_jax.train.recipes import (
   compression_overrides,
   lowrank_epochs,

@@ -12,7 +12,8 @@ Bucket:    gcloud storage buckets create gs://BUCKET --location=REGION --uniform
            and grant print and run these)
 Smoke:     --config configs/imagenet_resnet50_small_pq.py:runlocal  (CPU, tiny images, 2 steps per stage)
 Hardware:  a TPU v3-64 pod slice or 16×A100/H100 (global batch 1024, bf16).
-Expected:  top-1 75.04 (PQF, published); uncompressed torchvision resnet50: 76.15.
+Expected:  top-1 75.04 (PQF, published, with the permutation search this config leaves out);
+           uncompressed torchvision resnet50: 76.15.
 """
 
 from lr2vq_jax.train.recipes import imagenet

@@ -177,16 +177,7 @@ def plan(
   search = dict(ms=ms, ks=ks, d=d, store=store, rng=rng, max_rows=max_rows, iters=iters)
   options = {path: _options(path, w, keep_float, search) for path, w in kernels.items()}
   fixed = uncompressed - sum(4.0 * w.size for w in kernels.values())
-  paths = list(kernels)
-  costs = [[c.bytes for c in options[p]] for p in paths]
-  errors = [[0.5 * sens[p] * c.error for c in options[p]] for p in paths]
-  smallest = fixed + sum(min(c) for c in costs)
-  if not target_bytes >= smallest:
-    raise knapsack.BudgetError(
-      f"target {target_bytes:,.0f} bytes is below the smallest possible size {smallest:,.0f} "
-      f"bytes (ratio {uncompressed / smallest:.1f}×) of these candidates"
-    )
-  choice = knapsack.solve(costs, errors, target_bytes - fixed)
+  choice = _solve(options, sens, fixed, uncompressed, target_bytes)
   refs = _reference(params, kernels, reference, options, store, rng, max_rows, iters)
   result = Plan(
     layers=tuple(
@@ -195,11 +186,11 @@ def plan(
         kernels[p].shape,
         sens[p],
         tuple(options[p]),
-        options[p][i],
+        options[p][choice[p]],
         float(np.sum(np.square(kernels[p], dtype=np.float64))),
         refs.get(p),
       )
-      for p, i in zip(paths, choice, strict=True)
+      for p in kernels
     ),
     target_bytes=float(target_bytes),
     fixed_bytes=fixed,
@@ -211,6 +202,27 @@ def plan(
   if abs(check - result.total_bytes) > 1e-6:  # the knapsack's bytes are the accounting's
     raise AssertionError(f"plan bytes {result.total_bytes} != size_report {check}")
   return result
+
+
+def _solve(
+  options: Mapping[str, Sequence[cand.Candidate]],
+  sens: Mapping[str, float],
+  fixed: float,
+  uncompressed: float,
+  target_bytes: float,
+) -> dict[str, int]:
+  """Index of the chosen candidate per layer: least Σ ½·s·error within the budget (knapsack)."""
+  paths = list(options)
+  costs = [[c.bytes for c in options[p]] for p in paths]
+  errors = [[0.5 * sens[p] * c.error for c in options[p]] for p in paths]
+  smallest = fixed + sum(min(c) for c in costs)
+  if not target_bytes >= smallest:
+    raise knapsack.BudgetError(
+      f"target {target_bytes:,.0f} bytes is below the smallest possible size {smallest:,.0f} "
+      f"bytes (ratio {uncompressed / smallest:.1f}×) of these candidates"
+    )
+  choice = knapsack.solve(costs, errors, target_bytes - fixed)
+  return dict(zip(paths, choice, strict=True))
 
 
 def _target(uncompressed: float, target_bytes: float | None, ratio: float | None) -> float:
