@@ -59,7 +59,7 @@ def main(argv) -> None:
     "JAX %s: %d processes, %d devices", jax.__version__, jax.process_count(), jax.device_count()
   )
   from lr2vq_jax.train.checkpointing import CheckpointMismatchError
-  from lr2vq_jax.train.input_pipeline import ImageNetNotPreparedError
+  from lr2vq_jax.train.imagenet_source import ImageNetNotPreparedError
   from lr2vq_jax.train.run_config import ConfigChangedError
   from lr2vq_jax.train.trainer import NonFiniteError
   from lr2vq_jax.train.validate import ConfigError

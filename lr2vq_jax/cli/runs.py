@@ -7,6 +7,7 @@ import os
 
 from lr2vq_jax import paths
 from lr2vq_jax.cli.registry import CLIError, arg, command
+from lr2vq_jax.train.stages import EXPORTED
 
 
 @command(
@@ -24,7 +25,7 @@ def train(args: argparse.Namespace) -> int:  # dispatched in `main` before argpa
   "write the shipped artifact of a finished stage (quantize, pq or dkm) from its checkpoint",
   arg("--config", required=True, help="experiment config file, optionally FILE:arg"),
   arg("--workdir", required=True, help="the run's workdir (holds <stage>/checkpoints)"),
-  arg("--stage", default="quantize", choices=("quantize", "pq", "dkm"), help="which stage"),
+  arg("--stage", default="quantize", choices=EXPORTED, help="which stage"),
   arg("--out", default=None, help="artifact directory (default <workdir>/<stage>/artifact)"),
 )
 def export(args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ def export(args: argparse.Namespace) -> int:
   from lr2vq_jax.train import distributed, hard_codes, partitioning
   from lr2vq_jax.train.config import load_config
   from lr2vq_jax.train.pipeline import artifact_metadata
-  from lr2vq_jax.train.trainer import build_stage, quant_config, restore_final
+  from lr2vq_jax.train.trainer import build_stage, layer_config, restore_final
 
   distributed.initialize()
   config = load_config(args.config)
@@ -53,7 +54,7 @@ def export(args: argparse.Namespace) -> int:
         variables,
         stage.rules,
         out,
-        config=quant_config(config, args.stage),
+        config=layer_config(config, args.stage),
         metadata=artifact_metadata(config, stage),
       )
     except Exception as e:  # noqa: BLE001  (re-raised below, after the others were told)

@@ -19,7 +19,7 @@ def config_model(config: ml_collections.ConfigDict, *, dtype: str | None = None)
   """(the config's float model, its per-example input shape (H, W, C)), from the config alone:
   no data is read. `dtype` overrides the model's (default: the model's own default)."""
   from lr2vq_jax.models import create_model
-  from lr2vq_jax.train.input_pipeline import CHANNELS, NUM_CLASSES
+  from lr2vq_jax.train.datasets import CHANNELS, NUM_CLASSES
 
   name, size = config.data.name, int(config.data.image_size)
   kwargs = {} if dtype is None else {"dtype": dtype}

@@ -18,7 +18,7 @@ from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.nn import QuantConfig
 from lr2vq_jax.nn.recorded import DEFAULTS
 from lr2vq_jax.train import stages
-from lr2vq_jax.train.input_pipeline import default_data_config
+from lr2vq_jax.train.datasets import default_data_config
 from lr2vq_jax.train.step import OPTIMIZER_DEFAULTS
 
 # The LR²VQ recipe the digits ablations chose on validation (docs/research.md "Ablations",

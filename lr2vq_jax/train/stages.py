@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lr2vq_jax import convert
+from lr2vq_jax.core.mode import Mode
 
 # A conversion takes the previous stage's variables (on the host) to this stage's starting ones:
 # fn(variables, rules, *, key, kmeans_iters, plan, config) -> variables.
@@ -60,7 +61,7 @@ class StageSpec:
   """What the code needs to know about one stage, apart from the config."""
 
   name: str  # config section, `config.stages` entry, folder under the work dir
-  mode: str  # the layer mode its compressed layers train in
+  mode: Mode  # the layer mode its compressed layers train in
   previous: str | None  # the stage whose final checkpoint it starts from (None: the root)
   convert: Conversion | None  # previous stage's variables → this stage's starting variables
   # The stage's RNG stream: jax.random.fold_in(key(config.seed), seed_fold). Fixed numbers (each
@@ -75,23 +76,26 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
   s.name: s
   for s in (
-    StageSpec(name="float", mode="float", previous=None, convert=None, seed_fold=1, label="float"),
-    StageSpec(name="lowrank", mode="lowrank", previous="float", convert=_to_lowrank, seed_fold=2),
+    StageSpec(name="float", mode=Mode.FLOAT, previous=None, convert=None, seed_fold=1, label="float"),
+    StageSpec(name="lowrank", mode=Mode.LOWRANK, previous="float", convert=_to_lowrank, seed_fold=2),
     StageSpec(
-      name="quantize", mode="quantize", previous="lowrank", convert=_to_quantize, seed_fold=4,
+      name="quantize", mode=Mode.QUANTIZE, previous="lowrank", convert=_to_quantize, seed_fold=4,
       label="LR²VQ", method="lr2vq", exports=True,
     ),
     StageSpec(
-      name="pq", mode="frozen", previous="float", convert=_to_pq, seed_fold=3,
+      name="pq", mode=Mode.FROZEN, previous="float", convert=_to_pq, seed_fold=3,
       label="PQ", method="pq", exports=True, vanilla=True,
     ),
     StageSpec(
-      name="dkm", mode="quantize", previous="float", convert=_to_dkm, seed_fold=0,
+      name="dkm", mode=Mode.QUANTIZE, previous="float", convert=_to_dkm, seed_fold=0,
       label="vanilla DKM", method="dkm", exports=True, vanilla=True,
     ),
   )
 }  # fmt: skip
 NAMES: tuple[str, ...] = tuple(STAGES)  # pipeline order
+EXPORTED: tuple[str, ...] = tuple(
+  n for n, s in STAGES.items() if s.exports
+)  # `lr2vq export --stage`
 ROOT = "float"  # the stage every other starts from; also the distillation teacher
 
 

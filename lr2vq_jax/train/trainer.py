@@ -46,12 +46,10 @@ __all__ = [
   "build_stage",
   "evaluate",
   "layer_config",
-  "quant_config",
   "restore_final",
   "run_stage",
   "train_and_evaluate",
 ]
-quant_config = layer_config  # the former name, kept for existing callers
 BUDGET_SPENT = (
   "stage %s: stopping at step %d of %d (max_steps_this_run=%d; checkpoint saved); "
   "rerun the same command to continue"

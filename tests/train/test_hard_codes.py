@@ -52,7 +52,7 @@ def test_evaluate_computes_codes_once_with_the_per_batch_result(quantized):
 def test_frozen_model_has_the_quantize_stage_logits_codes_and_tables(quantized):
   config, stage, variables = quantized
   model, frozen = hard_codes.frozen_model(stage.model, variables, stage.mesh)
-  assert model.stage == "frozen" and "z" not in str(jax.tree_util.tree_structure(frozen))
+  assert model.mode == "frozen" and "z" not in str(jax.tree_util.tree_structure(frozen))
   images = next(input_pipeline.build_input(config.data, split="eval"))["image"]
   expected = jax.jit(lambda v, x: stage.model.apply(v, x, train=False))(variables, images)
   got = jax.jit(lambda v, x: model.apply(v, x, train=False))(frozen, images)
