@@ -204,8 +204,8 @@ class Sandbox:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Sandbox:
-  from tests.data.tiny_imagenet import write_tiny_imagenet
-  from tests.data.torchvision_weights import write_torchvision_weights
+  from tests.support.tiny_imagenet import write_tiny_imagenet
+  from tests.support.torchvision_weights import write_torchvision_weights
 
   root = tmp_path_factory.mktemp("sandbox")
   for name in ("configs", "benchmarks", "launch"):
