@@ -38,18 +38,50 @@ jax.config.update(
 
 
 def pytest_sessionfinish(session):
-  """The run's compilation cache goes with the run (xdist: when the controller finishes)."""
+  """A background quick run still going is stopped; the run's compilation cache goes with the run
+  (xdist: when the controller finishes)."""
+  proc = _QUICK_RUN.get("proc")
+  if proc is not None and proc.poll() is None:
+    proc.kill()
+    proc.wait()
   if not os.environ.get("PYTEST_XDIST_WORKER"):
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+_QUICK_RUN: dict = {}  # the background quick run: its process, workdir and log
+
+
+def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str], Path]:
+  cmd = devices.main_cmd(base / "run", "--config.stages=float,lowrank,quantize")
+  env = devices.child_env(1, base)
+  # This process's XLA_FLAGS as they are (one CPU device unless they say otherwise): the flags are
+  # part of the compilation cache key, and the in-process and CLI runs of the quick config see
+  # these, so they reuse this run's compilations (and the gs:// test compares against it).
+  env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+  return cmd, env, base / "log.txt"
+
+
+def pytest_collection_finish(session):
+  """When a selected test needs `quick_run`, it starts training now, in the background, beside
+  the in-process tests that run first (a second core is otherwise idle while they compile). Under
+  pytest-xdist every worker collects everything, so each trains its own."""
+  if not any("quick_run" in getattr(item, "fixturenames", ()) for item in session.items):
+    return
+  if session.config.getoption("collectonly"):
+    return
+  base = Path(tempfile.mkdtemp(prefix="quick_run-"))
+  cmd, env, log = _quick_run_cmd(base)
+  _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=base / "run", log=log)
 
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory) -> Path:
   """The quick digits pipeline's float, lowrank and quantize stages (configs/default.py:quick),
-  trained once per session by the training entry point in one process on one device. Read-only:
-  tests that train on from it copy it first (`devices.copy_workdir`)."""
-  base = tmp_path_factory.mktemp("quick_run")
-  workdir = base / "run"
-  cmd = devices.main_cmd(workdir, "--config.stages=float,lowrank,quantize")
-  devices.run(cmd, devices.child_env(1, base), base / "log.txt")
-  return workdir
+  trained once per session by the training entry point in one process on one device (started at
+  collection when a selected test needs it). Read-only: tests that train on from it copy it first
+  (`devices.copy_workdir`)."""
+  if not _QUICK_RUN:
+    cmd, env, log = _quick_run_cmd(tmp_path_factory.mktemp("quick_run"))
+    _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=log.parent / "run", log=log)
+  devices.finish(_QUICK_RUN["proc"], _QUICK_RUN["log"])
+  return _QUICK_RUN["workdir"]

@@ -26,6 +26,7 @@ from tests.support.gcs import objects
 from tests.support.gcs.local_gcs import local_gcs
 from tests.support.paths import QUICK, ROOT
 
+pytestmark = pytest.mark.slow  # every test reads the one gs:// pipeline run of the module fixture
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("google.cloud.storage")
 
@@ -123,7 +124,6 @@ def _without_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
   logs = gcs_run["logs"]
   assert gcs_run["killed_rc"] == -signal.SIGKILL

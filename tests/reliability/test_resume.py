@@ -21,6 +21,9 @@ from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.trainer import abstract_state, build_stage
 from tests.support import train_cli
 
+# Every test reads the module fixture's interrupted and reference runs.
+pytestmark = pytest.mark.slow
+
 STEPS = 60
 OVERRIDES = (
   "--config.stages=float",
@@ -85,7 +88,6 @@ def _assert_identical(runs, name):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.slow
 def test_reference_run_completes(runs):
   assert runs["ref_rc"] == 0, runs["logs"]["ref"][-3000:]
   rows = train_cli.metrics_rows(runs["dirs"]["ref"] / "float")
