@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lr2vq_jax.train.preprocessing import augment_seed, imagenet_eval, imagenet_train  # noqa: E402
-from tests.data.tiny_imagenet import SIZES, encode_image  # noqa: E402
+from tests.support.tiny_imagenet import SIZES, encode_image  # noqa: E402
 
 
 def jpegs(n: int, seed: int = 0) -> list[bytes]:

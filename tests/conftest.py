@@ -1,18 +1,87 @@
-"""Test-wide settings: private temp dirs and a cheaper PRNG for compile-heavy model inits.
+"""Test-wide settings: private temp dirs, a cheaper PRNG, one XLA compilation cache for the run.
 
 XLA:CPU compiles threefry-based inits of a ResNet several times slower than "rbg"; the tests
 compare runs against each other, never against fixed random values, so the generator is free.
-Subprocesses inherit both settings through the environment.
+The suite compiles the same programs over and over (the quick digits stages in dozens of
+subprocesses): a persistent compilation cache, fresh for each run of the suite and shared by its
+processes (pytest-xdist workers too), turns every repeat into a load of the same executable.
+Subprocesses inherit all three settings through the environment.
 """
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+# One cache per run of the suite: xdist workers share their controller's run id.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+_CACHE = os.path.join(tempfile.gettempdir(), f"lr2vq-tests-xla-cache-{_RUN[:16]}")
+os.makedirs(_CACHE, exist_ok=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 _TMP = tempfile.mkdtemp(prefix="lr2vq-tests-")
 os.environ["TMPDIR"] = _TMP
 tempfile.tempdir = _TMP
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.support import devices  # noqa: E402
 
 jax.config.update("jax_default_prng_impl", os.environ["JAX_DEFAULT_PRNG_IMPL"])
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+  "jax_persistent_cache_min_compile_time_secs",
+  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+
+
+def pytest_sessionfinish(session):
+  """A background quick run still going is stopped; the run's compilation cache goes with the run
+  (xdist: when the controller finishes)."""
+  proc = _QUICK_RUN.get("proc")
+  if proc is not None and proc.poll() is None:
+    proc.kill()
+    proc.wait()
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+_QUICK_RUN: dict = {}  # the background quick run: its process, workdir and log
+
+
+def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str], Path]:
+  cmd = devices.main_cmd(base / "run", "--config.stages=float,lowrank,quantize")
+  env = devices.child_env(1, base)
+  # This process's XLA_FLAGS as they are (one CPU device unless they say otherwise): the flags are
+  # part of the compilation cache key, and the in-process and CLI runs of the quick config see
+  # these, so they reuse this run's compilations (and the gs:// test compares against it).
+  env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+  return cmd, env, base / "log.txt"
+
+
+def pytest_collection_finish(session):
+  """When a selected test needs `quick_run`, it starts training now, in the background, beside
+  the in-process tests that run first (a second core is otherwise idle while they compile). Under
+  pytest-xdist every worker collects everything, so each trains its own."""
+  if not any("quick_run" in getattr(item, "fixturenames", ()) for item in session.items):
+    return
+  if session.config.getoption("collectonly"):
+    return
+  base = Path(tempfile.mkdtemp(prefix="quick_run-"))
+  cmd, env, log = _quick_run_cmd(base)
+  _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=base / "run", log=log)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+  """The quick digits pipeline's float, lowrank and quantize stages (configs/default.py:quick),
+  trained once per session by the training entry point in one process on one device (started at
+  collection when a selected test needs it). Read-only: tests that train on from it copy it first
+  (`devices.copy_workdir`)."""
+  if not _QUICK_RUN:
+    cmd, env, log = _quick_run_cmd(tmp_path_factory.mktemp("quick_run"))
+    _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=log.parent / "run", log=log)
+  devices.finish(_QUICK_RUN["proc"], _QUICK_RUN["log"])
+  return _QUICK_RUN["workdir"]

@@ -10,7 +10,8 @@ from flax import traverse_util
 import lr2vq_jax as lq
 from lr2vq_jax import cli
 from lr2vq_jax.models import DigitsCNN
-from tests.nn.test_transform import RULES, PlainNet, X
+from tests.support.paths import config as config_path
+from tests.support.plain_net import RULES, PlainNet, X
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ def test_estimate_dim_on_trained_weights_file(tmp_path, capsys):
 
 
 def test_report_from_a_config_for_any_registered_model(capsys):
-  assert cli.main(["report", "--config", "configs/default.py"]) == 0
+  assert cli.main(["report", "--config", config_path("default.py")]) == 0
   out = capsys.readouterr().out
   assert "config configs/default.py: model digits_cnn" in out
   assert "ratio 27.3×" in out  # the README's demo row: 376,744 / 13,800 bytes

@@ -11,7 +11,7 @@ import pytest
 import lr2vq_jax as lq
 from lr2vq_jax import convert
 from lr2vq_jax.models import ResNet18
-from tests.nn.test_transform import RULES, PlainNet, X
+from tests.support.plain_net import RULES, PlainNet, X
 
 
 def _rel_err(a, b):

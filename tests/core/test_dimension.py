@@ -15,7 +15,7 @@ from lr2vq_jax.core.dimension import (
 from lr2vq_jax.core.lowrank import lowrank_error
 from lr2vq_jax.core.rules import Rule
 from lr2vq_jax.core.subvectors import from_subvectors
-from tests.core.test_compress import SHAPE, K, M, R, low_rank_data
+from tests.support.low_rank_data import SHAPE, K, M, R, low_rank_data
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The embedded pipeline with `--workdir gs://bucket/run`, offline, against a local GCS emulator.
 
 One module fixture starts the emulator (and the TLS proxy TensorFlow's client needs) on
-127.0.0.1, and runs, as a user would, from a scratch folder:
-* a reference: the same command uninterrupted, on a local work dir (concurrently);
+127.0.0.1, and runs, as a user would, from a scratch folder (the reference, the same stages
+uninterrupted on a local work dir, is the session's `quick_run`):
 * the victim: `lr2vq train ... --workdir gs://bucket/run`, SIGKILLed mid-`lowrank` once orbax has
   committed a checkpoint there, then the same command again, which resumes and finishes;
 * `lr2vq export --out gs://bucket/artifact` and `lr2vq eval --artifact gs://bucket/artifact`.
@@ -22,17 +22,17 @@ import time
 
 import pytest
 
-from tests.gcs import objects
-from tests.gcs.local_gcs import local_gcs
+from tests.support.gcs import objects
+from tests.support.gcs.local_gcs import local_gcs
+from tests.support.paths import QUICK, ROOT
 
+pytestmark = pytest.mark.slow  # every test reads the one gs:// pipeline run of the module fixture
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("google.cloud.storage")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICK = os.path.join(ROOT, "configs", "default.py") + ":quick"
 BUCKET, RUN = "bucket", "run"
 WORKDIR = f"gs://{BUCKET}/{RUN}"
-STAGES = ("float", "lowrank", "quantize")
+STAGES = ("float", "lowrank", "quantize")  # those of `quick_run`, the reference
 OVERRIDES = (f"--config.stages={','.join(STAGES)}",)  # :quick: 6 steps, checkpoints at 3 and 6
 TIMEOUT = 300
 
@@ -59,14 +59,13 @@ def _wait_committed(gcs, proc, prefix: str, step: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def gcs_run(tmp_path_factory):
+def gcs_run(quick_run, tmp_path_factory):
   base = tmp_path_factory.mktemp("gcs")
   cwd = base / "cwd"  # where a stray local folder `gs:/bucket/run` would appear
   cwd.mkdir()
-  out = {"cwd": cwd, "logs": {}, "base": base}
+  out = {"cwd": cwd, "logs": {}, "base": base, "ref": quick_run}
   with local_gcs(str(base)) as gcs:
-    env = gcs.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
-    local_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    env = gcs.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
     out["gcs"] = gcs
 
     def start(cmd, name, environ):
@@ -74,7 +73,6 @@ def gcs_run(tmp_path_factory):
       return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
 
     t0 = time.monotonic()
-    ref = start(_train(str(base / "ref")), "ref", local_env)
     victim = start(_train(WORKDIR), "killed", env)
     prefix = f"{RUN}/lowrank/checkpoints"
     out["seen"] = _wait_committed(gcs, victim, prefix, 3)
@@ -87,7 +85,6 @@ def gcs_run(tmp_path_factory):
     objects.write(gcs.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
     resumed = start(_train(WORKDIR), "resumed", env)
     out["resumed_rc"] = resumed.wait(timeout=TIMEOUT)
-    out["ref_rc"] = ref.wait(timeout=TIMEOUT)
     out["train_s"] = time.monotonic() - t0
 
     def run(cmd, name):
@@ -107,7 +104,7 @@ def gcs_run(tmp_path_factory):
     out["metrics"] = {
       s: objects.read(gcs.url, BUCKET, f"{RUN}/{s}/metrics.jsonl").decode() for s in STAGES
     }
-  for name in ("ref", "killed", "resumed"):
+  for name in ("killed", "resumed"):
     out["logs"][name] = (base / f"{name}.log").read_text(errors="replace")
   timings = {k: round(v, 1) for k, v in out.items() if k.endswith("_s")}
   print(f"gs:// pipeline timings (s): {timings}")  # shown with -s
@@ -127,10 +124,8 @@ def _without_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
   logs = gcs_run["logs"]
-  assert gcs_run["ref_rc"] == 0, logs["ref"][-3000:]
   assert gcs_run["killed_rc"] == -signal.SIGKILL
   assert gcs_run["resumed_rc"] == 0, logs["resumed"][-3000:]
   killed_at = gcs_run["after_kill"][-1]
@@ -138,11 +133,11 @@ def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
   # Progress rows come every 3 steps: a rerun from step 0 would print step 3 again.
   assert "[lowrank] step 3/6" not in logs["resumed"] and "[lowrank] step 6/6" in logs["resumed"]
   assert "[float] step" not in logs["resumed"]  # float was finished: not retrained
-  reference = json.loads((gcs_run["base"] / "ref" / "results.json").read_text())
+  reference = json.loads((gcs_run["ref"] / "results.json").read_text())
   assert [r["method"] for r in gcs_run["results"]] == ["float", "LR²VQ"]
   assert _without_timing(gcs_run["results"]) == _without_timing(reference)
   for stage in STAGES:
-    local = (gcs_run["base"] / "ref" / stage / "metrics.jsonl").read_text()
+    local = (gcs_run["ref"] / stage / "metrics.jsonl").read_text()
     assert gcs_run["metrics"][stage] == local, stage
 
 

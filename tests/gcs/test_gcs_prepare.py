@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests.gcs import objects
-from tests.gcs.local_gcs import local_gcs
+from tests.support.gcs import objects
+from tests.support.gcs.local_gcs import local_gcs
 
 pytest.importorskip("gcp_storage_emulator")
 
@@ -34,7 +34,7 @@ def _lr2vq(gcs, cwd, *args: str, timeout: float = 300) -> subprocess.CompletedPr
 
 
 def test_prepare_reads_tars_from_a_bucket_and_writes_tfrecords_there(gcs, tmp_path):
-  from tests.data.tiny_imagenet import write_tiny_imagenet
+  from tests.support.tiny_imagenet import write_tiny_imagenet
 
   server, _ = gcs
   local = tmp_path / "tars"

@@ -10,7 +10,7 @@ import pytest
 import lr2vq_jax as lq
 from lr2vq_jax import convert
 from lr2vq_jax.nn.recorded import SettingError, StageError
-from tests.nn.test_transform import RULES, PlainNet, X
+from tests.support.plain_net import RULES, PlainNet, X
 
 LABELS = jnp.array([1, 3])
 

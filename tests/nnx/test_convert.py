@@ -11,7 +11,7 @@ from flax import nnx
 import lr2vq_jax as lq
 from lr2vq_jax import convert
 from lr2vq_jax.core.recorded import SettingError, StageError
-from tests.nnx.models import ConvNet, LinenConvNet, linen_weights_into
+from tests.support.nnx_models import ConvNet, LinenConvNet, linen_weights_into
 
 RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
 KEY = jax.random.key(3)

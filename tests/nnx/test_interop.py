@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import lr2vq_jax as lq
-from tests.nnx.models import ConvNet
+from tests.support.nnx_models import ConvNet
 
 RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
 

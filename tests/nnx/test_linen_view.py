@@ -9,6 +9,7 @@ import pytest
 import lr2vq_jax as lq
 from lr2vq_jax import convert
 from lr2vq_jax.models import create_model
+from tests.support.paths import QUICK
 
 RULES = [lq.Rule("conv[23]", k=16, m=9, d=4)]
 
@@ -65,7 +66,7 @@ def test_train_steps_of_the_training_system_match_linen(models):
   from lr2vq_jax.train.step import make_train_step
 
   x, _, _, variables = models
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   out = {}
   for name in ("digits_cnn", "digits_cnn_nnx"):
     config.model = name

@@ -7,7 +7,7 @@ import os
 import jax
 import optax
 
-from tests.nnx.models import MyNnxNet
+from tests.support.nnx_models import MyNnxNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import textwrap
 
-from tests.scale.conftest import ROOT, child_env
+from tests.support.devices import child_env
+from tests.support.paths import ROOT
 
 CHILD = textwrap.dedent(
   """
@@ -23,7 +24,7 @@ CHILD = textwrap.dedent(
   from flax import nnx
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   import lr2vq_jax as lq
-  from tests.nnx.models import ConvNet
+  from tests.support.nnx_models import ConvNet
 
   RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
   x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))

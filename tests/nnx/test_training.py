@@ -7,6 +7,7 @@ import json
 from lr2vq_jax import cli
 from lr2vq_jax.train import pipeline
 from lr2vq_jax.train.config import load_config
+from tests.support.paths import QUICK
 
 
 def _rows(path):
@@ -14,7 +15,7 @@ def _rows(path):
 
 
 def test_nnx_model_pipeline_interrupted_resumed_exported(tmp_path, capsys):
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   config.model = "digits_cnn_nnx"
   config.stages = "float,lowrank,quantize"
   config.quantize.max_steps_this_run = 3

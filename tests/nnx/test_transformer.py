@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import lr2vq_jax as lq
-from tests.nnx.models import ViT
+from tests.support.nnx_models import ViT
 
 RULES = [
   lq.Rule(r"^patch$", k=8, m=4, d=2),

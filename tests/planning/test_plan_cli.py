@@ -10,13 +10,14 @@ from lr2vq_jax.models import create_model
 from lr2vq_jax.planning import command, rules_file
 from lr2vq_jax.train.config import config_rules, load_config
 from lr2vq_jax.train.validate import validate_config
+from tests.support.paths import config as config_path
 
 FAST = ["--ms", "1,2,4,9", "--ks", "2,4,8,16,32"]
 
 
 def test_plan_digits_writes_rules_and_png(tmp_path, capsys):
   rules, png = tmp_path / "plan.rules", tmp_path / "plan.png"
-  argv = ["plan", "--config", "configs/default.py", "--target-bytes", "13800", *FAST]
+  argv = ["plan", "--config", config_path("default.py"), "--target-bytes", "13800", *FAST]
   assert cli.main([*argv, "--out", str(rules), "--png", str(png)]) == 0
   out, err = capsys.readouterr()
   assert "no data" in err and "weight error only" in err  # says plainly: no trained weights
@@ -26,7 +27,7 @@ def test_plan_digits_writes_rules_and_png(tmp_path, capsys):
     assert any(ln.startswith(layer + " ") for ln in out.splitlines())
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # the rules file round-trips into the training config, which validates and sizes it
-  config = load_config("configs/default.py")
+  config = load_config(config_path("default.py"))
   config.rules = f"@{rules}"
   validate_config(config)
   text = rules_file.read_rules_text(str(rules))
@@ -39,7 +40,7 @@ def test_plan_digits_writes_rules_and_png(tmp_path, capsys):
 
 def test_imagenet_config_takes_a_plan(tmp_path, capsys):
   """The same architecture at 1/8 width (runlocal), from shapes, by ratio."""
-  spec = "configs/imagenet_resnet18_large_lr2vq.py:runlocal"
+  spec = config_path("imagenet_resnet18_large_lr2vq.py:runlocal")
   rules = tmp_path / "r18.rules"
   argv = ["plan", "--config", spec, "--ratio", "20", "--keep-float", "^conv1$", *FAST]
   assert cli.main([*argv, "--out", str(rules)]) == 0
@@ -65,13 +66,13 @@ def test_imagenet_config_takes_a_plan(tmp_path, capsys):
   ],
 )
 def test_errors_are_one_line_plus_hint(capsys, extra, message):
-  assert cli.main(["plan", "--config", "configs/default.py", *FAST, *extra]) == 2
+  assert cli.main(["plan", "--config", config_path("default.py"), *FAST, *extra]) == 2
   err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("WARNING")]
   assert len(err) == 2 and message in err[0] and err[1].startswith("hint: "), err
 
 
 def test_bad_rules_file_is_a_config_error(tmp_path):
-  config = load_config("configs/default.py")
+  config = load_config(config_path("default.py"))
   config.rules = f"@{tmp_path / 'missing.rules'}"
   with pytest.raises(ValueError, match="rules file .* not found"):
     validate_config(config)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import lr2vq_jax as lq
 from lr2vq_jax import convert
 from lr2vq_jax.export import ARRAYS, MANIFEST, ArtifactError, manifest_digest
-from tests.nn.test_transform import RULES, PlainNet, X
+from tests.support.plain_net import RULES, PlainNet, X
 
 PACKAGE = pathlib.Path(lq.__file__).parent
 FUZZ = settings(

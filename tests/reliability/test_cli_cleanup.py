@@ -2,18 +2,18 @@
 
 import sys
 
-from tests.reliability import helpers
+from tests.support import train_cli
 
 
 def test_failed_export_leaves_nothing_and_no_traceback(tmp_path):
   workdir = tmp_path / "never_trained"
-  out = helpers.run(
+  out = train_cli.run(
     [
       sys.executable,
       "-m",
       "lr2vq_jax",
       "export",
-      f"--config={helpers.QUICK}",
+      f"--config={train_cli.QUICK}",
       f"--workdir={workdir}",
     ]
   )

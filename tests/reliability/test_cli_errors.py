@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lr2vq_jax import cli
-from tests.reliability import helpers
+from tests.support import train_cli
 
 
 def _two_lines(err: str, message: str) -> None:
@@ -47,7 +47,9 @@ def test_train_bad_config_value(tmp_path, override, message):
   cmd = [os.path.join(os.path.dirname(sys.executable), "lr2vq")]
   if not os.path.exists(cmd[0]):
     cmd = [sys.executable, "-m", "lr2vq_jax"]
-  out = helpers.run([*cmd, "train", f"--config={helpers.QUICK}", f"--workdir={workdir}", override])
+  out = train_cli.run(
+    [*cmd, "train", f"--config={train_cli.QUICK}", f"--workdir={workdir}", override]
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   _two_lines(out.stderr, message)
   assert not workdir.exists()
@@ -56,13 +58,13 @@ def test_train_bad_config_value(tmp_path, override, message):
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   workdir = tmp_path / "wd"
   flags = ("stages=float", "float.num_steps=9", "float.checkpoint_every=2", "float.log_every=3")
-  cmd = helpers.train_cmd(workdir, *(f"--config.{f}" for f in flags))
-  # the real entry point, NaN written into the params before step 5 (tests/reliability/nan_at_step)
-  cmd[1:3] = ["-m", "tests.reliability.nan_at_step", "5"]
-  out = helpers.run(cmd)
+  cmd = train_cli.train_cmd(workdir, *(f"--config.{f}" for f in flags))
+  # the real entry point, NaN written into the params before step 5 (tests/support/nan_at_step.py)
+  cmd[1:3] = ["-m", "tests.support.nan_at_step", "5"]
+  out = train_cli.run(cmd)
   assert out.returncode == 1, out.stderr[-3000:]
   _two_lines(out.stderr, "stage float: non-finite loss or params at step 5 (layers: ")
   assert "last good checkpoint: step 4" in out.stderr
   # Detected at step 6 (log + checkpoint boundary): nothing at or after the bad step was saved.
-  assert helpers.checkpoint_steps(workdir / "float") == [2, 4]
-  assert [r["step"] for r in helpers.metrics_rows(workdir / "float")] == [3]
+  assert train_cli.checkpoint_steps(workdir / "float") == [2, 4]
+  assert [r["step"] for r in train_cli.metrics_rows(workdir / "float")] == [3]

@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_dict, config_flags
 
 from lr2vq_jax.train.config_file import ConfigLoadError, load_config
-from tests.reliability import helpers
+from tests.support import train_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # collectable from any folder
 
@@ -50,7 +50,7 @@ def test_train_with_bad_config_exits_2_with_one_line(tmp_path, name):
   text, cause = BAD[name]
   path = tmp_path / name
   path.write_text(text)
-  out = helpers.run(helpers.train_cmd(tmp_path / "run", config=str(path)))
+  out = train_cli.run(train_cli.train_cmd(tmp_path / "run", config=str(path)))
   assert out.returncode == 2, out.stderr
   lines = [ln for ln in out.stderr.splitlines() if ln.startswith(("lr2vq", "hint", "Traceback"))]
   assert len(lines) == 2 and str(path) in lines[0] and cause in lines[0], out.stderr

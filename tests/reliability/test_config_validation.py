@@ -15,11 +15,11 @@ from lr2vq_jax.train import checkpointing
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.input_pipeline import default_data_config
 from lr2vq_jax.train.validate import ConfigError, validate_config
-from tests.reliability import helpers
+from tests.support import train_cli
 
 
 def quick():
-  config = load_config(helpers.QUICK)
+  config = load_config(train_cli.QUICK)
   config.stages = "float,lowrank,quantize,pq,dkm"
   return config
 

@@ -19,7 +19,10 @@ import pytest
 from lr2vq_jax.train import checkpointing
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.trainer import abstract_state, build_stage
-from tests.reliability import helpers
+from tests.support import train_cli
+
+# Every test reads the module fixture's interrupted and reference runs.
+pytestmark = pytest.mark.slow
 
 STEPS = 60
 OVERRIDES = (
@@ -36,26 +39,26 @@ def runs(tmp_path_factory):
   ref, victim = base / "ref", base / "victim"
   stage_dir = victim / "float"
   out = {"dirs": {"ref": ref, "victim": victim}}
-  ref_proc = helpers.start(helpers.train_cmd(ref, *OVERRIDES), str(base / "ref.log"))
+  ref_proc = train_cli.start(train_cli.train_cmd(ref, *OVERRIDES), str(base / "ref.log"))
   # 1. SIGTERM: checkpoint at the current step, exit 0.
-  proc = helpers.start(helpers.train_cmd(victim, *OVERRIDES), str(base / "term.log"))
-  out["term_seen"] = helpers.wait_for_checkpoint(proc, stage_dir, 8)
+  proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "term.log"))
+  out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 8)
   proc.send_signal(signal.SIGTERM)
   out["term_rc"] = proc.wait(timeout=300)
-  out["term_ckpts"] = helpers.checkpoint_steps(stage_dir)
-  out["term_rows"] = helpers.metrics_rows(stage_dir)
+  out["term_ckpts"] = train_cli.checkpoint_steps(stage_dir)
+  out["term_rows"] = train_cli.metrics_rows(stage_dir)
   # 2. Rerun, then SIGKILL a few checkpoints later.
-  proc = helpers.start(helpers.train_cmd(victim, *OVERRIDES), str(base / "kill.log"))
-  helpers.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 6)
+  proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "kill.log"))
+  train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 6)
   proc.send_signal(signal.SIGKILL)
   out["kill_rc"] = proc.wait(timeout=300)
-  out["kill_ckpts"] = helpers.checkpoint_steps(stage_dir)
+  out["kill_ckpts"] = train_cli.checkpoint_steps(stage_dir)
   # A checkpoint half-written when the process died: Orbax's tmp dir must be ignored.
   junk = stage_dir / "checkpoints" / f"{STEPS - 1}.orbax-checkpoint-tmp-123"
   (junk / "state").mkdir(parents=True)
   (junk / "state" / "garbage").write_bytes(b"\0" * 10)
   # 3. Rerun to the end.
-  proc = helpers.start(helpers.train_cmd(victim, *OVERRIDES), str(base / "final.log"))
+  proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "final.log"))
   out["final_rc"] = proc.wait(timeout=300)
   out["ref_rc"] = ref_proc.wait(timeout=300)
   out["logs"] = {p.stem: p.read_text() for p in base.glob("*.log")}
@@ -63,7 +66,7 @@ def runs(tmp_path_factory):
 
 
 def _final_state(workdir):
-  config = load_config(helpers.QUICK)
+  config = load_config(train_cli.QUICK)
   config.stages = "float"
   config.float.num_steps = STEPS
   stage = build_stage(config, "float", str(workdir))
@@ -76,7 +79,7 @@ def _final_state(workdir):
 
 def _assert_identical(runs, name):
   ref, other = runs["dirs"]["ref"] / "float", runs["dirs"][name] / "float"
-  assert helpers.metrics_text(other) == helpers.metrics_text(ref)
+  assert train_cli.metrics_text(other) == train_cli.metrics_text(ref)
   a, b = _final_state(ref.parent), _final_state(other.parent)
   paths_a = jax.tree_util.tree_leaves_with_path(a)
   for (path, x), y in zip(paths_a, jax.tree_util.tree_leaves(b), strict=True):
@@ -85,10 +88,9 @@ def _assert_identical(runs, name):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.slow
 def test_reference_run_completes(runs):
   assert runs["ref_rc"] == 0, runs["logs"]["ref"][-3000:]
-  rows = helpers.metrics_rows(runs["dirs"]["ref"] / "float")
+  rows = train_cli.metrics_rows(runs["dirs"]["ref"] / "float")
   assert [r["step"] for r in rows] == [*range(3, STEPS + 1, 3), STEPS]  # train rows, then eval
 
 
@@ -114,7 +116,7 @@ def test_kill9_rerun_resumes_from_last_checkpoint(runs):
 def test_interrupted_run_ends_bit_identical(runs):
   assert runs["final_rc"] == 0, runs["logs"]["final"][-3000:]
   ref, victim = runs["dirs"]["ref"], runs["dirs"]["victim"]
-  assert helpers.metrics_text(victim / "float") == helpers.metrics_text(ref / "float")
+  assert train_cli.metrics_text(victim / "float") == train_cli.metrics_text(ref / "float")
   a, b = _final_state(ref), _final_state(victim)
   leaves = jax.tree_util.tree_leaves_with_path(a)
   assert len(leaves) == len(jax.tree_util.tree_leaves(b))

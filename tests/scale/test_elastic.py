@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from tests.scale.conftest import (
-  assert_same_training,
-  child_env,
-  copy_workdir,
-  final_params,
-  finish,
-  main_cmd,
-  run,
-  start,
-)
+from tests.support.devices import child_env, copy_workdir, finish, main_cmd, run, start
+from tests.support.drift import assert_same_training, final_params
 
 
 def _steps(workdir):

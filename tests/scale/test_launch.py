@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.scale.conftest import ROOT
+from tests.support.paths import ROOT
 
 SCRIPTS = sorted((ROOT / "launch").glob("*.sh"))
 

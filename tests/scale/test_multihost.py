@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.scale.conftest import (
-  DRIFT_LOSS,
-  QUICK,
-  assert_same_training,
-  child_env,
-  copy_workdir,
-  final_params,
-  finish,
-  free_port,
-  main_cmd,
-  start,
-)
+import pytest
+
+from tests.support.devices import QUICK, child_env, copy_workdir, finish, free_port, main_cmd, start
+from tests.support.drift import DRIFT_LOSS, assert_same_training, final_params
+
+pytestmark = pytest.mark.slow  # two-process training on the session quick run
 
 # Same global batches, same initial state: the runs differ only in the order in which the
-# all-reduces add up; how far that can carry, and the bounds, are in tests/scale/conftest.py.
+# all-reduces add up; how far that can carry, and the bounds, are in tests/support/drift.py.
 
 
 def _losses(workdir):

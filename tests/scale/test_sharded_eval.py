@@ -14,7 +14,7 @@ import textwrap
 
 from jax.sharding import PartitionSpec as P
 
-from tests.scale.conftest import child_env, run
+from tests.support.devices import child_env, run
 
 CHILD = textwrap.dedent(
   """

@@ -26,7 +26,7 @@ import textwrap
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from tests.scale.conftest import child_env, run
+from tests.support.devices import child_env, run
 
 CHILD = textwrap.dedent(
   """

@@ -7,8 +7,9 @@ from lr2vq_jax import cli
 from lr2vq_jax.train import pipeline
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.dim_select import DimSelection, select_dim
+from tests.support.paths import QUICK
 
-CONFIG = "configs/default.py:quick"
+CONFIG = QUICK
 
 
 @pytest.fixture(scope="module")

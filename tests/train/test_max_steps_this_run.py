@@ -7,6 +7,7 @@ import json
 
 from lr2vq_jax.train import checkpointing, pipeline
 from lr2vq_jax.train.config import load_config
+from tests.support.paths import QUICK
 
 
 def _steps(stage_dir) -> list[int]:
@@ -14,7 +15,7 @@ def _steps(stage_dir) -> list[int]:
 
 
 def test_runs_of_at_most_n_steps_checkpoint_and_continue(tmp_path):
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   config.stages = "float"
   config.float.update(num_steps=6, log_every=3, checkpoint_every=100, max_steps_this_run=2)
   assert pipeline.run(config, str(tmp_path)) is None  # stopped: nothing reported yet

@@ -13,6 +13,8 @@ import tensorflow_datasets as tfds
 from lr2vq_jax import cli
 from lr2vq_jax.train import pipeline
 from lr2vq_jax.train.config import load_config
+from tests.support.paths import QUICK
+from tests.support.paths import config as config_path
 
 
 def _assert_stage_outputs(workdir, stage, artifact: bool):
@@ -26,7 +28,7 @@ def _assert_stage_outputs(workdir, stage, artifact: bool):
 
 @pytest.mark.slow
 def test_embedded_pipeline_runs_every_stage(tmp_path, capsys):
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   records = pipeline.run(config, str(tmp_path))
   assert [r["method"] for r in records] == ["float", "LR²VQ", "PQ", "vanilla DKM"]
   for stage in ("float", "lowrank", "quantize", "pq", "dkm"):
@@ -47,17 +49,17 @@ def test_embedded_pipeline_runs_every_stage(tmp_path, capsys):
 @pytest.mark.parametrize(
   "spec",
   [
-    f"configs/imagenet_{m}_{b}_{meth}.py:runlocal"
+    f"imagenet_{m}_{b}_{meth}.py:runlocal"
     for m in ("resnet18", "resnet50")
     for b in ("small", "large")
     for meth in ("lr2vq", "dkm", "pq")
   ]
-  + ["configs/cifar10_resnet18_lr2vq.py:runlocal", "configs/default.py"],
+  + ["cifar10_resnet18_lr2vq.py:runlocal", "default.py"],
 )
 def test_every_config_loads_and_validates(spec, tmp_path):
   from lr2vq_jax.train.validate import validate_config
 
-  config = load_config(spec)
+  config = load_config(config_path(spec))
   with tfds.testing.mock_data(num_examples=8):
     validate_config(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from lr2vq_jax import cli
 from lr2vq_jax.train import prepare
-from tests.data.tiny_imagenet import CMYK, PNG, write_tiny_imagenet
+from tests.support.tiny_imagenet import CMYK, PNG, write_tiny_imagenet
 
 
 @pytest.fixture(scope="module")

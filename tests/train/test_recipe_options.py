@@ -17,6 +17,7 @@ from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.step import anneal_tau, distillation_loss
 from lr2vq_jax.train.trainer import abstract_state, build_stage
 from lr2vq_jax.train.validate import ConfigError, validate_config
+from tests.support.paths import QUICK
 
 
 def test_orthonormal_projection_has_orthonormal_rows_and_keeps_svd_init():
@@ -84,7 +85,7 @@ def test_bn_reestimation_is_the_plain_mean_of_batch_statistics():
 
 @pytest.mark.slow
 def test_pipeline_with_every_option_on(tmp_path):
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   config.stages = "float,lowrank,quantize"
   config.lowrank.distill = 0.5
   config.quantize.distill = 0.5
@@ -114,7 +115,7 @@ def test_pipeline_with_every_option_on(tmp_path):
    ("quant.projection", "stiefel")],
 )  # fmt: skip
 def test_bad_option_values_are_one_config_error(tmp_path, field, value):
-  config = load_config("configs/default.py:quick")
+  config = load_config(QUICK)
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

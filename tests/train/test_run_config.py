@@ -6,11 +6,11 @@ import pytest
 
 from lr2vq_jax.train import run_config
 from lr2vq_jax.train.config import config_rules, load_config
-from tests.reliability import helpers
+from tests.support import train_cli
 
 
 def test_differences_ignore_cadence_and_other_stages():
-  old = run_config.resolved(load_config(helpers.QUICK), "quantize")
+  old = run_config.resolved(load_config(train_cli.QUICK), "quantize")
   new = json.loads(json.dumps(old))
   new["quantize"]["log_every"] = 1
   new["pq"]["lr"] = 0.5
@@ -29,7 +29,7 @@ def test_differences_ignore_cadence_and_other_stages():
 
 
 def test_k_m_and_rules_are_config_fields():
-  config = load_config(helpers.QUICK)
+  config = load_config(train_cli.QUICK)
   config.k, config.m = 32, 4
   (rule,) = config_rules(config)
   assert (rule.k, rule.m, rule.d) == (32, 4, 4)
@@ -46,20 +46,20 @@ def test_k_m_and_rules_are_config_fields():
 def test_rerun_with_another_config_stops_with_the_fields(tmp_path):
   workdir = tmp_path / "wd"
   stages = "--config.stages=float,lowrank"
-  out = helpers.run(helpers.train_cmd(workdir, stages, "--config.k=8"))
+  out = train_cli.run(train_cli.train_cmd(workdir, stages, "--config.k=8"))
   assert out.returncode == 0, out.stderr[-2000:]
   saved = json.loads((workdir / "lowrank" / "config.json").read_text())
   assert saved["k"] == 8 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=8, m=9, d=4)"]
-  changed = helpers.run(
-    helpers.train_cmd(workdir, stages, "--config.k=8", "--config.quant.commitment=1.0")
+  changed = train_cli.run(
+    train_cli.train_cmd(workdir, stages, "--config.k=8", "--config.quant.commitment=1.0")
   )
   assert changed.returncode == 2, changed.stderr[-2000:]
   lines = [line for line in changed.stderr.splitlines() if line.strip()]
   assert "Traceback" not in changed.stderr
   assert "stage 'lowrank'" in lines[-2] and "quant.commitment: 0.0 → 1.0" in lines[-2]
   assert "--allow_config_change" in lines[-1] and "new --workdir" in lines[-1]
-  allowed = helpers.run(
-    helpers.train_cmd(
+  allowed = train_cli.run(
+    train_cli.train_cmd(
       workdir, stages, "--config.k=8", "--config.quant.commitment=1.0", "--allow_config_change"
     )
   )

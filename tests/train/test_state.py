@@ -9,10 +9,11 @@ import numpy as np
 from lr2vq_jax.train import trainer
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.state import abstract_train_state, create_train_state
+from tests.support.paths import QUICK
 
 
 def test_state_is_created_on_its_abstract_shapes_and_keeps_given_variables(tmp_path):
-  stage = trainer.build_stage(load_config("configs/default.py:quick"), "float", str(tmp_path))
+  stage = trainer.build_stage(load_config(QUICK), "float", str(tmp_path))
   args = (stage.model, stage.tx, stage.sample_input, stage.mesh)
   target = abstract_train_state(*args)
   state = create_train_state(*args, jax.random.key(0))

@@ -1,4 +1,4 @@
-"""`python -m tests.reliability.nan_at_step STEP <training flags>`: the real training entry point
+"""`python -m tests.support.nan_at_step STEP <training flags>`: the real training entry point
 with NaN written into the last param leaf before training step STEP, as a diverging update does.
 
 The injection lives here, on the test side: it wraps the trainer's `make_train_step` (inside the

@@ -1,6 +1,6 @@
 """A local GCS server for the tests: gcp-storage-emulator, in memory, on 127.0.0.1 only.
 
-Run: python tests/gcs/emulator.py PORT BUCKET [BUCKET ...]   (stops on SIGTERM)
+Run: python tests/support/gcs/emulator.py PORT BUCKET [BUCKET ...]   (stops on SIGTERM)
 
 Stock gcp-storage-emulator lacks three things the project's clients rely on; they are patched
 in-process here (test-only):

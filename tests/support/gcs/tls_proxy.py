@@ -1,7 +1,7 @@
 """Lets TensorFlow's GCS client (tf.io.gfile: clu's TensorBoard writer, tfds, epath with TF)
 reach the local emulator. Test-only; dials nothing but 127.0.0.1:EMULATOR_PORT.
 
-Run: python tests/gcs/tls_proxy.py PORT EMULATOR_PORT CERTDIR
+Run: python tests/support/gcs/tls_proxy.py PORT EMULATOR_PORT CERTDIR
 
 TensorFlow has no endpoint variable: it calls https://www.googleapis.com and
 https://storage.googleapis.com. Its libcurl honours `https_proxy` and `CURL_CA_BUNDLE`, so this
