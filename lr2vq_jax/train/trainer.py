@@ -95,6 +95,7 @@ def quant_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
     tau_alpha=tau_alpha,
     dkm_iters=q.dkm_iters,
     dkm_grad=q.get("dkm_grad", QuantConfig.dkm_grad),
+    dkm_top_t=q.get("dkm_top_t", QuantConfig.dkm_top_t),
     commitment=q.commitment,
     store=q.store,
     projection=q.get("projection", DEFAULTS["projection"]),

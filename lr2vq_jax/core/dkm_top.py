@@ -1,0 +1,84 @@
+"""Top-t DKM chunks: each row's attention restricted to its t nearest centroids.
+
+At the temperatures LR²VQ trains with, a row's DKM attention is nearly one-hot: almost all of its
+mass sits on a few nearest centroids. So the n x k distances are computed once per forward pass
+(one matmul, no gradient: `nearest`, in bf16 with fp32 accumulation off CPU) to pick each row's t
+nearest centroids, and every soft assignment of that pass (the centroid updates and the final
+z_soft) is a softmax over those t only: n x t exponentials instead of n x k per pass, and the
+backward pass never recomputes an n x k matrix. With t = k the neighbour set is every centroid and
+the result equals full DKM (value and gradient, up to summation order).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Distances only rank the centroids here (exact fp32 distances are recomputed over the t chosen),
+# so off CPU they run in bf16 with fp32 accumulation: half the bytes of the one n x k pass. On CPU
+# bf16 matmuls are slower than fp32 (benchmarks/results/step_time_fast_path.txt), so fp32 there.
+SELECT_DTYPE = {"cpu": jnp.float32}
+DEFAULT_SELECT_DTYPE = jnp.bfloat16
+
+
+def select_dtype(backend: str | None = None):
+  """dtype of the ranking matmul on `backend` (default: JAX's default backend)."""
+  return SELECT_DTYPE.get(backend or jax.default_backend(), DEFAULT_SELECT_DTYPE)
+
+
+def nearest(zb: jax.Array, c: jax.Array, t: int, dtype=None) -> jax.Array:
+  """(rows, t) int32 indices of each row's t nearest centroids (no gradient).
+
+  Ranks by ||c_j||^2 - 2 z_i.c_j (||z_i||^2 is the same for all j of a row): one matmul in
+  `dtype` (None: `select_dtype()`) accumulated in fp32. `lax.approx_max_k` on TPU (its fast
+  partial reduction), an exact `lax.top_k` elsewhere.
+  """
+  zb, c = lax.stop_gradient(zb), lax.stop_gradient(c)
+  dtype = select_dtype() if dtype is None else dtype
+  cross = jnp.matmul(
+    zb.astype(dtype),
+    c.T.astype(dtype),
+    precision=lax.Precision.HIGHEST,
+    preferred_element_type=jnp.float32,
+  )
+  score = 2.0 * cross - jnp.sum(c.astype(jnp.float32) ** 2, axis=1)  # larger = nearer
+  if jax.default_backend() == "tpu":
+    _, idx = lax.approx_max_k(score, t)
+  else:
+    _, idx = lax.top_k(score, t)
+  return idx.astype(jnp.int32)
+
+
+def attention(zb: jax.Array, cg: jax.Array, tau: jax.Array) -> jax.Array:
+  """Softmax over the t gathered centroids cg (rows, t, d) of -||z_i - c||^2 / tau, row max out."""
+  logits = -jnp.sum((zb[:, None, :] - cg) ** 2, axis=-1) / tau
+  logits = logits - lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
+  e = jnp.exp(logits)
+  return e / jnp.sum(e, axis=1, keepdims=True)
+
+
+@jax.checkpoint
+def chunk_sums(zb, vb, nb, c, tau):
+  """Partial sums (sum_i A_ij z_i, sum_i A_ij) of one chunk over its rows' neighbours nb."""
+  k, d = c.shape
+  a = attention(zb, c[nb], tau) * vb[:, None].astype(zb.dtype)  # (rows, t)
+  flat = nb.reshape(-1)
+  num = jax.ops.segment_sum((a[..., None] * zb[:, None, :]).reshape(-1, d), flat, num_segments=k)
+  return num, jax.ops.segment_sum(a.reshape(-1), flat, num_segments=k)
+
+
+@jax.checkpoint
+def chunk_soft(zb, nb, c, tau):
+  """z_soft of one chunk: each row's attention-weighted mean of its neighbours."""
+  cg = c[nb]
+  return jnp.einsum("rt,rtd->rd", attention(zb, cg, tau), cg, precision=lax.Precision.HIGHEST)
+
+
+def dropped_mass(z: jax.Array, c: jax.Array, tau, t: int) -> jax.Array:
+  """Per row, the full-DKM attention mass on the centroids outside its t nearest (diagnostic)."""
+  z, c = jnp.asarray(z, jnp.float32), jnp.asarray(c, jnp.float32)
+  logits = -jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1) / tau
+  a = jax.nn.softmax(logits, axis=1)
+  kept = jnp.take_along_axis(a, nearest(z, c, t, jnp.float32), axis=1)
+  return jnp.maximum(1.0 - jnp.sum(kept, axis=1), 0.0)
