@@ -95,7 +95,7 @@ def main() -> None:
         recs[(arm, b, seed)] = rec
         print(f"seed {seed} {b} {arm:<7} " + " ".join(f"{m} {rec[m]}" for m in METRICS), flush=True)
   seeds = range(args.seeds)
-  print(f"\n| arm | blocks | val loss | test top-1 | Δval loss vs ref (95%) | Δtest top-1 vs ref |")
+  print("\n| arm | blocks | val loss | test top-1 | Δval loss vs ref (95%) | Δtest top-1 vs ref |")
   print("|---|---|---|---|---|---|")
   for b in blocks:
     ref = {m: [recs[("ref", b, s)][m] for s in seeds] for m in METRICS}
