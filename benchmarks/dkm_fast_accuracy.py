@@ -37,6 +37,7 @@ ARMS = {
   "iters1": {"dkm_iters": 1},
 }
 METRICS = ("val_loss", "val_top1", "top1", "test_loss")
+MASS_T = (8, 4, 2)  # t of the dropped-mass table
 
 
 def run_stage(out: Path, tag: str, blocks: str, seed: int, stage: str, init_from: str, quant=None):
@@ -66,6 +67,35 @@ def run_stage(out: Path, tag: str, blocks: str, seed: int, stage: str, init_from
   return rec
 
 
+def dropped_mass_rows(out: Path, seeds: int, blocks: list[str], ts=MASS_T) -> list[tuple]:
+  """Mean attention mass that top-t drops on the reference runs' trained layers (at their final
+  Z, input codebook and τ): over the refined centroids, outside the t nearest input centroids."""
+  import jax
+  from flax import traverse_util
+
+  from lr2vq_jax.core import dkm_top
+  from lr2vq_jax.core.dkm import dkm_naive
+  from lr2vq_jax.train.config import load_config
+  from lr2vq_jax.train.trainer import build_stage, restore_final
+
+  rows = []
+  for b in blocks:
+    for seed in range(seeds):
+      config = load_config(f"{CONFIG}:recipe,{b}")
+      config.seed = config.data.seed = seed
+      stage = build_stage(config, "quantize", str(out / f"seed{seed}" / f"ref_{b}"))
+      variables = jax.device_get(restore_final(stage, stage.workdir).variables())
+      params = traverse_util.flatten_dict(variables["params"], sep="/")
+      quant = traverse_util.flatten_dict(variables["quant"], sep="/")
+      for key in sorted(k for k in params if k.endswith("/codebook")):
+        layer = key[: -len("/codebook")]
+        z, c0, tau = params[f"{layer}/z"], params[key], quant[f"{layer}/tau"]
+        _, c = dkm_naive(z, c0, tau=tau, iters=config.quant.dkm_iters)
+        masses = [float(dkm_top.dropped_mass(z, c, tau, t, ranked_by=c0).mean()) for t in ts]
+        rows.append((b, seed, layer, c0.shape[0], *masses))
+  return rows
+
+
 def paired(a: list[float], b: list[float]) -> str:
   diff = np.asarray(a) - np.asarray(b)
   half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
@@ -78,13 +108,14 @@ def main() -> None:
   ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "dkm_fast"))
   ap.add_argument("--arms", default="ref,top8,top2")
   ap.add_argument("--blocks", default="m9,m18")
+  ap.add_argument("--mass-only", action="store_true", help="only the dropped-mass table")
   args = ap.parse_args()
   out, arms, blocks = Path(args.out), args.arms.split(","), args.blocks.split(",")
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)
   recs: dict = {}
-  for seed in range(args.seeds):
+  for seed in range(0 if args.mass_only else args.seeds):
     float_dir = out / f"seed{seed}" / "base" / "float"
     run_stage(out, "base", "m9", seed, "float", "")
     for b in blocks:
@@ -94,18 +125,38 @@ def main() -> None:
         rec = run_stage(out, f"{arm}_{b}", b, seed, "quantize", str(lowrank), ARMS[arm])
         recs[(arm, b, seed)] = rec
         print(f"seed {seed} {b} {arm:<7} " + " ".join(f"{m} {rec[m]}" for m in METRICS), flush=True)
-  seeds = range(args.seeds)
+  parts = [] if args.mass_only else print_paired(recs, arms, blocks, args.seeds)
+  print_mass(dropped_mass_rows(out, args.seeds, blocks, MASS_T), blocks)
+  print(f"RESULT seeds={args.seeds} " + " ".join(parts))
+
+
+def print_paired(recs: dict, arms: list[str], blocks: list[str], seeds: int) -> list[str]:
+  """Per arm and block size: means, and the paired difference to `ref` with its 95% interval;
+  returns the RESULT parts (Δ validation loss per arm and block size)."""
+  parts = []
   print("\n| arm | blocks | val loss | test top-1 | Δval loss vs ref (95%) | Δtest top-1 vs ref |")
   print("|---|---|---|---|---|---|")
   for b in blocks:
-    ref = {m: [recs[("ref", b, s)][m] for s in seeds] for m in METRICS}
+    ref = {m: [recs[("ref", b, s)][m] for s in range(seeds)] for m in METRICS}
     for arm in arms:
-      got = {m: [recs[(arm, b, s)][m] for s in seeds] for m in METRICS}
+      got = {m: [recs[(arm, b, s)][m] for s in range(seeds)] for m in METRICS}
       print(
         f"| {arm} | {b} | {np.mean(got['val_loss']):.4f} | {np.mean(got['top1']):.2f} "
         f"| {paired(got['val_loss'], ref['val_loss'])} | {paired(got['top1'], ref['top1'])} |"
       )
-  print(f"RESULT seeds={args.seeds} arms={args.arms}")
+      if arm != "ref":
+        parts.append(f"dval_{arm}_{b}={paired(got['val_loss'], ref['val_loss']).replace(' ', '')}")
+  return parts
+
+
+def print_mass(rows: list[tuple], blocks: list[str], ts=MASS_T) -> None:
+  print("\n| blocks | layer | k | " + " | ".join(f"mass dropped, t={t}" for t in ts) + " |")
+  print("|---|---|---|" + "---|" * len(ts))
+  for b in blocks:
+    for layer in sorted({r[2] for r in rows if r[0] == b}):
+      got = np.array([r[4:] for r in rows if r[0] == b and r[2] == layer])
+      k = next(r[3] for r in rows if r[2] == layer)
+      print(f"| {b} | {layer} | {k} | " + " | ".join(f"{m:.2e}" for m in got.mean(0)) + " |")
 
 
 if __name__ == "__main__":

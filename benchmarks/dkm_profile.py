@@ -58,7 +58,6 @@ def levers(top_t: int) -> dict[str, dict]:
   base = dict(budget=dkm_lib.CPU_ATTENTION_BUDGET, kw={}, bf16=False, iters=None)
   top = dict(base, kw={"top_t": top_t})
   return {
-    "before: chunk 4096 rows": dict(base, budget=1 << 62),
     "CPU chunks of 2^18 / k rows (main)": base,
     "one-step gradient (grad='last')": dict(base, kw={"grad": "last"}),
     f"top-t attention (t={top_t})": top,

@@ -1,11 +1,14 @@
 """Train-step time of float vs low-rank vs LR²VQ quantize vs vanilla DKM, measured in one process.
 
+Quantize variants: `lr2vq` (QuantConfig as the flags give it), `lr2vq_full` (DKM attention over all
+k centroids), `lr2vq_top` (over the --top-t nearest, core/dkm_top.py), `lr2vq_top_iters1`.
+
 Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state from
 `train.state.create_train_state` as in the trainer) on synthetic data; compile time is reported apart,
 step time is the median of --steps steps after one warm-up step. Models: ResNet-18 (224 px,
 batch 32, resnet18_small_blocks, LR²VQ d̃ = 4 as configs/imagenet_resnet18_small_lr2vq.py) and the
-embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile, the DKM forward
-+ backward of all quantized layers is also timed alone (per layer group and chunk size).
+embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile / --levers, the
+DKM forward + backward of the quantized layers is also timed alone (benchmarks/dkm_profile.py).
 Then XLA's cost analysis of the compiled float and LR²VQ steps (flops, bytes accessed,
 transcendentals) per device on a --cost-devices host mesh (a child process with
 --xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
@@ -15,6 +18,7 @@ counts a loop body once, so that child compiles DKM as one chunk per device (it 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
   python benchmarks/step_time.py --models cnn
+  python benchmarks/step_time.py --models resnet18 --variants float,lr2vq_full,lr2vq_top --levers
 """
 
 from __future__ import annotations

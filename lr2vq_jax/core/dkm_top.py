@@ -75,10 +75,12 @@ def chunk_soft(zb, nb, c, tau):
   return jnp.einsum("rt,rtd->rd", attention(zb, cg, tau), cg, precision=lax.Precision.HIGHEST)
 
 
-def dropped_mass(z: jax.Array, c: jax.Array, tau, t: int) -> jax.Array:
-  """Per row, the full-DKM attention mass on the centroids outside its t nearest (diagnostic)."""
+def dropped_mass(z: jax.Array, c: jax.Array, tau, t: int, ranked_by=None) -> jax.Array:
+  """Per row, the full attention mass over centroids c outside the row's t nearest centroids of
+  `ranked_by` (default c; the input centroids when c are DKM's refined ones): a diagnostic."""
   z, c = jnp.asarray(z, jnp.float32), jnp.asarray(c, jnp.float32)
   logits = -jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1) / tau
   a = jax.nn.softmax(logits, axis=1)
-  kept = jnp.take_along_axis(a, nearest(z, c, t, jnp.float32), axis=1)
+  ranked_by = c if ranked_by is None else jnp.asarray(ranked_by, jnp.float32)
+  kept = jnp.take_along_axis(a, nearest(z, ranked_by, t, jnp.float32), axis=1)
   return jnp.maximum(1.0 - jnp.sum(kept, axis=1), 0.0)
