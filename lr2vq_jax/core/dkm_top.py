@@ -11,15 +11,21 @@ the result equals full DKM (value and gradient, up to summation order).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 # Distances only rank the centroids here (exact fp32 distances are recomputed over the t chosen),
 # so off CPU they run in bf16 with fp32 accumulation: half the bytes of the one n x k pass. On CPU
 # bf16 matmuls are slower than fp32 (benchmarks/results/step_time_fast_path.txt), so fp32 there.
 SELECT_DTYPE = {"cpu": jnp.float32}
 DEFAULT_SELECT_DTYPE = jnp.bfloat16
+# The chunks' backward pass recomputes the cheap gathers and distances but keeps the exponentials
+# (n x t per pass, small next to the n x t x d̃ gathered centroids): each is computed once per pass.
+SAVED = "dkm_top_exp"
 
 
 def select_dtype(backend: str | None = None):
@@ -54,11 +60,16 @@ def attention(zb: jax.Array, cg: jax.Array, tau: jax.Array) -> jax.Array:
   """Softmax over the t gathered centroids cg (rows, t, d) of -||z_i - c||^2 / tau, row max out."""
   logits = -jnp.sum((zb[:, None, :] - cg) ** 2, axis=-1) / tau
   logits = logits - lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
-  e = jnp.exp(logits)
+  e = checkpoint_name(jnp.exp(logits), SAVED)
   return e / jnp.sum(e, axis=1, keepdims=True)
 
 
-@jax.checkpoint
+_remat = functools.partial(
+  jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(SAVED)
+)
+
+
+@_remat
 def chunk_sums(zb, vb, nb, c, tau):
   """Partial sums (sum_i A_ij z_i, sum_i A_ij) of one chunk over its rows' neighbours nb."""
   k, d = c.shape
@@ -68,7 +79,7 @@ def chunk_sums(zb, vb, nb, c, tau):
   return num, jax.ops.segment_sum(a.reshape(-1), flat, num_segments=k)
 
 
-@jax.checkpoint
+@_remat
 def chunk_soft(zb, nb, c, tau):
   """z_soft of one chunk: each row's attention-weighted mean of its neighbours."""
   cg = c[nb]
