@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 CONFIG = ROOT / "configs" / "digits_ablations.py"
-# arm -> config.quant overrides of the quantize stage ("ref": the current recipe)
+# arm -> config.quant overrides of the quantize stage ("ref": attention over all k, the recipe before)
 ARMS = {
-  "ref": {},
+  "ref": {"dkm_top_t": 0},
   "top8": {"dkm_top_t": 8},
   "top2": {"dkm_top_t": 2},
   "iters1": {"dkm_iters": 1},

@@ -43,7 +43,7 @@ class QuantConfig:
   # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
   dkm_grad: str = dkm_lib.GRADS[0]
   # Training DKM's attention over each row's t nearest centroids only (core/dkm_top.py); 0: all k.
-  dkm_top_t: int = 0
+  dkm_top_t: int = dkm_lib.TOP_T
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core import dkm_top
-from lr2vq_jax.core.dkm import _update, dkm, dkm_naive
+from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive
 from lr2vq_jax.core.kernel import QuantConfig
 
 
@@ -107,7 +107,7 @@ def test_dropped_mass_vanishes_at_small_tau_and_at_t_k():
 
 
 def test_top_t_config_validation():
-  assert QuantConfig().dkm_top_t == 0
+  assert QuantConfig().dkm_top_t == TOP_T == 8  # the layers' default: the fast path
   with pytest.raises(ValueError, match="dkm_top_t"):
     QuantConfig(dkm_top_t=-1)
   z, c, _ = _inputs(5, 20, 2, 4)
