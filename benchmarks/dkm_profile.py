@@ -20,8 +20,9 @@ from lr2vq_jax.models import create_model
 from lr2vq_jax.nn import plan_model
 
 
-def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int, **dkm_kw) -> float:
-  """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted."""
+def time_dkm(geos, *, chunk: int, iters: int, backward: bool, repeats: int, **dkm_kw) -> float:
+  """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted;
+  forward + backward when `backward`; `dkm_kw`: more `dkm.dkm` arguments (grad, top_t)."""
   zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
   cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
 
@@ -32,7 +33,7 @@ def time_dkm(geos, *, chunk: int, iters: int, grad: bool, repeats: int, **dkm_kw
       total = total + jnp.sum(z_soft**2)
     return total
 
-  fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if grad else loss)
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
   return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
 
 
@@ -59,7 +60,6 @@ def levers(top_t: int) -> dict[str, dict]:
   top = dict(base, kw={"top_t": top_t})
   return {
     "CPU chunks of 2^18 / k rows (main)": base,
-    "one-step gradient (grad='last')": dict(base, kw={"grad": "last"}),
     f"top-t attention (t={top_t})": top,
     "top-t + bf16 ranking matmul": dict(top, bf16=True),
     "top-t + 1 iteration": dict(top, iters=1),
@@ -78,7 +78,7 @@ def dkm_levers(groups: dict, iters: int, chunk: int, top_t: int) -> list[tuple]:
       dkm_top.SELECT_DTYPE["cpu"] = jnp.bfloat16 if s["bf16"] else jnp.float32
       jax.clear_caches()  # both are read when DKM is traced
       n_iters = iters if s["iters"] is None else s["iters"]
-      t = time_dkm(groups[group], chunk=chunk, iters=n_iters, grad=True, repeats=2, **s["kw"])
+      t = time_dkm(groups[group], chunk=chunk, iters=n_iters, backward=True, repeats=2, **s["kw"])
       times[lever] = t
       print(f"  dkm fwd+bwd {_desc(group, groups[group])} {lever}: {t:.3f} s", flush=True)
     main = times["CPU chunks of 2^18 / k rows (main)"]
@@ -102,7 +102,7 @@ def dkm_profile(groups: dict, iters0: int, chunks: list[int], scope: str, steps:
   for group, chunk, iters, grad in cases:
     geos = groups[group]
     try:
-      t = time_dkm(geos, chunk=chunk, iters=iters, grad=grad, repeats=max(2, steps))
+      t = time_dkm(geos, chunk=chunk, iters=iters, backward=grad, repeats=max(2, steps))
     except Exception as e:  # noqa: BLE001  (e.g. out of memory: report it, keep the other rows)
       print(f"  dkm {group} chunk={chunk} iters={iters} failed: {type(e).__name__}: {str(e)[:200]}")
       continue
