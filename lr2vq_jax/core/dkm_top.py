@@ -20,7 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 # Distances only rank the centroids here (exact fp32 distances are recomputed over the t chosen),
 # so off CPU they run in bf16 with fp32 accumulation: half the bytes of the one n x k pass. On CPU
-# bf16 matmuls are slower than fp32 (benchmarks/results/step_time_fast_path.txt), so fp32 there.
+# the bf16 ranking measured slower than fp32 (benchmarks/results/step_time_top_t.txt): fp32 there.
 SELECT_DTYPE = {"cpu": jnp.float32}
 DEFAULT_SELECT_DTYPE = jnp.bfloat16
 # The chunks' backward pass recomputes the cheap gathers and distances but keeps the exponentials
