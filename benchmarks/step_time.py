@@ -1,11 +1,14 @@
 """Train-step time of float vs low-rank vs LR²VQ quantize vs vanilla DKM, measured in one process.
 
+Quantize variants: `lr2vq` (QuantConfig as the flags give it), `lr2vq_full` (DKM attention over all
+k centroids), `lr2vq_top` (over the --top-t nearest, core/dkm_top.py), `lr2vq_top_iters1`.
+
 Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state from
 `train.state.create_train_state` as in the trainer) on synthetic data; compile time is reported apart,
 step time is the median of --steps steps after one warm-up step. Models: ResNet-18 (224 px,
 batch 32, resnet18_small_blocks, LR²VQ d̃ = 4 as configs/imagenet_resnet18_small_lr2vq.py) and the
-embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile, the DKM forward
-+ backward of all quantized layers is also timed alone (per layer group and chunk size).
+embedded digits CNN (8 px, batch 64, digits_small_blocks, d̃ = 3). With --profile / --levers, the
+DKM forward + backward of the quantized layers is also timed alone (benchmarks/dkm_profile.py).
 Then XLA's cost analysis of the compiled float and LR²VQ steps (flops, bytes accessed,
 transcendentals) per device on a --cost-devices host mesh (a child process with
 --xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
@@ -15,6 +18,7 @@ counts a loop body once, so that child compiles DKM as one chunk per device (it 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
   python benchmarks/step_time.py --models cnn
+  python benchmarks/step_time.py --models resnet18 --variants float,lr2vq_full,lr2vq_top --levers
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -41,12 +44,13 @@ except ImportError:  # the GPU image lacks it; lr2vq_jax.train.step uses it in a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from timing import timed_runs  # noqa: E402
+from dkm_profile import dkm_levers, dkm_profile, layer_groups, print_levers, print_profile  # noqa: E402
 
 from lr2vq_jax import convert, presets  # noqa: E402
 from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
+from lr2vq_jax.core import dkm_top  # noqa: E402
 from lr2vq_jax.models import create_model  # noqa: E402
-from lr2vq_jax.nn import QuantConfig, plan_model, quantize_model  # noqa: E402
+from lr2vq_jax.nn import QuantConfig, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
 from lr2vq_jax.train.state import (  # noqa: E402
   abstract_train_state,
@@ -61,13 +65,23 @@ MODELS = {
   "resnet50": ("resnet50", "resnet50_large_blocks", 8, 1000),
   "cnn": ("digits_cnn", "digits_small_blocks", 3, 10),
 }
-# variant: (stage kind, d̃ = m?, frozen params)
+# variant: (stage kind, d̃ = m?, frozen params, QuantConfig changes; TOP_T stands for --top-t)
+TOP_T = "--top-t"
 VARIANTS = {
-  "float": ("float", False, ()),
-  "lowrank": ("lowrank", False, ()),
-  "lr2vq": ("quantize", False, ()),
-  "dkm": ("quantize", True, ("projection",)),
+  "float": ("float", False, (), {}),
+  "lowrank": ("lowrank", False, (), {}),
+  "lr2vq": ("quantize", False, (), {}),  # QuantConfig as the flags give it
+  "lr2vq_full": ("quantize", False, (), {"dkm_top_t": 0}),  # attention over all k centroids
+  "lr2vq_top": ("quantize", False, (), {"dkm_top_t": TOP_T}),  # over the t nearest
+  "lr2vq_top_iters1": ("quantize", False, (), {"dkm_top_t": TOP_T, "dkm_iters": 1}),
+  "dkm": ("quantize", True, ("projection",), {}),
 }
+
+
+def variant_quant(variant: str, args, quant: QuantConfig) -> QuantConfig:
+  """The QuantConfig a variant runs with: the flags' one with the variant's changes."""
+  changes = {k: args.top_t if v == TOP_T else v for k, v in VARIANTS[variant][3].items()}
+  return dataclasses.replace(quant, **changes)
 
 
 class Section(dict):
@@ -84,7 +98,8 @@ def stage_section(lr: float, **kw) -> Section:
 def build(model_name: str, variant: str, args, quant: QuantConfig):
   """(jitted step, initial state, batch) of one variant; weights are a random init (synthetic)."""
   name, preset, d, classes = MODELS[model_name]
-  kind, vanilla, freeze = VARIANTS[variant]
+  kind, vanilla, freeze, _ = VARIANTS[variant]
+  quant = variant_quant(variant, args, quant)
   rules = presets.with_d(presets.get_preset(preset), d)
   rules = convert.vanilla(rules) if vanilla else rules
   float_model = create_model(name, num_classes=classes, dtype=args.dtype)
@@ -170,116 +185,39 @@ def compiled_cost(model_name: str, variant: str, args, quant: QuantConfig) -> di
   return {key: float(cost.get(key, 0.0)) for key in COST_KEYS}
 
 
-def mesh_costs(args, devices: int) -> dict[str, dict[str, float]]:
-  """Per-device costs of float and lr2vq on a `devices`-device host mesh, in a child process (the
+def mesh_costs(args, devices: int, variants: list[str]) -> dict[str, dict[str, float]]:
+  """Per-device costs of float and `variants` on a `devices`-device host mesh, in a child process (the
   device count is fixed when JAX starts), with DKM's rows split over the mesh as in training."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   cmd = [sys.executable, __file__, "--cost-only", "--models", args.cost_model]
   cmd += ["--image-size", str(args.image_size), "--batch", str(args.batch)]
   cmd += ["--chunk-size", str(args.chunk_size), "--dkm-iters", str(args.dkm_iters)]
-  cmd += ["--dkm-grad", args.dkm_grad]
+  cmd += ["--dkm-grad", args.dkm_grad, "--dkm-top-t", str(args.dkm_top_t)]
+  cmd += ["--top-t", str(args.top_t), "--variants", ",".join(variants)]
+  cmd += ["--cost-rank-dtype", args.cost_rank_dtype]
   out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
-def print_costs(title: str, costs: dict[str, dict[str, float]]) -> dict[str, float]:
-  """Table of the costs and the lr2vq / float ratio per cost."""
+def print_costs(title: str, costs: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+  """Table of the costs and each variant's ratio to float per cost."""
   print(f"\n{title}")
   print("| variant | " + " | ".join(COST_KEYS) + " |")
   print("|---|" + "---|" * len(COST_KEYS))
   for name, c in costs.items():
     print(f"| {name} | " + " | ".join(f"{c[key]:.3e}" for key in COST_KEYS) + " |")
-  ratios = {key: costs["lr2vq"][key] / max(costs["float"][key], 1.0) for key in COST_KEYS}
-  print("| lr2vq / float | " + " | ".join(f"{ratios[key]:.2f}" for key in COST_KEYS) + " |")
+  ratios = {}
+  for name in [v for v in costs if v != "float"]:
+    ratios[name] = {k: costs[name][k] / max(costs["float"][k], 1.0) for k in COST_KEYS}
+    print(f"| {name} / float | " + " | ".join(f"{r:.2f}" for r in ratios[name].values()) + " |")
   return ratios
 
 
-def time_dkm(
-  geos, *, chunk: int, iters: int, grad: bool, repeats: int, mode: str = "unrolled"
-) -> float:
-  """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted."""
-  zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
-  cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
-
-  def loss(zs, cs):
-    total = 0.0
-    for z, c in zip(zs, cs, strict=True):
-      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk, grad=mode)
-      total = total + jnp.sum(z_soft**2)
-    return total
-
-  fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if grad else loss)
-  return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
-
-
-# DKM levers (--levers), each on top of the previous: name -> (CPU attention budget, grad mode).
-LEVERS = {
-  "before: chunk 4096 rows": (1 << 62, "unrolled"),
-  "+ CPU chunks of 2^18 / k rows": (dkm_lib.CPU_ATTENTION_BUDGET, "unrolled"),
-  "+ one-step gradient (grad='last')": (dkm_lib.CPU_ATTENTION_BUDGET, "last"),
-}
-
-
-def dkm_levers(model_name: str, args, quant: QuantConfig) -> list[tuple]:
-  """DKM forward + backward over the fc layer and all quantized layers, lever by lever."""
-  groups = layer_groups(model_name, args)
-  budget0, rows = dkm_lib.CPU_ATTENTION_BUDGET, []
-  for group in ("fc", "all"):
-    base = None
-    for lever, (budget, mode) in LEVERS.items():
-      dkm_lib.CPU_ATTENTION_BUDGET = budget
-      jax.clear_caches()  # the budget is read when DKM is traced
-      geos = groups[group]
-      t = time_dkm(
-        geos, chunk=quant.chunk_size, iters=quant.dkm_iters, grad=True, mode=mode, repeats=2
-      )
-      base = base or t
-      n = sum(g.n for g in geos)
-      desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
-      rows.append((desc, lever, t, t / base))
-      print(f"  dkm fwd+bwd {desc} {lever}: {t:.3f} s ({t / base:.2f}x)", flush=True)
-  dkm_lib.CPU_ATTENTION_BUDGET = budget0
-  jax.clear_caches()
-  return rows
-
-
-def layer_groups(model_name: str, args) -> dict[str, list]:
-  """The model's quantized layers (LR²VQ d̃) grouped by their path without the block index."""
+def model_groups(model_name: str, args) -> dict[str, list]:
+  """The model's quantized layers grouped by path (`dkm_profile.layer_groups`)."""
   name, preset, d, classes = MODELS[model_name]
-  rules = presets.with_d(presets.get_preset(preset), d)
   size, _, channels = input_of(model_name, args)
-  sample = jnp.zeros((1, size, size, channels))
-  plan = plan_model(create_model(name, num_classes=classes), rules, sample, train=False)
-  groups: dict[str, list] = {}
-  for path, geo in plan.items():
-    groups.setdefault(re.sub(r"layer\d+_\d+/", "", path), []).append(geo)
-  groups["all"] = list(plan.values())
-  return groups
-
-
-def dkm_profile(model_name: str, args, quant: QuantConfig) -> list[tuple]:
-  """DKM alone over the model's quantized layers (LR²VQ d̃): per layer group at the configured
-  chunk and iterations, then all layers with other chunk sizes, fewer iterations, forward only."""
-  groups = layer_groups(model_name, args)
-  chunk0, iters0 = args.profile_chunks[0], quant.dkm_iters
-  scope = groups if args.profile_scope == "groups" else ["all"]
-  cases = [(g, chunk0, iters0, True) for g in scope]
-  cases += [("all", c, iters0, True) for c in args.profile_chunks[1:]]
-  cases += [("all", chunk0, i, True) for i in sorted({1, 0} - {iters0}, reverse=True)]
-  cases += [("all", chunk0, iters0, False)]
-  rows = []
-  for group, chunk, iters, grad in cases:
-    geos = groups[group]
-    try:
-      t = time_dkm(geos, chunk=chunk, iters=iters, grad=grad, repeats=max(2, args.steps))
-    except Exception as e:  # noqa: BLE001  (e.g. out of memory: report it, keep the other rows)
-      print(f"  dkm {group} chunk={chunk} iters={iters} failed: {type(e).__name__}: {str(e)[:200]}")
-      continue
-    n = sum(g.n for g in geos)
-    desc = f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
-    rows.append((desc, chunk, iters, "fwd+bwd" if grad else "fwd", t))
-    print(f"  dkm {rows[-1][3]} {desc} chunk={chunk} iters={iters}: {t:.3f} s", flush=True)
-  return rows
+  return layer_groups(name, preset, d, classes, size, channels)
 
 
 def main() -> None:
@@ -295,6 +233,8 @@ def main() -> None:
   ap.add_argument("--chunk-size", type=int, default=QuantConfig.chunk_size)
   ap.add_argument("--dkm-iters", type=int, default=QuantConfig().value("dkm_iters"))
   ap.add_argument("--dkm-grad", default=QuantConfig.dkm_grad, help="unrolled | last")
+  ap.add_argument("--dkm-top-t", type=int, default=QuantConfig.dkm_top_t, help="of 'lr2vq'")
+  ap.add_argument("--top-t", type=int, default=8, help="t of the lr2vq_top* variants")
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
   ap.add_argument(
     "--profile-scope",
@@ -308,12 +248,22 @@ def main() -> None:
   ap.add_argument("--levers", action="store_true", help="DKM alone, lever by lever (ResNet-18)")
   ap.add_argument("--cost-devices", type=int, default=8, help="mesh size of the cost analysis")
   ap.add_argument("--cost-model", default="resnet18", help="model of the cost analysis ('' skips)")
+  ap.add_argument(
+    "--cost-variants", default="lr2vq_full,lr2vq_top", help="quantize variants costed vs float"
+  )
+  ap.add_argument(
+    "--cost-rank-dtype",
+    default="bfloat16",
+    choices=("bfloat16", "float32"),
+    help="top-t ranking matmul dtype in the cost analysis (bfloat16: the accelerator default)",
+  )
   ap.add_argument("--cost-only", action="store_true", help=argparse.SUPPRESS)  # the child process
   args = ap.parse_args()
   quant = QuantConfig(
     chunk_size=args.chunk_size,
     dkm_iters=args.dkm_iters,
     dkm_grad=args.dkm_grad,
+    dkm_top_t=args.dkm_top_t,
     shard_axis=partitioning.ROW_AXIS,
   )
   if args.cost_only:
@@ -321,13 +271,16 @@ def main() -> None:
     # over chunks would be undercounted by the number of chunks. Count it as one chunk per device
     # (compiled only, never run, so the size of that chunk costs nothing here).
     dkm_lib.CPU_ATTENTION_BUDGET = 1 << 62
+    dkm_top.SELECT_DTYPE["cpu"] = getattr(jnp, args.cost_rank_dtype)  # costed as on accelerators
     quant = dataclasses.replace(quant, chunk_size=1 << 30)
-    print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in ("float", "lr2vq")}))
+    variants = ["float", *args.variants.split(",")]
+    print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in variants}))
     return
   print(
     f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
     f"{os.cpu_count()} CPUs; dtype {args.dtype}; DKM iters {quant.dkm_iters}, chunk {quant.chunk_size}, "
-    f"grad {quant.dkm_grad}"
+    f"grad {quant.dkm_grad}, top-t {quant.dkm_top_t} (lr2vq_top*: {args.top_t}); "
+    f"load average {os.getloadavg()[0]:.1f}"
   )
   results: dict[str, dict] = {}
   for model_name in args.models.split(","):
@@ -362,30 +315,27 @@ def main() -> None:
   big = [m for m in args.models.split(",") if m != "cnn"]
   if args.profile and big:
     print(f"\nDKM alone ({big[0]}: forward + backward, LR²VQ d̃, a group's layers in one jit):")
-    rows = dkm_profile(big[0], args, quant)
-    print("| layers | chunk | iters | pass | DKM s |")
-    print("|---|---|---|---|---|")
-    for desc, chunk, iters, mode, t in rows:
-      print(f"| {desc} | {chunk} | {iters} | {mode} | {t:.3f} |")
+    groups = model_groups(big[0], args)
+    print_profile(
+      dkm_profile(groups, quant.dkm_iters, args.profile_chunks, args.profile_scope, args.steps)
+    )
 
   cost_parts = []
   if args.cost_model:
-    costs = mesh_costs(args, args.cost_devices)
+    costs = mesh_costs(args, args.cost_devices, args.cost_variants.split(","))
     title = (
       f"XLA cost analysis, {args.cost_model} {args.image_size} px batch {args.batch}, per device "
-      f"on a {args.cost_devices}-device mesh (DKM rows split over it)"
+      f"on a {args.cost_devices}-device mesh (DKM rows split over it; top-t ranking in "
+      f"{args.cost_rank_dtype})"
     )
-    ratios = print_costs(title, costs)
     tag = f"{args.cost_devices}dev"
-    cost_parts = [f"{key.split()[0]}_ratio_{tag}={v:.2f}" for key, v in ratios.items()]
+    for variant, ratios in print_costs(title, costs).items():
+      cost_parts += [f"{k.split()[0]}_{tag}_{variant}={v:.2f}" for k, v in ratios.items()]
 
   if args.levers and big:
     print(f"\nDKM levers ({big[0]}: forward + backward, {quant.dkm_iters} iterations):")
-    rows = dkm_levers(big[0], args, quant)
-    print("| layers | lever | DKM s | × before |")
-    print("|---|---|---|---|")
-    for desc, lever, t, r in rows:
-      print(f"| {desc} | {lever} | {t:.3f} | {r:.2f} |")
+    groups = model_groups(big[0], args)
+    print_levers(dkm_levers(groups, quant.dkm_iters, quant.chunk_size, args.top_t))
 
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
@@ -393,7 +343,7 @@ def main() -> None:
 
   parts = []
   for model_name in args.models.split(","):
-    for variant in ("lr2vq", "dkm"):
+    for variant in [v for v in VARIANTS if v not in ("float", "lowrank")]:
       if f"{model_name}/{variant}" in results:
         parts.append(f"{variant}_over_float_{model_name}={ratio(model_name, variant)}")
   if any(m != "cnn" for m in args.models.split(",")):

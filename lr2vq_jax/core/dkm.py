@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from lr2vq_jax.core import dkm_top
 from lr2vq_jax.core.distances import compute_dtype, sq_distances
 from lr2vq_jax.core.kmeans import chunk_layout, chunk_rows
 
@@ -36,6 +37,10 @@ MIN_CPU_ROWS = 64
 GRADS = ("unrolled", "last")
 ITERS = 3  # centroid updates per forward pass
 CHUNK_SIZE = 4096  # rows of z per chunk (memory bound)
+# The layers' default `top_t` (QuantConfig.dkm_top_t): training attention over each row's 8 nearest
+# centroids. On the trained digits layers the mass beyond them is < 1e-8 and accuracy is unchanged
+# (benchmarks/results/dkm_fast_accuracy.txt); `dkm` itself defaults to every centroid (0).
+TOP_T = 8
 
 
 def _check_grad(grad: str) -> None:
@@ -129,38 +134,49 @@ def row_axes(axis_name: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], 
   return (names, shards) if shards > 1 else ((), 1)
 
 
-def _iterate(zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = GRADS[0]):
+def _iterate(
+  zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = GRADS[0], top_t: int = 0
+):
   """DKM over chunked rows zs (chunks, chunk, d); inside `shard_map` over `axes`, the partial
-  sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty)."""
+  sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty). 0 < top_t < k:
+  every attention of this pass is over each row's top_t nearest input centroids (`dkm_top`)."""
   k, d = c.shape
   c_in = c
   zi, ti = (lax.stop_gradient(zs), lax.stop_gradient(tau)) if grad == "last" else (zs, tau)
   c = lax.stop_gradient(c) if grad == "last" else c
+  nbrs = None
+  if 0 < top_t < k:
+    nbrs = lax.map(lambda zb: dkm_top.nearest(zb, c_in, top_t), zs)  # (chunks, chunk, t)
   for _ in range(iters):
 
     def body(carry, inp, c=c):
       num, den = carry
-      pn, pd = _chunk_sums(inp[0], inp[1], c, ti)
+      if nbrs is None:
+        pn, pd = _chunk_sums(inp[0], inp[1], c, ti)
+      else:
+        pn, pd = dkm_top.chunk_sums(inp[0], inp[1], inp[2], c, ti)
       return (num + pn, den + pd), None
 
     init = (jnp.zeros((k, d), c.dtype), jnp.zeros((k,), c.dtype))
     if axes:  # the carry holds per-shard (varying) partial sums
       init = lax.pcast(init, axes, to="varying")
-    (num, den), _ = lax.scan(body, init, (zi, validf))
+    (num, den), _ = lax.scan(body, init, (zi, validf) + (() if nbrs is None else (nbrs,)))
     if axes:
       num, den = lax.psum((num, den), axes)
     c = _update(num, den, c)
   if grad == "last":
     c = _detach_iterations(c_in, c)
 
-  def soft(_, zb, c=c):
-    return None, _chunk_soft(zb, c, tau)
+  def soft(_, inp, c=c):
+    if nbrs is None:
+      return None, _chunk_soft(inp[0], c, tau)
+    return None, dkm_top.chunk_soft(inp[0], inp[1], c, tau)
 
-  _, z_soft = lax.scan(soft, None, zs)
+  _, z_soft = lax.scan(soft, None, (zs,) if nbrs is None else (zs, nbrs))
   return z_soft.reshape(-1, d), c
 
 
-def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], shards: int, grad):
+def _dkm_sharded(z, c, tau, iters, chunk_size, axes: tuple[str, ...], shards: int, grad, top_t):
   """Rows split over `axes` (padded to a multiple of `shards`); sums over rows are psums."""
   n = z.shape[0]
   local = -(-n // shards)
@@ -171,7 +187,7 @@ def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], 
   def per_shard(zl, vl, c, tau):
     zs, _ = chunk_rows(zl, chunk_size)
     vs = jnp.pad(vl, (0, num * chunk - local)).reshape(num, chunk)
-    z_soft, c = _iterate(zs, vs, c, tau, iters, axes, grad)
+    z_soft, c = _iterate(zs, vs, c, tau, iters, axes, grad, top_t)
     return z_soft[:local], c
 
   rows = P(axes, None)
@@ -181,7 +197,7 @@ def _dkm_sharded(z, c, tau, iters: int, chunk_size: int, axes: tuple[str, ...], 
   return z_soft[:n], c
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "chunk_size", "axis_name", "grad"))
+@functools.partial(jax.jit, static_argnames=("iters", "chunk_size", "axis_name", "grad", "top_t"))
 def dkm(
   z: jax.Array,
   centroids: jax.Array,
@@ -191,6 +207,7 @@ def dkm(
   chunk_size: int = CHUNK_SIZE,
   axis_name: str | tuple[str, ...] | None = None,
   grad: str = GRADS[0],
+  top_t: int = 0,
 ):
   """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
 
@@ -202,15 +219,19 @@ def dkm(
   `grad`: "unrolled" back-propagates through every iteration (exact); "last" only through the
   final soft assignment, with the one-step approximation of `_detach_iterations` (same values up
   to one rounding; the backward pass no longer recomputes the iterations).
+  `top_t` (0 < top_t < k): each row's attention only over its top_t nearest input centroids,
+  chosen once per call (`dkm_top`); 0 or >= k: every centroid (the math above, exactly).
   """
   _check_grad(grad)
+  if top_t < 0:
+    raise ValueError(f"dkm top_t={top_t}: must be >= 0 (0: all centroids)")
   z32, c, tau32 = _prepare(z, centroids, tau)
   chunk_size = chunk_rows_for(chunk_size, c.shape[0])
   axes, shards = row_axes(axis_name)
   if shards > 1:
-    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards, grad)
+    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards, grad, top_t)
   else:
     zs, valid = chunk_rows(z32, chunk_size)
-    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters, grad=grad)
+    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters, grad=grad, top_t=top_t)
     z_soft = z_soft[: z32.shape[0]]
   return z_soft.astype(z.dtype), c.astype(centroids.dtype)

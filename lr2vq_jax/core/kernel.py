@@ -43,6 +43,8 @@ class QuantConfig:
   # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
   # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
   dkm_grad: str = dkm_lib.GRADS[0]
+  # Training DKM's attention over each row's t nearest centroids only (core/dkm_top.py); 0: all k.
+  dkm_top_t: int = dkm_lib.TOP_T
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None
@@ -63,6 +65,8 @@ class QuantConfig:
       raise ValueError(f"QuantConfig.dkm_grad={self.dkm_grad!r}: expected one of {dkm_lib.GRADS}")
     if self.dkm_iters is not None and self.dkm_iters < 0:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
+    if self.dkm_top_t < 0:
+      raise ValueError(f"QuantConfig.dkm_top_t={self.dkm_top_t}: must be >= 0 (0: all centroids)")
     if self.tau_alpha <= 0:
       raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
 
@@ -210,6 +214,7 @@ def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
     chunk_size=config.chunk_size,
     axis_name=config.shard_axis,
     grad=config.dkm_grad,
+    top_t=config.dkm_top_t,
   )
   loss = None
   if config.commitment > 0:

@@ -180,6 +180,7 @@ def _check_quant_section(config) -> None:
   _number(config, "quant.commitment", low=0.0)
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):
     _int(config, f"quant.{field}", low=1, default=1)
+  _int(config, "quant.dkm_top_t", low=0, default=dkm_lib.TOP_T)  # 0: all k centroids
 
 
 def check_rules(rules: Sequence[Any], model, sample, *, field: str = "preset") -> dict:

@@ -1,0 +1,125 @@
+"""DKM alone over a model's quantized layers: per layer group and chunk size, and lever by lever.
+
+Used by benchmarks/step_time.py (--profile, --levers): random Z of each layer's LR²VQ shape,
+codebook = its first k rows, forward + backward of sum(z_soft²) jitted over a group's layers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from timing import timed_runs
+
+from lr2vq_jax import presets
+from lr2vq_jax.core import dkm as dkm_lib
+from lr2vq_jax.core import dkm_top
+from lr2vq_jax.models import create_model
+from lr2vq_jax.nn import plan_model
+
+
+def time_dkm(geos, *, chunk: int, iters: int, backward: bool, repeats: int, **dkm_kw) -> float:
+  """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted;
+  forward + backward when `backward`; `dkm_kw`: more `dkm.dkm` arguments (grad, top_t)."""
+  zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
+  cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
+
+  def loss(zs, cs):
+    total = 0.0
+    for z, c in zip(zs, cs, strict=True):
+      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk, **dkm_kw)
+      total = total + jnp.sum(z_soft**2)
+    return total
+
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
+  return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
+
+
+def layer_groups(name: str, preset: str, d: int, classes: int, size: int, channels: int):
+  """The model's quantized layers (LR²VQ d̃) grouped by their path without the block index."""
+  rules = presets.with_d(presets.get_preset(preset), d)
+  sample = jnp.zeros((1, size, size, channels))
+  plan = plan_model(create_model(name, num_classes=classes), rules, sample, train=False)
+  groups: dict[str, list] = {}
+  for path, geo in plan.items():
+    groups.setdefault(re.sub(r"layer\d+_\d+/", "", path), []).append(geo)
+  groups["all"] = list(plan.values())
+  return groups
+
+
+def _desc(group: str, geos) -> str:
+  n = sum(g.n for g in geos)
+  return f"{group} (n={n:,}, k={'/'.join(sorted({str(g.k) for g in geos}))})"
+
+
+def levers(top_t: int) -> dict[str, dict]:
+  """DKM levers, name -> settings (CPU attention budget, dkm kwargs, bf16 ranking, iters)."""
+  base = dict(budget=dkm_lib.CPU_ATTENTION_BUDGET, kw={}, bf16=False, iters=None)
+  top = dict(base, kw={"top_t": top_t})
+  return {
+    "CPU chunks of 2^18 / k rows (main)": base,
+    f"top-t attention (t={top_t})": top,
+    "top-t + bf16 ranking matmul": dict(top, bf16=True),
+    "top-t + 1 iteration": dict(top, iters=1),
+    "top-t + grad='last'": dict(top, kw={"top_t": top_t, "grad": "last"}),
+  }
+
+
+def dkm_levers(groups: dict, iters: int, chunk: int, top_t: int) -> list[tuple]:
+  """DKM forward + backward over the fc layer and all quantized layers, lever by lever."""
+  budget0, rows = dkm_lib.CPU_ATTENTION_BUDGET, []
+  select0 = dict(dkm_top.SELECT_DTYPE)
+  for group in ("fc", "all"):
+    times = {}
+    for lever, s in levers(top_t).items():
+      dkm_lib.CPU_ATTENTION_BUDGET = s["budget"]
+      dkm_top.SELECT_DTYPE["cpu"] = jnp.bfloat16 if s["bf16"] else jnp.float32
+      jax.clear_caches()  # both are read when DKM is traced
+      n_iters = iters if s["iters"] is None else s["iters"]
+      t = time_dkm(groups[group], chunk=chunk, iters=n_iters, backward=True, repeats=2, **s["kw"])
+      times[lever] = t
+      print(f"  dkm fwd+bwd {_desc(group, groups[group])} {lever}: {t:.3f} s", flush=True)
+    main = times["CPU chunks of 2^18 / k rows (main)"]
+    rows += [(_desc(group, groups[group]), lv, t, t / main) for lv, t in times.items()]
+  dkm_lib.CPU_ATTENTION_BUDGET = budget0
+  dkm_top.SELECT_DTYPE.clear()
+  dkm_top.SELECT_DTYPE.update(select0)
+  jax.clear_caches()
+  return rows
+
+
+def dkm_profile(groups: dict, iters0: int, chunks: list[int], scope: str, steps: int):
+  """DKM alone: per layer group at the first chunk size and `iters0` iterations, then all
+  layers with the other chunk sizes, fewer iterations, forward only."""
+  chunk0 = chunks[0]
+  cases = [(g, chunk0, iters0, True) for g in (groups if scope == "groups" else ["all"])]
+  cases += [("all", c, iters0, True) for c in chunks[1:]]
+  cases += [("all", chunk0, i, True) for i in sorted({1, 0} - {iters0}, reverse=True)]
+  cases += [("all", chunk0, iters0, False)]
+  rows = []
+  for group, chunk, iters, grad in cases:
+    geos = groups[group]
+    try:
+      t = time_dkm(geos, chunk=chunk, iters=iters, backward=grad, repeats=max(2, steps))
+    except Exception as e:  # noqa: BLE001  (e.g. out of memory: report it, keep the other rows)
+      print(f"  dkm {group} chunk={chunk} iters={iters} failed: {type(e).__name__}: {str(e)[:200]}")
+      continue
+    rows.append((_desc(group, geos), chunk, iters, "fwd+bwd" if grad else "fwd", t))
+    print(f"  dkm {rows[-1][3]} {rows[-1][0]} chunk={chunk} iters={iters}: {t:.3f} s", flush=True)
+  return rows
+
+
+def print_levers(rows: list[tuple]) -> None:
+  print("| layers | lever | DKM s | × main |")
+  print("|---|---|---|---|")
+  for desc, lever, t, r in rows:
+    print(f"| {desc} | {lever} | {t:.3f} | {r:.2f} |")
+
+
+def print_profile(rows: list[tuple]) -> None:
+  print("| layers | chunk | iters | pass | DKM s |")
+  print("|---|---|---|---|---|")
+  for desc, chunk, iters, mode, t in rows:
+    print(f"| {desc} | {chunk} | {iters} | {mode} | {t:.3f} |")

@@ -1,0 +1,152 @@
+"""Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lr2vq_jax.core import dkm_top
+from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive
+from lr2vq_jax.core.kernel import QuantConfig
+
+
+def _inputs(seed, n, d, k):
+  kz, kc, kw = jax.random.split(jax.random.key(seed), 3)
+  z = jax.random.normal(kz, (n, d))
+  c = z[:k] + 0.1 * jax.random.normal(kc, (k, d))
+  return z, c, jax.random.normal(kw, (n, d))
+
+
+def _value_and_grad(fn, z, c, w, tau, iters, **kw):
+  def loss(z, c, tau):
+    z_soft, c_out = fn(z, c, tau=tau, iters=iters, **kw)
+    return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(z, c, tau)
+
+
+def _assert_same(a, b, atol=2e-5):
+  (_, (zs_a, c_a)), g_a = a
+  (_, (zs_b, c_b)), g_b = b
+  np.testing.assert_allclose(zs_a, zs_b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_a, c_b, rtol=1e-5, atol=1e-5)
+  for x, y in zip(g_a, g_b, strict=True):
+    scale = float(jnp.max(jnp.abs(y))) + 1e-6
+    np.testing.assert_allclose(np.asarray(x) / scale, np.asarray(y) / scale, atol=atol)
+
+
+@pytest.mark.parametrize("top_t", [16, 40])  # t = k and t > k: every centroid
+@pytest.mark.parametrize("chunk", [64, 4096])
+def test_top_t_at_k_equals_full_dkm_value_and_grad(top_t, chunk):
+  z, c, w = _inputs(0, 203, 4, 16)
+  tau = jnp.float32(0.3)
+  want = _value_and_grad(dkm_naive, z, c, w, tau, 3)
+  _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=top_t), want)
+
+
+def _masked_reference(z, c, *, tau, iters, top_t):
+  """Full n x k DKM with the logits outside each row's t nearest input centroids at -inf."""
+  d2 = jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1)
+  idx = jnp.argsort(jax.lax.stop_gradient(d2), axis=1)[:, :top_t]
+  keep = jnp.zeros(d2.shape, bool).at[jnp.arange(z.shape[0])[:, None], idx].set(True)
+
+  def attn(c):
+    logits = -jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1) / tau
+    return jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=1)
+
+  for _ in range(iters):
+    a = attn(c)
+    c = _update(a.T @ z, jnp.sum(a, axis=0), c)
+  return attn(c) @ c, c
+
+
+@pytest.mark.parametrize("top_t,iters,chunk", [(3, 3, 64), (1, 2, 7), (5, 0, 4096)])
+def test_top_t_equals_masked_softmax_reference(top_t, iters, chunk):
+  # The neighbour set is chosen once from the input centroids and kept for every iteration.
+  z, c, w = _inputs(1, 150, 3, 12)
+  tau = jnp.float32(0.5)
+  want = _value_and_grad(_masked_reference, z, c, w, tau, iters, top_t=top_t)
+  got = _value_and_grad(dkm, z, c, w, tau, iters, chunk_size=chunk, top_t=top_t)
+  _assert_same(got, want, atol=5e-5)
+
+
+def test_top_t_with_last_grad_keeps_values():
+  z, c, w = _inputs(2, 120, 4, 16)
+  tau = jnp.float32(0.2)
+  (_, (zs_u, c_u)), _ = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=32, top_t=4)
+  (_, (zs_l, c_l)), g = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=32, top_t=4, grad="last")
+  np.testing.assert_allclose(zs_l, zs_u, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(c_l, c_u, rtol=1e-5, atol=1e-6)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
+
+
+def test_nearest_ranks_like_full_distances_in_fp32_and_bf16():
+  z, c, _ = _inputs(3, 300, 4, 64)
+  d2 = jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1)
+  want = np.argsort(np.asarray(d2), axis=1)[:, :5]
+  got = np.asarray(dkm_top.nearest(z, c, 5, jnp.float32))
+  np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+  # bf16 ranking (the accelerator default): the nearest centroid itself almost always survives
+  got16 = np.asarray(dkm_top.nearest(z, c, 5, jnp.bfloat16))
+  assert np.mean(np.any(got16 == want[:, :1], axis=1)) > 0.98
+  assert dkm_top.select_dtype("cpu") == jnp.float32
+  assert dkm_top.select_dtype("tpu") == jnp.bfloat16
+
+
+def test_dropped_mass_vanishes_at_small_tau_and_at_t_k():
+  z, c, _ = _inputs(4, 400, 4, 32)
+  np.testing.assert_allclose(dkm_top.dropped_mass(z, c, 1.0, 32), 0.0, atol=1e-6)
+  cold = dkm_top.dropped_mass(z, c, 1e-3, 4)
+  warm = dkm_top.dropped_mass(z, c, 10.0, 4)
+  assert float(jnp.mean(cold)) < 1e-3 < float(jnp.mean(warm))
+
+
+def test_top_t_config_validation():
+  assert QuantConfig().dkm_top_t == TOP_T == 8  # the layers' default: the fast path
+  with pytest.raises(ValueError, match="dkm_top_t"):
+    QuantConfig(dkm_top_t=-1)
+  z, c, _ = _inputs(5, 20, 2, 4)
+  with pytest.raises(ValueError, match="top_t"):
+    dkm(z, c, tau=1.0, top_t=-2)
+
+
+SHARDED = textwrap.dedent(
+  """
+  import jax, jax.numpy as jnp, numpy as np
+  from jax.sharding import AxisType
+  from lr2vq_jax.core.dkm import dkm
+  assert jax.device_count() == 4
+  z = jax.random.normal(jax.random.key(0), (1003, 3))
+  c = z[:24] + 0.05
+  w = jax.random.normal(jax.random.key(1), z.shape)
+
+  def grads(**kw):
+    def loss(z, c):
+      zs, co = dkm(z, c, tau=0.3, iters=3, chunk_size=64, top_t=4, **kw)
+      return jnp.sum(zs * w) + jnp.sum(co**2)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z, c)
+
+  one = grads()
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+  with jax.set_mesh(mesh):
+    four = grads(axis_name="data")
+  np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
+  for a, b in zip(four[1], one[1]):  # other summation orders: relative to the largest entry
+    scale = float(np.max(np.abs(b)))
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+  print("OK")
+  """
+)
+
+
+def test_sharded_top_t_equals_unsharded():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run(
+    [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
