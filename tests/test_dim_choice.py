@@ -48,7 +48,8 @@ def test_estimate_dim_on_trained_weights_file(tmp_path, capsys):
 
 
 def test_report_from_a_config_for_any_registered_model(capsys):
-  assert cli.main(["report", "--config", config_path("default.py")]) == 0
+  config = config_path("default.py")
+  assert cli.main(["report", "--config", config]) == 0
   out = capsys.readouterr().out
-  assert "config configs/default.py: model digits_cnn" in out
+  assert f"config {config}: model digits_cnn" in out
   assert "ratio 27.3×" in out  # the README's demo row: 376,744 / 13,800 bytes
