@@ -9,8 +9,7 @@ import pytest
 from lr2vq_jax.train import metrics, trainer
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.validate import ConfigError, validate_config
-
-QUICK = str(Path(__file__).resolve().parents[2] / "configs" / "default.py") + ":quick"
+from tests.support.paths import QUICK
 
 
 def _traces(directory: Path) -> list[Path]:

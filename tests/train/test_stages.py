@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ from lr2vq_jax.train import recipes, run_config, stages
 from lr2vq_jax.train.config import config_rules, load_config, stage_rules
 from lr2vq_jax.train.stage_setup import build_stage
 from lr2vq_jax.train.validate import ConfigError, validate_config
-
-QUICK = str(Path(__file__).resolve().parents[2] / "configs" / "default.py") + ":quick"
+from tests.support.paths import QUICK
 
 
 def test_the_table():
