@@ -1,0 +1,89 @@
+"""Tests for `kmeans`'s own seeding on a row sample and its early stop (`tol`)."""
+
+import jax
+import numpy as np
+import pytest
+
+from lr2vq_jax.core import kmeans as kmeans_lib
+from lr2vq_jax.core.kmeans import kmeans, kmeans_parallel, kmeans_plusplus, seed, seed_rows
+
+
+def _mixture(n, d, components, seed_):
+  rng = np.random.default_rng(seed_)
+  centers = rng.normal(size=(components, d))
+  labels = rng.integers(0, components, n)
+  return (centers[labels] + rng.normal(size=(n, d)) * 0.3).astype(np.float32)
+
+
+def test_seed_rows_is_one_distinct_row_per_stratum():
+  k, n = 3, 10_000
+  s = kmeans_lib.SEED_ROWS_PER_CENTROID * k
+  x = np.arange(n, dtype=np.float32)[:, None]  # row i holds i
+  idx = np.asarray(seed_rows(x, k, jax.random.key(0)))[:, 0].astype(int)
+  assert idx.shape == (s,) and len(set(idx.tolist())) == s
+  assert np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < n
+  stride = n // s
+  assert np.all(np.diff(idx) < 2 * stride)  # one per stratum: no stratum skipped
+  other = np.asarray(seed_rows(x, k, jax.random.key(1)))[:, 0]
+  assert not np.array_equal(idx, other)
+
+
+def test_seed_rows_keeps_small_sets_whole():
+  x = np.ones((100, 2), np.float32)
+  assert seed_rows(x, 4, jax.random.key(0)) is x
+
+
+@pytest.mark.parametrize("k", [8, 128])  # greedy k-means++, batched D^2 seeding
+def test_own_seeding_is_deterministic_and_within_2pct_of_full_data_seeding(k):
+  n = kmeans_lib.SEED_ROWS_PER_CENTROID * k + 7000  # the seeding samples
+  x = _mixture(n, 4, 2 * k, seed_=k)
+  key = jax.random.key(3)
+  a = kmeans(x, k, key=key, iters=25)
+  b = kmeans(x, k, key=key, iters=25)
+  np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
+  # The seeding before this change: the full data, every iteration run.
+  full = (kmeans_plusplus if k <= kmeans_lib.GREEDY_MAX_K else kmeans_parallel)(
+    x - x.mean(0), k, key=key
+  )
+  old = kmeans(x, k, key=key, iters=25, init=np.asarray(full) + x.mean(0), tol=0.0)
+  assert float(a.sse) <= 1.02 * float(old.sse)
+
+
+def test_seeds_are_distinct_data_rows():
+  x = _mixture(5000, 3, 10, seed_=1)
+  c = np.asarray(seed(x, 16, key=jax.random.key(0)))
+  assert len({tuple(r) for r in c.tolist()}) == 16
+  rows = {tuple(r) for r in x.tolist()}
+  assert all(tuple(r) in rows for r in c.tolist())
+
+
+def test_early_stop_repeats_the_last_sse_and_tol_zero_runs_every_step():
+  x = _mixture(3000, 2, 4, seed_=2)
+  key = jax.random.key(0)
+  res, hist = kmeans(x, 4, key=key, iters=40, return_history=True)
+  hist = np.asarray(hist)
+  assert np.all(np.diff(hist) <= 1e-6 * hist[0])
+  assert hist[-2] == hist[-3]  # stopped: 4 well separated blobs converge in a few steps
+  assert float(res.sse) == hist[-1]
+  full, hist0 = kmeans(x, 4, key=key, iters=40, return_history=True, tol=0.0)
+  assert float(res.sse) <= float(full.sse) * (1 + kmeans_lib.TOL)
+  assert np.asarray(hist0).shape == hist.shape
+
+
+def test_negative_tol_raises():
+  with pytest.raises(ValueError, match="tol"):
+    kmeans(np.ones((10, 2), np.float32), 2, key=jax.random.key(0), tol=-1.0)
+
+
+def test_k_above_n_raises_one_clear_error():
+  with pytest.raises(ValueError, match="at least k points"):
+    kmeans(np.ones((10, 2), np.float32), 11, key=jax.random.key(0))
+
+
+def test_fewer_distinct_points_than_k_on_the_sampled_path():
+  k = 5
+  x = np.repeat(np.eye(3, dtype=np.float32), kmeans_lib.SEED_ROWS_PER_CENTROID * k // 3 + 50, 0)
+  res = kmeans(x, k, key=jax.random.key(0), iters=5)
+  assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
+  assert np.all(np.isfinite(np.asarray(res.centroids)))
+  assert set(np.unique(np.asarray(res.codes)).tolist()) <= set(range(k))
