@@ -10,7 +10,7 @@ from tests.support.plain_net import RULES, PlainNet, X
 
 
 def test_rules_place_quantized_variables_and_forward_runs():
-  model = lq.nn.quantize_model(PlainNet(), RULES, stage="quantize")
+  model = lq.nn.quantize_model(PlainNet(), RULES, mode="quantize")
   variables = model.init(jax.random.key(0), X)
   params = variables["params"]
   assert set(params["stem"]) == {"kernel"}
@@ -42,13 +42,13 @@ def test_float_model_converts_to_every_stage_with_the_same_paths():
   quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=5)
   frozen = convert.quantize_to_frozen(quant)
   for stage, variables in [("lowrank", lowrank), ("quantize", quant), ("frozen", frozen)]:
-    model = lq.nn.quantize_model(PlainNet(), RULES, stage=stage)
+    model = lq.nn.quantize_model(PlainNet(), RULES, mode=stage)
     expected = jax.tree.map(jnp.shape, model.init(jax.random.key(0), X))
     assert jax.tree.map(jnp.shape, variables) == expected, stage
     assert model.apply(variables, X).shape == (2, 5)
   # Hard evaluation in the quantize stage is what the frozen stage computes.
-  q = lq.nn.quantize_model(PlainNet(), RULES, stage="quantize").apply(quant, X)
-  f = lq.nn.quantize_model(PlainNet(), RULES, stage="frozen").apply(frozen, X)
+  q = lq.nn.quantize_model(PlainNet(), RULES, mode="quantize").apply(quant, X)
+  f = lq.nn.quantize_model(PlainNet(), RULES, mode="frozen").apply(frozen, X)
   assert jnp.allclose(q, f, rtol=1e-5, atol=1e-6)
 
 
@@ -58,11 +58,11 @@ def test_baseline_conversions():
   pq = convert.float_to_pq(float_vars, RULES, key=jax.random.key(1), plan=plan)
   assert pq["params"]["body"]["codebook"].shape == (16, 8)
   assert jnp.array_equal(pq["params"]["body"]["projection"], jnp.eye(8))
-  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), stage="frozen")
+  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), mode="frozen")
   assert model.apply(pq, X).shape == (2, 5)
   dkm = convert.float_to_dkm(float_vars, RULES, key=jax.random.key(1), plan=plan)
   assert dkm["params"]["body"]["z"].shape == (144, 8)
-  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), stage="quantize")
+  model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), mode="quantize")
   assert model.apply(dkm, X).shape == (2, 5)
 
 

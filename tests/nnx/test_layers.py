@@ -25,17 +25,17 @@ RULE = lq.Rule("", k=4, m=4, d=2)
 def test_float_stage_is_flax_layer(ours, theirs, args, x):
   x = jax.random.normal(jax.random.key(0), x)
   np.testing.assert_array_equal(
-    ours(*args, rule=RULE, stage="float", rngs=nnx.Rngs(1))(x), theirs(*args, rngs=nnx.Rngs(1))(x)
+    ours(*args, rule=RULE, mode="float", rngs=nnx.Rngs(1))(x), theirs(*args, rngs=nnx.Rngs(1))(x)
   )
 
 
 @pytest.mark.parametrize("stage", ["lowrank", "quantize", "frozen"])
 def test_quantized_stages_train_only_params(stage):
   rule = lq.Rule("", k=4, m=9, d=3)
-  layer = lq.nnx.Conv(4, 8, (3, 3), feature_group_count=2, rule=rule, stage=stage, rngs=nnx.Rngs(0))
+  layer = lq.nnx.Conv(4, 8, (3, 3), feature_group_count=2, rule=rule, mode=stage, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
   assert layer(x).shape == (2, 5, 5, 8)
-  assert isinstance(layer.kernel, lq.nnx.QuantizedKernel) and layer.kernel.stage == stage
+  assert isinstance(layer.kernel, lq.nnx.QuantizedKernel) and layer.kernel.mode == stage
   optimizer = nnx.Optimizer(layer, optax.sgd(0.1), wrt=nnx.Param)
   grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
   optimizer.update(layer, grads)
@@ -47,7 +47,7 @@ def test_quantized_stages_train_only_params(stage):
 
 
 def test_linear_general_hard_eval_matches_materialized_kernel():
-  layer = lq.nnx.LinearGeneral(8, (2, 4), rule=RULE, stage="quantize", rngs=nnx.Rngs(0))
+  layer = lq.nnx.LinearGeneral(8, (2, 4), rule=RULE, mode="quantize", rngs=nnx.Rngs(0))
   layer.eval()
   x = jax.random.normal(jax.random.key(0), (3, 8))
   kernel = layer.kernel[...]
