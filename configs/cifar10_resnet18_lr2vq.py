@@ -25,9 +25,8 @@ def get_config(arg=None):
   config.model = "resnet18"
   config.dtype = "float32"
   config.seed = 0
-  config.profile_steps = (
-    0  # > 0: a profiler trace of that many steps per stage (configs/default.py)
-  )
+  # > 0: a profiler trace of that many steps per stage (configs/default.py)
+  config.profile_steps = 0
   config.data = default_data_config("cifar10")
   config.data.batch_size = 256
   config.data.eval_batch_size = 500

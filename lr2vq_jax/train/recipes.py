@@ -107,9 +107,8 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.dtype = "bfloat16"  # compute; params and optimizer state stay float32
   config.seed = 0
   config.sharding = "replicated"  # or "fsdp": also split large params (train/partitioning.py)
-  config.profile_steps = (
-    0  # > 0: a profiler trace of that many steps per stage (configs/default.py)
-  )
+  # > 0: a profiler trace of that many steps per stage (configs/default.py)
+  config.profile_steps = 0
   config.data = default_data_config("imagenet2012")
   config.data.batch_size = 1024
   config.data.eval_batch_size = 1000
