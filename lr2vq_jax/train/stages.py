@@ -28,7 +28,8 @@ from lr2vq_jax import convert
 from lr2vq_jax.core.mode import Mode
 
 # A conversion takes the previous stage's variables (on the host) to this stage's starting ones:
-# fn(variables, rules, *, key, kmeans_iters, plan, config) -> variables.
+# fn(variables, rules, *, key, kmeans_iters, plan, config) -> variables (`convert.float_to_pq` and
+# `float_to_dkm` have that signature; lowrank and quantize adapt theirs below).
 Conversion = Callable[..., dict]
 
 
@@ -41,18 +42,6 @@ def _to_quantize(variables, rules, *, key, kmeans_iters, plan, config) -> dict:
   del plan  # the low-rank variables carry their geometry
   return convert.lowrank_to_quantize(
     variables, rules, key=key, kmeans_iters=kmeans_iters, config=config
-  )
-
-
-def _to_pq(variables, rules, *, key, kmeans_iters, plan, config) -> dict:
-  return convert.float_to_pq(
-    variables, rules, key=key, kmeans_iters=kmeans_iters, plan=plan, config=config
-  )
-
-
-def _to_dkm(variables, rules, *, key, kmeans_iters, plan, config) -> dict:
-  return convert.float_to_dkm(
-    variables, rules, key=key, kmeans_iters=kmeans_iters, plan=plan, config=config
   )
 
 
@@ -83,19 +72,18 @@ STAGES: dict[str, StageSpec] = {
       label="LR²VQ", method="lr2vq", exports=True,
     ),
     StageSpec(
-      name="pq", mode=Mode.FROZEN, previous="float", convert=_to_pq, seed_fold=3,
+      name="pq", mode=Mode.FROZEN, previous="float", convert=convert.float_to_pq, seed_fold=3,
       label="PQ", method="pq", exports=True, vanilla=True,
     ),
     StageSpec(
-      name="dkm", mode=Mode.QUANTIZE, previous="float", convert=_to_dkm, seed_fold=0,
+      name="dkm", mode=Mode.QUANTIZE, previous="float", convert=convert.float_to_dkm, seed_fold=0,
       label="vanilla DKM", method="dkm", exports=True, vanilla=True,
     ),
   )
 }  # fmt: skip
 NAMES: tuple[str, ...] = tuple(STAGES)  # pipeline order
-EXPORTED: tuple[str, ...] = tuple(
-  n for n, s in STAGES.items() if s.exports
-)  # `lr2vq export --stage`
+# The stages `lr2vq export --stage` accepts.
+EXPORTED: tuple[str, ...] = tuple(n for n, s in STAGES.items() if s.exports)
 ROOT = "float"  # the stage every other starts from; also the distillation teacher
 
 
