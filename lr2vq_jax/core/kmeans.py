@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lr2vq_jax.core.distances import ARGMIN_GROUP, argmin_rows
+from lr2vq_jax.core.distances import ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K, argmin_rows
 
 
 class KMeansResult(NamedTuple):
@@ -96,10 +96,11 @@ def _score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:
 
 
 def _nearest_lhs(centroids: jax.Array) -> jax.Array:
-  """`_score_lhs` of the centroids for `_nearest`: from 4 groups of `argmin_rows` up, k is padded
-  to whole groups by rows that never win. Built once per Lloyd step, outside the chunk loop."""
+  """`_score_lhs` of the centroids for `_nearest`: where `argmin_rows` groups, k is padded to whole
+  groups by rows that never win. Built once per Lloyd step, outside the chunk loop."""
   k = centroids.shape[0]
-  return _score_lhs(centroids, -k % ARGMIN_GROUP if k >= 4 * ARGMIN_GROUP else 0)
+  grouped = k >= max(ARGMIN_GROUPED_MIN_K, 4 * ARGMIN_GROUP)
+  return _score_lhs(centroids, -k % ARGMIN_GROUP if grouped else 0)
 
 
 def _nearest(xb: jax.Array, lhs: jax.Array) -> tuple[jax.Array, jax.Array]:
