@@ -58,9 +58,9 @@ def argmin_rows(
   """(argmin (b,) int32, min (b,)) over axis 0 of scores (k, b); ties go to the lowest index.
 
   Equal to (jnp.argmin(scores, 0), jnp.min(scores, 0)), ties and all. When `group` divides k and
-  k >= min_k (and 4 group): minima of contiguous groups of `group` rows, a running minimum over the k / group
-  group minima (the first group holding the minimum wins), then the first row of that group equal
-  to the minimum (a (b, group) gather): one fast reduction plus a scan 1/group as long.
+  k >= max(min_k, 4 group): minima of contiguous groups of `group` rows, a running minimum over
+  the k / group group minima (the first group holding the minimum wins), then the first row of that
+  group equal to the minimum (a (b, group) gather): one fast reduction plus a scan 1/group as long.
   """
   k, b = scores.shape
   if group < 2 or k % group or k < max(min_k, 4 * group):

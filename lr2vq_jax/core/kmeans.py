@@ -1,7 +1,8 @@
 """Chunked, jittable k-means: k-means++ or batched D^2 seeding, Lloyd iterations, repairs.
 
 Distances are computed over chunks of rows (padded, with the padding masked), so memory is
-O(chunk * k + n * d) and never n x k at once. Seeding reads a stratified sample of at most
+O(chunk * k + n * d) and never n x k at once: per chunk one matmul of [-2c, ||c||^2] with [x, 1]
+and an exact grouped argmin (`distances.argmin_rows`). Seeding reads a stratified sample of at most
 SEED_ROWS_PER_CENTROID * k rows; Lloyd stops once an iteration gains less than `tol` of the SSE.
 """
 
