@@ -1,7 +1,8 @@
 """Chunked, jittable k-means: k-means++ or batched D^2 seeding, Lloyd iterations, repairs.
 
 Distances are computed over chunks of rows (padded, with the padding masked), so memory is
-O(chunk * k + n * d) and never n x k at once. Seeding reads a stratified sample of at most
+O(chunk * k + n * d) and never n x k at once: per chunk one matmul of [-2c, ||c||^2] with [x, 1]
+and an exact grouped argmin (`distances.argmin_rows`). Seeding reads a stratified sample of at most
 SEED_ROWS_PER_CENTROID * k rows; Lloyd stops once an iteration gains less than `tol` of the SSE.
 """
 
@@ -14,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lr2vq_jax.core.distances import ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K, argmin_rows
 
 
 class KMeansResult(NamedTuple):
@@ -79,27 +82,33 @@ def _check(x: jax.Array, k: int) -> None:
     raise ValueError(f"k-means needs at least k points: n={x.shape[0]} < k={k}")
 
 
-def _nearest(xb: jax.Array, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Nearest centroid of each row of xb (b, d): (codes (b,) int32, min squared distance (b,)).
+def _scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
+  """(k, b) scores ||c||^2 - 2 c.x by one matmul of lhs = `_score_lhs(c)` (k, d + 1) with [x, 1]:
+  no second pass over the k x b block to add ||c||^2 (the add alone cost a third of a step)."""
+  rhs = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
+  return jnp.matmul(lhs, rhs.T, precision=lax.Precision.HIGHEST)
 
-  Scores ||c||^2 - 2 c.x come from one (k, b) matmul; the argmin is a running minimum over the k
-  centroid rows (strict <, so ties keep the lowest index, as `jnp.argmin`): elementwise over
-  contiguous rows, which XLA vectorizes, where a row-wise argmin reduction is ~10x slower on CPU.
-  """
-  xx = jnp.sum(xb * xb, axis=1)
-  cc = jnp.sum(centroids * centroids, axis=1)
-  scores = cc[:, None] - 2.0 * jnp.matmul(centroids, xb.T, precision=lax.Precision.HIGHEST)
 
-  def better(j, state):
-    best, code = state
-    s = scores[j]
-    take = s < best
-    return jnp.where(take, s, best), jnp.where(take, j, code)
+def _score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:
+  """[-2c, ||c||^2] (k + pad, d + 1); the `pad` extra rows score +inf against every x."""
+  lhs = jnp.concatenate([-2.0 * c, jnp.sum(c * c, axis=1)[:, None]], 1)
+  inf_rows = jnp.zeros((pad, lhs.shape[1]), lhs.dtype).at[:, -1].set(jnp.inf)
+  return jnp.concatenate([lhs, inf_rows]) if pad else lhs
 
-  b = xb.shape[0]
-  init = (scores[0], jnp.zeros((b,), jnp.int32))
-  best, code = lax.fori_loop(1, centroids.shape[0], better, init, unroll=8)
-  return code, jnp.maximum(best + xx, 0.0)
+
+def _nearest_lhs(centroids: jax.Array) -> jax.Array:
+  """`_score_lhs` of the centroids for `_nearest`: where `argmin_rows` groups, k is padded to whole
+  groups by rows that never win. Built once per Lloyd step, outside the chunk loop."""
+  k = centroids.shape[0]
+  grouped = k >= max(ARGMIN_GROUPED_MIN_K, 4 * ARGMIN_GROUP)
+  return _score_lhs(centroids, -k % ARGMIN_GROUP if grouped else 0)
+
+
+def _nearest(xb: jax.Array, lhs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Nearest centroid of each row of xb (b, d) given `_nearest_lhs`: (codes (b,) int32, min squared
+  distance (b,)); the argmin is `argmin_rows` (ties to the lowest index, as `jnp.argmin`)."""
+  code, best = argmin_rows(_scores(xb, lhs))
+  return code, jnp.maximum(best + jnp.sum(xb * xb, axis=1), 0.0)
 
 
 def _cluster_sums(xb, vb, codes, k: int):
@@ -122,7 +131,8 @@ def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SIZE):
   n = x.shape[0]
   centroids = jnp.asarray(centroids, jnp.float32)
   xs, _ = chunk_rows(jnp.asarray(x, jnp.float32), _rows(chunk_size, centroids.shape[0]))
-  codes, mind = lax.map(lambda xb: _nearest(xb, centroids), xs)
+  lhs = _nearest_lhs(centroids)
+  codes, mind = lax.map(lambda xb: _nearest(xb, lhs), xs)
   return codes.reshape(-1)[:n], mind.reshape(-1)[:n]
 
 
@@ -135,10 +145,11 @@ def _step(x, xs, valid, centroids):
   """One Lloyd step on centered x; returns (new centroids, codes, sse of codes under centroids)."""
   n = x.shape[0]
   k, d = centroids.shape
+  lhs = _nearest_lhs(centroids)
 
   def body(carry, inp):
     xb, vb = inp
-    code, mind = _nearest(xb, centroids)
+    code, mind = _nearest(xb, lhs)
     sums, counts = _cluster_sums(xb, vb, code, k)
     return (carry[0] + sums, carry[1] + counts), (code, mind)
 
@@ -222,12 +233,10 @@ def kmeans_plusplus(
   return cents
 
 
-def _min_sq(xb: jax.Array, c: jax.Array) -> jax.Array:
-  """min_j ||x_i - c_j||^2 (b,) by one matmul and a min over the (j, b) scores, clamped at 0."""
-  scores = jnp.sum(c * c, axis=1)[:, None] - 2.0 * jnp.matmul(
-    c, xb.T, precision=lax.Precision.HIGHEST
-  )
-  return jnp.maximum(jnp.min(scores, axis=0) + jnp.sum(xb * xb, axis=1), 0.0)
+def _min_sq(xb: jax.Array, lhs: jax.Array) -> jax.Array:
+  """min_j ||x_i - c_j||^2 (b,) by `_scores` (lhs = `_score_lhs(c)`), clamped at 0."""
+  best = jnp.min(_scores(xb, lhs), axis=0)
+  return jnp.maximum(best + jnp.sum(xb * xb, axis=1), 0.0)
 
 
 def _round_sizes(k: int, rounds: int) -> list[int]:
@@ -254,7 +263,7 @@ def kmeans_parallel(
   xs, valid = chunk_rows(x, _rows(chunk_size, k))
   key0, key = jax.random.split(key)
   first = x[jax.random.randint(key0, (), 0, n)]
-  d2 = lax.map(lambda xb: _min_sq(xb, first[None]), xs) * valid
+  d2 = lax.map(lambda xb: _min_sq(xb, _score_lhs(first[None])), xs) * valid
   parts = [first[None]]
   for r, size in enumerate(_round_sizes(k, rounds)):
     noise = jax.random.gumbel(jax.random.fold_in(key, r), (d2.size,))
@@ -262,7 +271,8 @@ def kmeans_parallel(
     _, idx = lax.top_k(logits, size)
     new = jnp.take(x, jnp.minimum(idx, n - 1), axis=0)
     parts.append(new)
-    d2 = jnp.minimum(d2, lax.map(lambda xb, new=new: _min_sq(xb, new), xs) * valid)
+    lhs = _score_lhs(new)
+    d2 = jnp.minimum(d2, lax.map(lambda xb, lhs=lhs: _min_sq(xb, lhs), xs) * valid)
   return jnp.concatenate(parts)
 
 
