@@ -10,7 +10,7 @@ Bucket:    gcloud storage buckets create gs://BUCKET --location=REGION --uniform
              --member=serviceAccount:TPU_SERVICE_ACCOUNT --role=roles/storage.objectAdmin
            (the same with --role=roles/storage.legacyBucketReader; launch/tpu_pod.sh bucket
            and grant print and run these)
-Smoke:     --config configs/imagenet_resnet18_large_dkm.py:runlocal  (CPU, tiny images, 2 steps per stage)
+Smoke:     --config configs/imagenet_resnet18_large_dkm.py:runlocal  (CPU, tiny images, 2 steps per fine-tuning stage)
 Hardware:  a TPU v3-32 pod slice or 8×A100/H100 (global batch 1024, bf16).
 Expected:  top-1 not published; uncompressed torchvision resnet18: 69.76.
 """

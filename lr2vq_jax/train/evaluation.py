@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import jax
@@ -17,7 +18,7 @@ def evaluate(model, variables, make_iter: Callable[[], Iterable], mesh) -> dict[
   computed once here (sharded over the mesh), not in every batch.
   """
   model, variables = hard_codes.frozen_model(model, variables, mesh)
-  eval_step = jax.jit(make_eval_step(model))
+  eval_step = _jitted_eval_step(model)
   totals: dict[str, float] = {}
   for batch in make_iter():
     out = jax.device_get(eval_step(variables, partitioning.global_batch(batch, mesh)))
@@ -29,3 +30,10 @@ def evaluate(model, variables, make_iter: Callable[[], Iterable], mesh) -> dict[
     "top5": 100 * totals["top5"] / count,
     "loss": totals["loss"] / count,
   }
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_eval_step(model):
+  """One jitted eval step per model (modules compare by their fields): a stage's final evaluation
+  and the test and validation passes over its artifact compile it once, not once per call."""
+  return jax.jit(make_eval_step(model))

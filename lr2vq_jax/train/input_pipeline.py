@@ -178,12 +178,15 @@ def build_input(
   process_count: int | None = None,
   seed: int | None = None,
   start_step: int = 0,
+  num_batches: int | None = None,
 ) -> Iterator[Batch]:
   """Numpy batches {"image": f32 NHWC, "label": i32[, "mask": bool]} of this process's slice.
 
   `split` is "train" (cfg.train_split: shuffled, augmented, infinite, starting at `start_step`),
   "eval" (cfg.eval_split) or "test" (cfg.test_split): one padded pass with a mask. `batch_size` is
   global (default cfg.batch_size / cfg.eval_batch_size); each process gets batch_size/process_count.
+  `num_batches` ends the stream after that many batches: a stage's loop passes the steps it has
+  left, so nothing is read, decoded or prefetched past its last step.
   """
   if split not in ("train", "eval", "test"):
     raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}")
@@ -208,6 +211,8 @@ def build_input(
   else:
     ds = _array_dataset(cfg, name, **kw)
   ds = ds.batch(global_batch // pc, drop_remainder=True)
+  if num_batches is not None:
+    ds = ds.take(num_batches)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options).prefetch(cfg.prefetch)

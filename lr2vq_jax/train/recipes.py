@@ -8,7 +8,8 @@ epochs of quantization fine-tuning with Adam and a cosine schedule as PQF does; 
 codebooks with codes frozen for the same 9 epochs; vanilla DKM fine-tunes for the same 9 epochs.
 
 `runlocal` shrinks everything for a CPU smoke run (the same architecture at 1/8 width, 32-px
-images, batch 8, 2 steps per stage); the test suite runs it on a tiny ImageNet in the official tar
+images, batch 8, 2 steps per trained stage; the float stage imports the weights and evaluates, as
+in the recipe); the test suite runs it on a tiny ImageNet in the official tar
 layout, prepared by `lr2vq prepare`.
 """
 
@@ -131,6 +132,7 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
     config.data.eval_batch_size = 8
     config.data.shuffle_buffer = 16
     shorten(config, steps=2, kmeans_iters=2)
+    config.float.num_steps = 0  # as the recipe: the float stage imports the weights, evaluates
     config.quant.dkm_iters = 1  # one DKM update: a smaller graph to compile on CPU
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or nothing")

@@ -91,7 +91,6 @@ def train_and_evaluate(
     make_train_step(stage.model, cfg, stage.tx, stage.num_steps), abstract_state(stage), stage.mesh
   )
   teacher = make_teacher(stage) if cfg.get("distill", 0.0) > 0 else None
-  batches = input_pipeline.build_input(stage.config.data, split="train", start_step=start)
   hooks = metrics.periodic_hooks(
     stage.workdir,
     num_train_steps=stage.num_steps,
@@ -102,6 +101,9 @@ def train_and_evaluate(
   log_every = max(1, int(cfg.get("log_every", 50)))
   ckpt_every = max(1, int(cfg.get("checkpoint_every", 500)))
   stop_at = _stop_at(stage, start)
+  batches = input_pipeline.build_input(
+    stage.config.data, split="train", start_step=start, num_batches=stop_at - start
+  )
   window: list[dict] = []  # device metrics not yet checked for NaN/Inf
   last_good, done, started = start, start, time.monotonic()
   with Preemption() as preempt, contextlib.closing(hooks):
@@ -133,6 +135,7 @@ def train_and_evaluate(
           "stage %s: stopping at step %d (SIGTERM; checkpoint saved)", stage.name, done
         )
         break
+  batches.close()  # its input threads stop before evaluation starts
   if done == stop_at < stage.num_steps:
     logging.warning(BUDGET_SPENT, stage.name, done, stage.num_steps, cfg.max_steps_this_run)
   results = _final_eval(stage, state, logger)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
-from lr2vq_jax.train import hard_codes, input_pipeline, partitioning, trainer
+from lr2vq_jax.train import evaluation, hard_codes, input_pipeline, partitioning, trainer
 from lr2vq_jax.train.step import make_eval_step
 
 
@@ -47,6 +47,13 @@ def test_evaluate_computes_codes_once_with_the_per_batch_result(quantized):
   new = trainer.evaluate(stage.model, variables, make_iter, stage.mesh)
   assert new["top1"] == old["top1"] and new["top5"] == old["top5"]
   assert abs(new["loss"] - old["loss"]) <= 1e-6 * abs(old["loss"])
+  # A rebuilt, equal model (the export's evaluations of a finished stage) reuses the compiled step.
+  rebuilt = trainer.build_stage(config, "quantize", str(stage.workdir)).model
+  assert rebuilt is not stage.model
+  jitted = evaluation._jitted_eval_step
+  misses = jitted.cache_info().misses
+  again = trainer.evaluate(rebuilt, variables, make_iter, stage.mesh)
+  assert jitted.cache_info().misses == misses and again == new
 
 
 def test_frozen_model_has_the_quantize_stage_logits_codes_and_tables(quantized):

@@ -103,6 +103,16 @@ def test_digits_train_is_deterministic_and_resumable():
   np.testing.assert_array_equal(np.bincount(seen), np.bincount(d["labels"][d["train_idx"]]))
 
 
+def test_train_stream_ends_after_num_batches():
+  """A stage's loop asks for the steps it has left: the same batches, then the stream ends."""
+  kw = dict(split="train", batch_size=64, process_index=0, process_count=1, start_step=17)
+  full = _take(ip.build_input(_digits(), **kw), 3)
+  bounded = list(ip.build_input(_digits(), num_batches=3, **kw))
+  assert len(bounded) == 3
+  for a, b in zip(full, bounded, strict=True):
+    _assert_batches_equal(a, b)
+
+
 def test_digits_train_batches_are_pinned():
   """The data order and augmentation of a seed are part of a run: a re-run or a resumed run of an
   older checkpoint must see the same batches. Reference taken from the pipeline before it was

@@ -7,6 +7,7 @@ import pytest
 from lr2vq_jax.train import run_config
 from lr2vq_jax.train.config import config_rules, load_config
 from tests.support import train_cli
+from tests.support.devices import copy_workdir
 
 
 def test_differences_ignore_cadence_and_other_stages():
@@ -43,16 +44,13 @@ def test_k_m_and_rules_are_config_fields():
 
 
 @pytest.mark.slow
-def test_rerun_with_another_config_stops_with_the_fields(tmp_path):
-  workdir = tmp_path / "wd"
+def test_rerun_with_another_config_stops_with_the_fields(quick_run, tmp_path):
+  """On a copy of the session's quick run (its stages trained with the quick config as is)."""
+  workdir = copy_workdir(quick_run, tmp_path / "wd")
   stages = "--config.stages=float,lowrank"
-  out = train_cli.run(train_cli.train_cmd(workdir, stages, "--config.k=8"))
-  assert out.returncode == 0, out.stderr[-2000:]
   saved = json.loads((workdir / "lowrank" / "config.json").read_text())
-  assert saved["k"] == 8 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=8, m=9, d=4)"]
-  changed = train_cli.run(
-    train_cli.train_cmd(workdir, stages, "--config.k=8", "--config.quant.commitment=1.0")
-  )
+  assert saved["k"] == 0 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=16, m=9, d=4)"]
+  changed = train_cli.run(train_cli.train_cmd(workdir, stages, "--config.quant.commitment=1.0"))
   assert changed.returncode == 2, changed.stderr[-2000:]
   lines = [line for line in changed.stderr.splitlines() if line.strip()]
   assert "Traceback" not in changed.stderr
@@ -66,3 +64,4 @@ def test_rerun_with_another_config_stops_with_the_fields(tmp_path):
   assert allowed.returncode == 0, allowed.stderr[-2000:]
   saved = json.loads((workdir / "lowrank" / "config.json").read_text())
   assert saved["quant"]["commitment"] == 1.0
+  assert saved["k"] == 8 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=8, m=9, d=4)"]
