@@ -17,10 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo
 
-# JOBS pytest-xdist workers (one per core of the 2-core reference machine); the tests are handed
-# out longest first, and tests sharing a module fixture go to one worker (tests/support/schedule.py).
+# JOBS pytest-xdist workers (one per core of the 2-core reference machine), handed the tests a
+# module at a time, the longest module first (tests/support/schedule.py).
 JOBS ?= 2
-PYTEST := TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup \
+PYTEST := TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile \
 	--no-loadscope-reorder
 
 test: $(STAMP)

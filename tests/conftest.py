@@ -51,9 +51,8 @@ def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str]]:
 _QUICK_RUN = shared_runs.BackgroundRun("quick_run", _quick_run_cmd)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the `xdist_group` marks it adds
 def pytest_collection_modifyitems(config, items):
-  """Under pytest-xdist: longest work first, tests sharing a module fixture on one worker."""
+  """Under pytest-xdist: a module at a time, the longest first (tests/support/schedule.py)."""
   if os.environ.get("PYTEST_XDIST_WORKER"):
     schedule.order_for_workers(items)
 

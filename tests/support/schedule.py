@@ -1,14 +1,16 @@
-"""The order pytest-xdist workers get the tests in: longest first, module fixtures on one worker.
+"""The order pytest-xdist workers get the tests in: a module at a time, longest first.
 
-`make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: the controller hands out work
-units (one test, or all tests of one `xdist_group`) in collection order, a unit at a time as a
-worker runs low. So the order below is the schedule: longest processing time first (LPT), so the
-two workers finish together instead of one running a long end-to-end test alone at the end.
+`make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: the controller hands out work
+units, all tests of one module, in collection order, a unit at a time as a worker runs low. So
+the order below is the schedule: longest processing time first (LPT), so the two workers finish
+together instead of one running a long end-to-end test alone at the end.
 
-* Tests that use a module-scoped fixture form one group per module: the fixture (a sandbox that
-  runs the README's commands in order, a killed-and-resumed training run, a GCS emulator) is made
-  once, on one worker, and the tests that build on each other keep their order.
-* Units are sorted by their estimated seconds (COST below, else a default), longest first.
+* A module is one unit: its module-scoped fixtures (a sandbox that runs the README's commands in
+  order, a killed-and-resumed training run, a GCS emulator) are made once, on one worker, and
+  tests that build on each other keep their order. (`--dist loadgroup` would allow finer units,
+  but pytest 9 ignores the node-id suffix by which xdist 3.8 marks the groups.)
+* Modules are sorted by their estimated seconds (COST below, else the sum of their tests'),
+  longest first; a module keeps its tests' order.
 * The session's background quick run (tests/conftest.py) trains meanwhile: the first unit of each
   worker is one that does not wait for it, where there is one.
 """
@@ -20,7 +22,7 @@ import os
 import pytest
 
 # Seconds per test (setup + call) on 2 busy cores, from `pytest --durations`, of the tests over
-# ~10 s; parametrized tests by their function, a module's path for its module-fixture group. Only
+# ~10 s; parametrized tests by their function, a module's path for the whole module. Only
 # the order matters: refresh from a `make test` run's durations when a test gets much faster/slower.
 COST = {
   "tests/test_documented_commands.py": 420,  # the README's commands, in order, in one sandbox
@@ -66,27 +68,12 @@ def _cost(item: pytest.Item) -> float:
   return SLOW_DEFAULT if item.get_closest_marker("slow") else DEFAULT
 
 
-def _module_fixture_group(item: pytest.Item) -> str | None:
-  """The module's path when the test uses a fixture scoped to its module (or package)."""
-  info = getattr(item, "_fixtureinfo", None)
-  if info is None:
-    return None
-  for name in info.names_closure:
-    defs = info.name2fixturedefs.get(name, ())
-    if defs and defs[-1].scope in ("module", "package", "class"):
-      return _module(item)
-  return None
-
-
 def order_for_workers(items: list[pytest.Item]) -> None:
-  """Groups tests that share a module fixture (an `xdist_group` mark) and sorts `items` in place,
-  longest unit first (ties keep collection order; a unit keeps its tests' order)."""
+  """Sorts `items` in place a module at a time, the longest module first (ties keep collection
+  order; a module keeps its tests' order)."""
   units: dict[str, list[pytest.Item]] = {}
   for item in items:
-    group = _module_fixture_group(item)
-    if group is not None:
-      item.add_marker(pytest.mark.xdist_group(group))
-    units.setdefault(group or item.nodeid, []).append(item)
+    units.setdefault(_module(item), []).append(item)
   cost = {k: COST.get(k) or sum(_cost(i) for i in v) for k, v in units.items()}
   order = sorted(units, key=lambda k: -cost[k])  # stable: ties in collection order
   workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
