@@ -17,12 +17,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo
 
+# JOBS pytest-xdist workers (one per core of the 2-core reference machine), handed the tests a
+# module at a time, the longest module first (tests/support/schedule.py).
+JOBS ?= 2
+PYTEST := TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile \
+	--no-loadscope-reorder
+
 test: $(STAMP)
-	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q --durations=15 tests
+	$(PYTEST) --durations=15 tests
 
 # The edit loop: everything but the end-to-end runs marked `slow` (each of those is still in `test`).
 test-fast: $(STAMP)
-	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lr2vq_jax tests benchmarks configs examples

@@ -27,7 +27,7 @@ tempfile.tempdir = _TMP
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.support import devices  # noqa: E402
+from tests.support import devices, schedule, shared_runs  # noqa: E402
 
 jax.config.update("jax_default_prng_impl", os.environ["JAX_DEFAULT_PRNG_IMPL"])
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
@@ -37,51 +37,52 @@ jax.config.update(
 )
 
 
-def pytest_sessionfinish(session):
-  """A background quick run still going is stopped; the run's compilation cache goes with the run
-  (xdist: when the controller finishes)."""
-  proc = _QUICK_RUN.get("proc")
-  if proc is not None and proc.poll() is None:
-    proc.kill()
-    proc.wait()
-  if not os.environ.get("PYTEST_XDIST_WORKER"):
-    shutil.rmtree(_CACHE, ignore_errors=True)
-
-
-_QUICK_RUN: dict = {}  # the background quick run: its process, workdir and log
-
-
-def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str], Path]:
+def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str]]:
   cmd = devices.main_cmd(base / "run", "--config.stages=float,lowrank,quantize")
   env = devices.child_env(1, base)
   # This process's XLA_FLAGS as they are (one CPU device unless they say otherwise): the flags are
   # part of the compilation cache key, and the in-process and CLI runs of the quick config see
   # these, so they reuse this run's compilations (and the gs:// test compares against it).
   env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
-  return cmd, env, base / "log.txt"
+  return cmd, env
+
+
+# The background quick run: trained once per run of the suite, by one pytest-xdist worker for all.
+_QUICK_RUN = shared_runs.BackgroundRun("quick_run", _quick_run_cmd)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist: a module at a time, the longest first (tests/support/schedule.py)."""
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    schedule.order_for_workers(items)
 
 
 def pytest_collection_finish(session):
   """When a selected test needs `quick_run`, it starts training now, in the background, beside
-  the in-process tests that run first (a second core is otherwise idle while they compile). Under
-  pytest-xdist every worker collects everything, so each trains its own."""
+  the tests that run first (under pytest-xdist, one worker trains it for all)."""
   if not any("quick_run" in getattr(item, "fixturenames", ()) for item in session.items):
     return
   if session.config.getoption("collectonly"):
     return
-  base = Path(tempfile.mkdtemp(prefix="quick_run-"))
-  cmd, env, log = _quick_run_cmd(base)
-  _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=base / "run", log=log)
+  _QUICK_RUN.start(session.config)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """The background quick run, if this process trains it, is waited for (another worker may still
+  need it) or, when the session was interrupted, stopped. The run's compilation cache goes with
+  the run (xdist: when the controller finishes)."""
+  interrupted = (
+    exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
+  )
+  _QUICK_RUN.stop(wait=not interrupted)
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
+def quick_run(request) -> Path:
   """The quick digits pipeline's float, lowrank and quantize stages (configs/default.py:quick),
-  trained once per session by the training entry point in one process on one device (started at
-  collection when a selected test needs it). Read-only: tests that train on from it copy it first
-  (`devices.copy_workdir`)."""
-  if not _QUICK_RUN:
-    cmd, env, log = _quick_run_cmd(tmp_path_factory.mktemp("quick_run"))
-    _QUICK_RUN.update(proc=devices.start(cmd, env, log), workdir=log.parent / "run", log=log)
-  devices.finish(_QUICK_RUN["proc"], _QUICK_RUN["log"])
-  return _QUICK_RUN["workdir"]
+  trained once per run of the suite by the training entry point in one process on one device
+  (started at collection when a selected test needs it). Read-only: tests that train on from it
+  copy it first (`devices.copy_workdir`)."""
+  return _QUICK_RUN.result(request.config) / "run"

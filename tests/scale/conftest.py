@@ -1,5 +1,6 @@
 """The scale-out tests' shared runs: the quick pipeline's float + lowrank stages (a copy of the
-session's `quick_run`) and the quantize stage trained from them by one process with 4 devices."""
+session's `quick_run`) and the quantize stage trained from them by one process with 4 devices
+(once per run of the suite, shared by the pytest-xdist workers)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.devices import child_env, copy_workdir, main_cmd, run
+from tests.support.shared_runs import once_per_run
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +22,12 @@ def prepared(quick_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_4dev(prepared, tmp_path_factory) -> Path:
-  """The quantize stage trained by one process with 4 devices (the multi-host reference)."""
-  base = tmp_path_factory.mktemp("ref4")
-  workdir = copy_workdir(prepared, base / "run")
-  run(main_cmd(workdir, "--config.stages=quantize"), child_env(4, base), base / "log.txt")
-  return workdir
+def reference_4dev(prepared, request) -> Path:
+  """The quantize stage trained by one process with 4 devices (the multi-host reference); once
+  per run of the suite (under pytest-xdist, by the first worker that asks)."""
+
+  def train(base: Path) -> None:
+    workdir = copy_workdir(prepared, base / "run")
+    run(main_cmd(workdir, "--config.stages=quantize"), child_env(4, base), base / "log.txt")
+
+  return once_per_run(request.config, "ref4", train) / "run"

@@ -2,7 +2,8 @@
 
 Each child gets `--xla_force_host_platform_device_count=N` added to the parent's other XLA_FLAGS
 (so e.g. `--xla_cpu_max_isa=AVX2` reaches the children; the pytest process keeps its own devices) and a TMPDIR inside the test's temporary folder. The float + lowrank checkpoints of the
-quick digits pipeline are made once per session; runs copy that workdir and train only `quantize`.
+quick digits pipeline are made once per run of the suite (shared by the pytest-xdist workers);
+runs copy that workdir and train only `quantize`.
 """
 
 from __future__ import annotations
