@@ -20,21 +20,29 @@ from lr2vq_jax.models import create_model
 from lr2vq_jax.nn import plan_model
 
 
-def time_dkm(geos, *, chunk: int, iters: int, backward: bool, repeats: int, **dkm_kw) -> float:
+def time_dkm(
+  geos, *, chunk: int, iters: int, backward: bool, repeats: int, given: bool = False, **dkm_kw
+) -> float:
   """Median time of DKM over the layers `geos` (random Z, codebook = first k rows), jitted;
-  forward + backward when `backward`; `dkm_kw`: more `dkm.dkm` arguments (grad, top_t)."""
+  forward + backward when `backward`; `dkm_kw`: more `dkm.dkm` arguments (grad, top_t);
+  `given`: each row's top_t candidate lists ranked beforehand, outside the timed call (as if
+  carried between steps), and passed as `neighbors`."""
   zs = [jax.random.normal(jax.random.key(i), (g.n, g.d)) for i, g in enumerate(geos)]
   cs = [z[: g.k] for z, g in zip(zs, geos, strict=True)]
+  nbs = [None] * len(zs)
+  if given:
+    t = dkm_kw.pop("top_t")
+    nbs = [dkm_lib.neighbors(z, c, top_t=t, chunk_size=chunk) for z, c in zip(zs, cs, strict=True)]
 
-  def loss(zs, cs):
+  def loss(zs, cs, nbs):
     total = 0.0
-    for z, c in zip(zs, cs, strict=True):
-      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk, **dkm_kw)
+    for z, c, nb in zip(zs, cs, nbs, strict=True):
+      z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=chunk, neighbors=nb, **dkm_kw)
       total = total + jnp.sum(z_soft**2)
     return total
 
   fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
-  return float(np.median(timed_runs(fn, zs, cs, repeats=repeats)))
+  return float(np.median(timed_runs(fn, zs, cs, nbs, repeats=repeats)))
 
 
 def layer_groups(name: str, preset: str, d: int, classes: int, size: int, channels: int):
@@ -55,15 +63,19 @@ def _desc(group: str, geos) -> str:
 
 
 def levers(top_t: int) -> dict[str, dict]:
-  """DKM levers, name -> settings (CPU attention budget, dkm kwargs, bf16 ranking, iters)."""
-  base = dict(budget=dkm_lib.CPU_ATTENTION_BUDGET, kw={}, bf16=False, iters=None)
+  """DKM levers, name -> settings (CPU attention budget, dkm kwargs, bf16 ranking, iters, lists
+  ranked outside the timed call)."""
+  base = dict(budget=dkm_lib.CPU_ATTENTION_BUDGET, kw={}, bf16=False, iters=None, given=False)
   top = dict(base, kw={"top_t": top_t})
+  given = dict(top, given=True)
   return {
     "CPU chunks of 2^18 / k rows (main)": base,
     f"top-t attention (t={top_t})": top,
     "top-t + bf16 ranking matmul": dict(top, bf16=True),
     "top-t + 1 iteration": dict(top, iters=1),
     "top-t + grad='last'": dict(top, kw={"top_t": top_t, "grad": "last"}),
+    "top-t, lists given (no ranking)": given,
+    "top-t, lists given + 1 iteration": dict(given, iters=1),
   }
 
 
@@ -78,7 +90,15 @@ def dkm_levers(groups: dict, iters: int, chunk: int, top_t: int) -> list[tuple]:
       dkm_top.SELECT_DTYPE["cpu"] = jnp.bfloat16 if s["bf16"] else jnp.float32
       jax.clear_caches()  # both are read when DKM is traced
       n_iters = iters if s["iters"] is None else s["iters"]
-      t = time_dkm(groups[group], chunk=chunk, iters=n_iters, backward=True, repeats=2, **s["kw"])
+      t = time_dkm(
+        groups[group],
+        chunk=chunk,
+        iters=n_iters,
+        backward=True,
+        repeats=2,
+        given=s["given"],
+        **s["kw"],
+      )
       times[lever] = t
       print(f"  dkm fwd+bwd {_desc(group, groups[group])} {lever}: {t:.3f} s", flush=True)
     main = times["CPU chunks of 2^18 / k rows (main)"]
