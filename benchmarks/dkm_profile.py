@@ -70,13 +70,19 @@ def levers(top_t: int) -> dict[str, dict]:
   given = dict(top, given=True)
   return {
     "CPU chunks of 2^18 / k rows (main)": base,
-    f"top-t attention (t={top_t})": top,
+    TOP.format(top_t): top,
     "top-t + bf16 ranking matmul": dict(top, bf16=True),
     "top-t + 1 iteration": dict(top, iters=1),
     "top-t + grad='last'": dict(top, kw={"top_t": top_t, "grad": "last"}),
-    "top-t, lists given (no ranking)": given,
+    GIVEN: given,
     "top-t, lists given + 1 iteration": dict(given, iters=1),
+    GIVEN0: dict(given, iters=0),
   }
+
+
+TOP = "top-t attention (t={})"
+GIVEN = "top-t, lists given (no ranking)"
+GIVEN0 = "top-t, lists given, 0 iterations (z_soft only)"
 
 
 def dkm_levers(groups: dict, iters: int, chunk: int, top_t: int) -> list[tuple]:
@@ -129,6 +135,33 @@ def dkm_profile(groups: dict, iters0: int, chunks: list[int], scope: str, steps:
     rows.append((_desc(group, geos), chunk, iters, "fwd+bwd" if grad else "fwd", t))
     print(f"  dkm {rows[-1][3]} {rows[-1][0]} chunk={chunk} iters={iters}: {t:.3f} s", flush=True)
   return rows
+
+
+def breakdown(rows: list[tuple], iters: int, top_t: int) -> dict[str, dict[str, float]]:
+  """Top-t DKM's forward + backward split from the lever rows: the ranking (top-t minus lists
+  given), one centroid update ((lists given minus 0 iterations) / iters) and z_soft (0 iterations)."""
+  by = {}
+  for desc, lever, t, _ in rows:
+    by.setdefault(desc, {})[lever] = t
+  out = {}
+  for desc, t in by.items():
+    top, given, soft = t[TOP.format(top_t)], t[GIVEN], t[GIVEN0]
+    out[desc] = {
+      "top_t_s": top,
+      "ranking_s": top - given,
+      "update_s": (given - soft) / max(iters, 1),
+      "soft_s": soft,
+      "ranking_share": (top - given) / top,
+    }
+  print(f"\nTop-t DKM forward + backward, split (from the rows above; {iters} updates):")
+  print("| layers | top-t DKM s | ranking s (share) | one update s | z_soft s |")
+  print("|---|---|---|---|---|")
+  for desc, b in out.items():
+    print(
+      f"| {desc} | {b['top_t_s']:.3f} | {b['ranking_s']:.3f} ({b['ranking_share']:.0%}) "
+      f"| {b['update_s']:.3f} | {b['soft_s']:.3f} |"
+    )
+  return out
 
 
 def print_levers(rows: list[tuple]) -> None:

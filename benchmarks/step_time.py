@@ -44,7 +44,14 @@ except ImportError:  # the GPU image lacks it; lr2vq_jax.train.step uses it in a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from dkm_profile import dkm_levers, dkm_profile, layer_groups, print_levers, print_profile  # noqa: E402
+from dkm_profile import (  # noqa: E402
+  breakdown,
+  dkm_levers,
+  dkm_profile,
+  layer_groups,
+  print_levers,
+  print_profile,
+)
 
 from lr2vq_jax import convert, presets  # noqa: E402
 from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
@@ -335,7 +342,11 @@ def main() -> None:
   if args.levers and big:
     print(f"\nDKM levers ({big[0]}: forward + backward, {quant.dkm_iters} iterations):")
     groups = model_groups(big[0], args)
-    print_levers(dkm_levers(groups, quant.dkm_iters, quant.chunk_size, args.top_t))
+    lever_rows = dkm_levers(groups, quant.dkm_iters, quant.chunk_size, args.top_t)
+    print_levers(lever_rows)
+    for desc, b in breakdown(lever_rows, quant.dkm_iters, args.top_t).items():
+      group = desc.split()[0]
+      cost_parts += [f"dkm_ranking_share_{group}={b['ranking_share']:.2f}"]
 
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
