@@ -112,6 +112,7 @@ def dkm_levers(groups: dict, iters: int, chunk: int, top_t: int) -> list[tuple]:
   dkm_lib.CPU_ATTENTION_BUDGET = budget0
   dkm_top.SELECT_DTYPE.clear()
   dkm_top.SELECT_DTYPE.update(select0)
+  dkm_lib.CPU_ATTENTION_BUDGET = budget0
   jax.clear_caches()
   return rows
 
@@ -162,6 +163,40 @@ def breakdown(rows: list[tuple], iters: int, top_t: int) -> dict[str, dict[str, 
       f"| {b['update_s']:.3f} | {b['soft_s']:.3f} |"
     )
   return out
+
+
+def dkm_costs(geos, devices: int, top_t: int, cases) -> list[tuple]:
+  """XLA cost analysis of top-t DKM forward + backward over `geos`, per device of `devices` (each
+  layer's rows / devices, one chunk: XLA counts a loop body once), the ranking matmul in bf16 as
+  on accelerators. `cases`: (label, iters, lists given) -> rows (label, flops, bytes, transc)."""
+  shapes = [(-(-g.n // devices), g.d, g.k) for g in geos]
+  zs = [jax.ShapeDtypeStruct((n, d), jnp.float32) for n, d, _ in shapes]
+  cs = [jax.ShapeDtypeStruct((k, d), jnp.float32) for _, d, k in shapes]
+  nbs = [jax.ShapeDtypeStruct((n, top_t), jnp.int32) for n, _, _ in shapes]
+  select0, budget0 = dict(dkm_top.SELECT_DTYPE), dkm_lib.CPU_ATTENTION_BUDGET
+  dkm_top.SELECT_DTYPE["cpu"] = jnp.bfloat16
+  dkm_lib.CPU_ATTENTION_BUDGET = 1 << 62  # one chunk per device: the CPU cap would undercount
+  rows = []
+  for label, iters, given in cases:
+
+    def loss(zs, cs, nbs, iters=iters, given=given):
+      total = 0.0
+      for z, c, nb in zip(zs, cs, nbs, strict=True):
+        kw = {"neighbors": nb} if given else {"top_t": top_t}
+        z_soft, _ = dkm_lib.dkm(z, c, tau=0.1, iters=iters, chunk_size=1 << 30, **kw)
+        total = total + jnp.sum(z_soft**2)
+      return total
+
+    jax.clear_caches()
+    cost = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(zs, cs, nbs).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    keys = ("flops", "bytes accessed", "transcendentals")
+    rows.append((label, *(float(cost.get(k, 0.0)) for k in keys)))
+  dkm_top.SELECT_DTYPE.clear()
+  dkm_top.SELECT_DTYPE.update(select0)
+  dkm_lib.CPU_ATTENTION_BUDGET = budget0
+  jax.clear_caches()
+  return rows
 
 
 def print_levers(rows: list[tuple]) -> None:

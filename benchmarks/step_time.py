@@ -46,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from dkm_profile import (  # noqa: E402
   breakdown,
+  dkm_costs,
   dkm_levers,
   dkm_profile,
   layer_groups,
@@ -227,6 +228,22 @@ def model_groups(model_name: str, args) -> dict[str, list]:
   return layer_groups(name, preset, d, classes, size, channels)
 
 
+def print_dkm_costs(geos, args, quant: QuantConfig, parts: list[str]) -> None:
+  """DKM alone (all quantized layers, forward + backward), XLA's costs per device: top-t as the
+  layers run it, and with each row's candidate lists given (carried), 3 / 1 / 0 updates."""
+  t, iters = args.top_t, quant.dkm_iters
+  cases = [(f"top-{t}, {iters} updates", iters, False)]
+  cases += [(f"lists given, {i} updates", i, True) for i in sorted({iters, 1, 0}, reverse=True)]
+  rows = dkm_costs(geos, args.cost_devices, t, cases)
+  print(f"\nDKM alone, XLA cost analysis per device of {args.cost_devices} (all quantized layers)")
+  print("| DKM | flops | bytes accessed | transcendentals |")
+  print("|---|---|---|---|")
+  for label, *vals in rows:
+    print(f"| {label} | " + " | ".join(f"{v:.3e}" for v in vals) + " |")
+  ranking_bytes = rows[0][2] - rows[1][2]
+  parts.append(f"dkm_ranking_bytes_share_{args.cost_devices}dev={ranking_bytes / rows[0][2]:.2f}")
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--models", default="resnet18,cnn")
@@ -253,6 +270,11 @@ def main() -> None:
     "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
   )
   ap.add_argument("--levers", action="store_true", help="DKM alone, lever by lever (ResNet-18)")
+  ap.add_argument(
+    "--dkm-costs",
+    action="store_true",
+    help="cost analysis of DKM alone per device: top-t vs candidate lists given (ResNet-18)",
+  )
   ap.add_argument("--cost-devices", type=int, default=8, help="mesh size of the cost analysis")
   ap.add_argument("--cost-model", default="resnet18", help="model of the cost analysis ('' skips)")
   ap.add_argument(
@@ -347,6 +369,9 @@ def main() -> None:
     for desc, b in breakdown(lever_rows, quant.dkm_iters, args.top_t).items():
       group = desc.split()[0]
       cost_parts += [f"dkm_ranking_share_{group}={b['ranking_share']:.2f}"]
+
+  if args.dkm_costs and big:
+    print_dkm_costs(model_groups(big[0], args)["all"], args, quant, cost_parts)
 
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")
