@@ -14,6 +14,8 @@ transcendentals) per device on a --cost-devices host mesh (a child process with
 --xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
 hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1). XLA
 counts a loop body once, so that child compiles DKM as one chunk per device (it never runs it).
+--levers also prints how top-t DKM's time splits (ranking / one update / z_soft); --dkm-costs the
+cost analysis of DKM alone per device, as the layers run it and with candidate lists given.
 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
