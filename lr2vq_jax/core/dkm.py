@@ -273,15 +273,34 @@ def _check_neighbors(neighbors, n: int, k: int) -> jax.Array | None:
   return jnp.asarray(neighbors, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("top_t", "chunk_size"))
-def neighbors(z: jax.Array, centroids: jax.Array, *, top_t: int, chunk_size: int = CHUNK_SIZE):
+@functools.partial(jax.jit, static_argnames=("top_t", "chunk_size", "axis_name"))
+def neighbors(
+  z: jax.Array,
+  centroids: jax.Array,
+  *,
+  top_t: int,
+  chunk_size: int = CHUNK_SIZE,
+  axis_name: str | tuple[str, ...] | None = None,
+):
   """(n, top_t) int32: each row's top_t nearest centroids, as `dkm(top_t=...)` ranks them.
 
   What `dkm(neighbors=...)` takes: computed once and reused over several steps, the n x k ranking
   (most of top-t DKM's time on CPU) is paid once per refresh instead of once per call.
+  `axis_name`: the rows are ranked where they live, split over those mesh axes (as in `dkm`).
   """
   z32, c, _ = _prepare(z, centroids, 1.0)
   if not 0 < top_t <= c.shape[0]:
     raise ValueError(f"neighbors top_t={top_t}: expected 1..k={c.shape[0]}")
-  zs, _ = chunk_rows(z32, chunk_rows_for(chunk_size, c.shape[0]))
-  return _rank(zs, c, top_t).reshape(-1, top_t)[: z32.shape[0]]
+  chunk_size = chunk_rows_for(chunk_size, c.shape[0])
+
+  def rank(zl, c):
+    zs, _ = chunk_rows(zl, chunk_size)
+    return _rank(zs, c, top_t).reshape(-1, top_t)[: zl.shape[0]]
+
+  n = z32.shape[0]
+  axes, shards = row_axes(axis_name)
+  if shards == 1:
+    return rank(z32, c)
+  zp = jnp.pad(z32, ((0, -(-n // shards) * shards - n), (0, 0)))
+  rows = P(axes, None)
+  return jax.shard_map(rank, in_specs=(rows, P()), out_specs=rows)(zp, c)[:n]
