@@ -129,3 +129,10 @@ def test_nnx_refresh_above_one_is_one_clear_error():
   with pytest.raises(ValueError, match="dkm_refresh=2.*linen-only"):
     lq.nnx.Linear(16, 32, rule=rule, mode="quantize", quant=config, rngs=nnx.Rngs(0))
   lq.nnx.Linear(16, 32, rule=rule, mode="lowrank", quant=config, rngs=nnx.Rngs(0))  # no DKM
+
+
+def test_freezing_drops_the_lists():
+  from lr2vq_jax import convert
+
+  frozen = convert.quantize_to_frozen(_init(2))
+  assert DKM_LISTS not in frozen and "codes" in frozen["quant"]
