@@ -8,6 +8,7 @@ loss (the selection metric) and test top-1; the 450 test digits are only reporte
 
   python benchmarks/dkm_fast_accuracy.py --seeds 5 --out runs/bench/dkm_fast
   python benchmarks/dkm_fast_accuracy.py --seeds 5 --out runs/bench/dkm_fast --arms ref,top8
+  python benchmarks/dkm_fast_accuracy.py --seeds 5 --arms ref,top8,lists16   # carried lists
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ARMS = {
   "top8": {"dkm_top_t": 8},
   "top2": {"dkm_top_t": 2},
   "iters1": {"dkm_iters": 1},
+  "lists16": {"dkm_top_t": 8, "dkm_refresh": 16},  # top-8 lists carried, re-ranked every 16 steps
 }
 METRICS = ("val_loss", "val_top1", "top1", "test_loss")
 MASS_T = (8, 4, 2)  # t of the dropped-mass table
