@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from flax import traverse_util
 
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.nn import DKM_LISTS
-from lr2vq_jax.train import input_pipeline, partitioning, trainer
+from lr2vq_jax.train import input_pipeline, partitioning, run_config, trainer
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.state import create_train_state, with_model_lists
 from lr2vq_jax.train.step import make_train_step
@@ -145,3 +146,12 @@ def test_sharded_step_with_carried_lists_equals_one_device(tmp_path):
     timeout=600,
   )
   assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
+
+
+def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged():
+  new = run_config.resolved(load_config(QUICK), "quantize")
+  old = json.loads(json.dumps(new))
+  del old["quant"]["dkm_refresh"]  # a run's config.json from before the field existed
+  assert run_config.differences(old, new, "quantize") == []
+  new["quant"]["dkm_refresh"] = 16
+  assert run_config.differences(old, new, "quantize") == ["quant.dkm_refresh: 1 → 16"]
