@@ -4,8 +4,9 @@ This is the one place where shardings are decided. One mesh axis, `data`: batche
 it, and so are the rows of every LR²VQ `z` (n × d̃, with its optimizer moments), of its carried
 top-t DKM lists and of every frozen `codes` vector (`STATE_RULES`); the DKM inside the layers then
 splits its work over the same axis (`shard_map`, sums over rows become `psum`s), because
-clustering does not depend on the batch and replicating it would repeat it on every device. Everything else is replicated, or with
-`config.sharding = "fsdp"` large tensors are also split along their largest divisible axis.
+clustering does not depend on the batch and replicating it would repeat it on every device.
+Everything else is replicated, or with `config.sharding = "fsdp"` large tensors are also split
+along their largest divisible axis.
 """
 
 from __future__ import annotations
