@@ -1,7 +1,10 @@
 """Train-step time of float vs low-rank vs LR²VQ quantize vs vanilla DKM, measured in one process.
 
 Quantize variants: `lr2vq` (QuantConfig as the flags give it), `lr2vq_full` (DKM attention over all
-k centroids), `lr2vq_top` (over the --top-t nearest, core/dkm_top.py), `lr2vq_top_iters1`.
+k centroids), `lr2vq_top` (over the --top-t nearest, core/dkm_top.py), `lr2vq_top_iters1`,
+`lr2vq_lists` (top-t with each row's lists carried between steps, re-ranked every --refresh steps:
+its step time is (one ranking step + (N-1) carried steps) / N, the two medians timed apart; its
+cost analysis is of a carried step).
 
 Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state from
 `train.state.create_train_state` as in the trainer) on synthetic data; compile time is reported apart,
@@ -14,11 +17,15 @@ transcendentals) per device on a --cost-devices host mesh (a child process with
 --xla_force_host_platform_device_count), DKM's rows split over the mesh as in training: a
 hardware-independent ratio that speaks for accelerators this machine lacks (goal: <= 1.1). XLA
 counts a loop body once, so that child compiles DKM as one chunk per device (it never runs it).
+--levers also prints how top-t DKM's time splits (ranking / one update / z_soft); --dkm-costs the
+cost analysis of DKM alone per device, as the layers run it and with candidate lists given.
 
   python benchmarks/step_time.py                                   # ResNet-18 224/32 + CNN
   python benchmarks/step_time.py --image-size 64 --batch 8 --steps 3 --profile
   python benchmarks/step_time.py --models cnn
   python benchmarks/step_time.py --models resnet18 --variants float,lr2vq_full,lr2vq_top --levers
+  python benchmarks/step_time.py --models resnet18 --variants float,lr2vq,lr2vq_lists \
+    --cost-variants lr2vq,lr2vq_lists --refresh 16
 """
 
 from __future__ import annotations
@@ -44,13 +51,22 @@ except ImportError:  # the GPU image lacks it; lr2vq_jax.train.step uses it in a
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from dkm_profile import dkm_levers, dkm_profile, layer_groups, print_levers, print_profile  # noqa: E402
+from dkm_profile import (  # noqa: E402
+  breakdown,
+  dkm_costs,
+  dkm_levers,
+  dkm_profile,
+  layer_groups,
+  print_levers,
+  print_profile,
+)
 
 from lr2vq_jax import convert, presets  # noqa: E402
 from lr2vq_jax.core import dkm as dkm_lib  # noqa: E402
 from lr2vq_jax.core import dkm_top  # noqa: E402
+from lr2vq_jax.core import kernel as kernel_math  # noqa: E402
 from lr2vq_jax.models import create_model  # noqa: E402
-from lr2vq_jax.nn import QuantConfig, quantize_model  # noqa: E402
+from lr2vq_jax.nn import DKM_LISTS, QuantConfig, quantize_model  # noqa: E402
 from lr2vq_jax.train import partitioning  # noqa: E402
 from lr2vq_jax.train.state import (  # noqa: E402
   abstract_train_state,
@@ -67,6 +83,7 @@ MODELS = {
 }
 # variant: (stage kind, d̃ = m?, frozen params, QuantConfig changes; TOP_T stands for --top-t)
 TOP_T = "--top-t"
+REFRESH = "--refresh"
 VARIANTS = {
   "float": ("float", False, (), {}),
   "lowrank": ("lowrank", False, (), {}),
@@ -74,13 +91,16 @@ VARIANTS = {
   "lr2vq_full": ("quantize", False, (), {"dkm_top_t": 0}),  # attention over all k centroids
   "lr2vq_top": ("quantize", False, (), {"dkm_top_t": TOP_T}),  # over the t nearest
   "lr2vq_top_iters1": ("quantize", False, (), {"dkm_top_t": TOP_T, "dkm_iters": 1}),
+  # top-t with the lists carried in the train state, re-ranked every --refresh steps
+  "lr2vq_lists": ("quantize", False, (), {"dkm_top_t": TOP_T, "dkm_refresh": REFRESH}),
   "dkm": ("quantize", True, ("projection",), {}),
 }
 
 
 def variant_quant(variant: str, args, quant: QuantConfig) -> QuantConfig:
   """The QuantConfig a variant runs with: the flags' one with the variant's changes."""
-  changes = {k: args.top_t if v == TOP_T else v for k, v in VARIANTS[variant][3].items()}
+  given = {TOP_T: args.top_t, REFRESH: args.refresh}
+  changes = {k: given.get(v, v) for k, v in VARIANTS[variant][3].items()}
   return dataclasses.replace(quant, **changes)
 
 
@@ -139,24 +159,46 @@ class Runner:
       t0 = time.perf_counter()
       self.compiled = jitted.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - t0
+    self.refresh = variant_quant(variant, args, quant).dkm_refresh
     self.times: list[float] = []
-    self.step(timed=False)  # warm-up
+    self.ranking_times: list[float] = []  # lr2vq_lists: steps that re-rank (count % N == 0)
+    self.step(timed=False)  # warm-up (ranks: every count starts at 0)
+
+  def counts(self) -> list[int]:
+    """The layers' DKM call counters (none unless the lists are carried)."""
+    lists = self.state.model_state.get(DKM_LISTS, {})
+    return [int(v) for p, v in jax.tree_util.tree_leaves_with_path(lists) if "count" in str(p)]
 
   def step(self, timed: bool = True) -> None:
+    counts = self.counts()
+    ranking = bool(counts) and counts[0] % self.refresh == 0
     with jax.set_mesh(self.mesh):
       t0 = time.perf_counter()
       self.state, metrics = self.compiled(self.state, self.batch)
       jax.block_until_ready((self.state, metrics))
     if timed:
-      self.times.append(time.perf_counter() - t0)
+      (self.ranking_times if ranking else self.times).append(time.perf_counter() - t0)
     assert bool(metrics["finite"]), f"{self.name}: non-finite step"
 
+  def ranking_step(self) -> None:
+    """One timed step that re-ranks: the counters set back to 0 first (lr2vq_lists only)."""
+    lists = self.state.model_state[DKM_LISTS]
+    zeroed = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.zeros_like(v) if "count" in str(p) else v, lists
+    )
+    self.state = self.state.replace(model_state={**self.state.model_state, DKM_LISTS: zeroed})
+    self.step()
+
   def result(self) -> dict:
-    return {
-      "compile_s": self.compile_s,
-      "step_s": float(np.median(self.times)),
-      "times": self.times,
-    }
+    """Median step; with carried lists (1 ranking + (N-1) carried medians) / N, the amortized."""
+    out = {"compile_s": self.compile_s, "times": self.times}
+    carried = float(np.median(self.times))
+    if self.ranking_times:
+      ranking = float(np.median(self.ranking_times))
+      out.update(ranking_s=ranking, carried_s=carried, ranking_times=self.ranking_times)
+      carried = (ranking + (self.refresh - 1) * carried) / self.refresh
+    out["step_s"] = carried
+    return out
 
 
 def time_model(model_name: str, variants: list[str], steps: int, args, quant) -> dict[str, dict]:
@@ -169,6 +211,11 @@ def time_model(model_name: str, variants: list[str], steps: int, args, quant) ->
   for _ in range(steps):
     for r in runners:
       r.step()
+      if r.refresh > 1 and not r.ranking_times:  # lr2vq_lists: time its ranking steps too
+        r.ranking_step()
+  for r in runners:
+    while r.refresh > 1 and len(r.ranking_times) < steps:
+      r.ranking_step()
   return {r.name: r.result() for r in runners}
 
 
@@ -194,7 +241,7 @@ def mesh_costs(args, devices: int, variants: list[str]) -> dict[str, dict[str, f
   cmd += ["--chunk-size", str(args.chunk_size), "--dkm-iters", str(args.dkm_iters)]
   cmd += ["--dkm-grad", args.dkm_grad, "--dkm-top-t", str(args.dkm_top_t)]
   cmd += ["--top-t", str(args.top_t), "--variants", ",".join(variants)]
-  cmd += ["--cost-rank-dtype", args.cost_rank_dtype]
+  cmd += ["--cost-rank-dtype", args.cost_rank_dtype, "--refresh", str(args.refresh)]
   out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -220,6 +267,22 @@ def model_groups(model_name: str, args) -> dict[str, list]:
   return layer_groups(name, preset, d, classes, size, channels)
 
 
+def print_dkm_costs(geos, args, quant: QuantConfig, parts: list[str]) -> None:
+  """DKM alone (all quantized layers, forward + backward), XLA's costs per device: top-t as the
+  layers run it, and with each row's candidate lists given (carried), 3 / 1 / 0 updates."""
+  t, iters = args.top_t, quant.dkm_iters
+  cases = [(f"top-{t}, {iters} updates", iters, False)]
+  cases += [(f"lists given, {i} updates", i, True) for i in sorted({iters, 1, 0}, reverse=True)]
+  rows = dkm_costs(geos, args.cost_devices, t, cases)
+  print(f"\nDKM alone, XLA cost analysis per device of {args.cost_devices} (all quantized layers)")
+  print("| DKM | flops | bytes accessed | transcendentals |")
+  print("|---|---|---|---|")
+  for label, *vals in rows:
+    print(f"| {label} | " + " | ".join(f"{v:.3e}" for v in vals) + " |")
+  ranking_bytes = rows[0][2] - rows[1][2]
+  parts.append(f"dkm_ranking_bytes_share_{args.cost_devices}dev={ranking_bytes / rows[0][2]:.2f}")
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--models", default="resnet18,cnn")
@@ -235,6 +298,7 @@ def main() -> None:
   ap.add_argument("--dkm-grad", default=QuantConfig.dkm_grad, help="unrolled | last")
   ap.add_argument("--dkm-top-t", type=int, default=QuantConfig.dkm_top_t, help="of 'lr2vq'")
   ap.add_argument("--top-t", type=int, default=8, help="t of the lr2vq_top* variants")
+  ap.add_argument("--refresh", type=int, default=16, help="N of lr2vq_lists: re-rank every N steps")
   ap.add_argument("--profile", action="store_true", help="also time DKM alone (ResNet-18 layers)")
   ap.add_argument(
     "--profile-scope",
@@ -246,6 +310,11 @@ def main() -> None:
     "--profile-chunks", default="4096,16384", type=lambda s: [int(x) for x in s.split(",")]
   )
   ap.add_argument("--levers", action="store_true", help="DKM alone, lever by lever (ResNet-18)")
+  ap.add_argument(
+    "--dkm-costs",
+    action="store_true",
+    help="cost analysis of DKM alone per device: top-t vs candidate lists given (ResNet-18)",
+  )
   ap.add_argument("--cost-devices", type=int, default=8, help="mesh size of the cost analysis")
   ap.add_argument("--cost-model", default="resnet18", help="model of the cost analysis ('' skips)")
   ap.add_argument(
@@ -274,7 +343,11 @@ def main() -> None:
     dkm_top.SELECT_DTYPE["cpu"] = getattr(jnp, args.cost_rank_dtype)  # costed as on accelerators
     quant = dataclasses.replace(quant, chunk_size=1 << 30)
     variants = ["float", *args.variants.split(",")]
-    print(json.dumps({v: compiled_cost(args.models, v, args, quant) for v in variants}))
+    costs = {v: compiled_cost(args.models, v, args, quant) for v in variants if v != "lr2vq_lists"}
+    if "lr2vq_lists" in variants:  # a carried step: the lists as given, no ranking branch
+      kernel_math.carried_neighbors = lambda z, c, lists, count, config: (lists, count + 1)
+      costs["lr2vq_lists"] = compiled_cost(args.models, "lr2vq_lists", args, quant)
+    print(json.dumps(costs))
     return
   print(
     f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
@@ -292,6 +365,13 @@ def main() -> None:
         f"(runs: {', '.join(f'{t:.3f}' for t in r['times'])})",
         flush=True,
       )
+      if "ranking_s" in r:
+        print(
+          f"  {'':<18} amortized over {args.refresh} steps: ranking step "
+          f"{r['ranking_s'] * 1e3:.1f} ms (runs: {', '.join(f'{t:.3f}' for t in r['ranking_times'])})"
+          f", carried step {r['carried_s'] * 1e3:.1f} ms",
+          flush=True,
+        )
     results.update(timed)
 
   print()
@@ -335,7 +415,14 @@ def main() -> None:
   if args.levers and big:
     print(f"\nDKM levers ({big[0]}: forward + backward, {quant.dkm_iters} iterations):")
     groups = model_groups(big[0], args)
-    print_levers(dkm_levers(groups, quant.dkm_iters, quant.chunk_size, args.top_t))
+    lever_rows = dkm_levers(groups, quant.dkm_iters, quant.chunk_size, args.top_t)
+    print_levers(lever_rows)
+    for desc, b in breakdown(lever_rows, quant.dkm_iters, args.top_t).items():
+      group = desc.split()[0]
+      cost_parts += [f"dkm_ranking_share_{group}={b['ranking_share']:.2f}"]
+
+  if args.dkm_costs and big:
+    print_dkm_costs(model_groups(big[0], args)["all"], args, quant, cost_parts)
 
   def ratio(model_name: str, variant: str) -> str:
     a, b = results.get(f"{model_name}/{variant}"), results.get(f"{model_name}/float")

@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from lr2vq_jax.core import conversions, recorded
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.kernel import QUANT, QuantConfig
+from lr2vq_jax.core.kernel import DKM_LISTS, QUANT, QuantConfig
 from lr2vq_jax.core.mode import Mode
 from lr2vq_jax.core.recorded import ModeError
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve, vanilla
@@ -196,6 +196,7 @@ def _frozen(variables: Variables, layers: tuple, chunk_size: int, axis_name) -> 
   evaluation under `jit`, so both run the same computation.
   """
   params, quant, rest = _split(variables)
+  rest.pop(DKM_LISTS, None)  # training DKM's carried lists: nothing left to rank in frozen mode
   for layer, items in layers:
     settings = dict(items)
     iters = quant.pop(layer + (recorded.KEYS["dkm_iters"],), settings["dkm_iters"])

@@ -134,19 +134,32 @@ def row_axes(axis_name: str | tuple[str, ...] | None) -> tuple[tuple[str, ...], 
   return (names, shards) if shards > 1 else ((), 1)
 
 
+def _rank(zs, c, top_t: int) -> jax.Array:
+  """Each chunked row's top_t nearest centroids (chunks, chunk, top_t), chunk by chunk."""
+  return lax.map(lambda zb: dkm_top.nearest(zb, c, top_t), zs)
+
+
 def _iterate(
-  zs, validf, c, tau, iters: int, axes: tuple[str, ...] = (), grad: str = GRADS[0], top_t: int = 0
+  zs,
+  validf,
+  c,
+  tau,
+  iters: int,
+  axes: tuple[str, ...] = (),
+  grad: str = GRADS[0],
+  top_t: int = 0,
+  nbrs=None,
 ):
   """DKM over chunked rows zs (chunks, chunk, d); inside `shard_map` over `axes`, the partial
   sums of each shard's rows are `psum`-ed (nothing to sum when `axes` is empty). 0 < top_t < k:
-  every attention of this pass is over each row's top_t nearest input centroids (`dkm_top`)."""
+  every attention of this pass is over each row's top_t nearest input centroids (`dkm_top`);
+  `nbrs` (chunks, chunk, t): those neighbour lists given instead (no ranking)."""
   k, d = c.shape
   c_in = c
   zi, ti = (lax.stop_gradient(zs), lax.stop_gradient(tau)) if grad == "last" else (zs, tau)
   c = lax.stop_gradient(c) if grad == "last" else c
-  nbrs = None
-  if 0 < top_t < k:
-    nbrs = lax.map(lambda zb: dkm_top.nearest(zb, c_in, top_t), zs)  # (chunks, chunk, t)
+  if nbrs is None and 0 < top_t < k:
+    nbrs = _rank(zs, c_in, top_t)  # (chunks, chunk, t)
   for _ in range(iters):
 
     def body(carry, inp, c=c):
@@ -176,24 +189,30 @@ def _iterate(
   return z_soft.reshape(-1, d), c
 
 
-def _dkm_sharded(z, c, tau, iters, chunk_size, axes: tuple[str, ...], shards: int, grad, top_t):
+def _dkm_sharded(
+  z, c, tau, iters, chunk_size, axes: tuple[str, ...], shards: int, grad, top_t, neighbors
+):
   """Rows split over `axes` (padded to a multiple of `shards`); sums over rows are psums."""
   n = z.shape[0]
   local = -(-n // shards)
   zp = jnp.pad(z, ((0, local * shards - n), (0, 0)))
   valid = (jnp.arange(local * shards) < n).astype(z.dtype)
+  nb = None if neighbors is None else jnp.pad(neighbors, ((0, local * shards - n), (0, 0)))
   num, chunk = chunk_layout(local, chunk_size)
 
-  def per_shard(zl, vl, c, tau):
+  def per_shard(zl, vl, c, tau, nbl):
     zs, _ = chunk_rows(zl, chunk_size)
     vs = jnp.pad(vl, (0, num * chunk - local)).reshape(num, chunk)
-    z_soft, c = _iterate(zs, vs, c, tau, iters, axes, grad, top_t)
+    nbs = None if nbl is None else chunk_rows(nbl, chunk_size)[0]
+    z_soft, c = _iterate(zs, vs, c, tau, iters, axes, grad, top_t, nbs)
     return z_soft[:local], c
 
   rows = P(axes, None)
-  z_soft, c = jax.shard_map(per_shard, in_specs=(rows, P(axes), P(), P()), out_specs=(rows, P()))(
-    zp, valid, c, tau
-  )
+  z_soft, c = jax.shard_map(
+    per_shard,
+    in_specs=(rows, P(axes), P(), P(), P() if nb is None else rows),
+    out_specs=(rows, P()),
+  )(zp, valid, c, tau, nb)
   return z_soft[:n], c
 
 
@@ -208,6 +227,7 @@ def dkm(
   axis_name: str | tuple[str, ...] | None = None,
   grad: str = GRADS[0],
   top_t: int = 0,
+  neighbors: jax.Array | None = None,
 ):
   """Memory-bounded DKM, equal to `dkm_naive` in value and gradient (z, centroids, tau).
 
@@ -221,17 +241,66 @@ def dkm(
   to one rounding; the backward pass no longer recomputes the iterations).
   `top_t` (0 < top_t < k): each row's attention only over its top_t nearest input centroids,
   chosen once per call (`dkm_top`); 0 or >= k: every centroid (the math above, exactly).
+  `neighbors` (n, t) int32: each row's candidate centroids given instead of ranked here (e.g.
+  `neighbors(...)` of earlier centroids, carried between steps): no n x k work at all; with the
+  lists this call would rank, the result equals `top_t=t`.
   """
   _check_grad(grad)
   if top_t < 0:
     raise ValueError(f"dkm top_t={top_t}: must be >= 0 (0: all centroids)")
   z32, c, tau32 = _prepare(z, centroids, tau)
+  nb = _check_neighbors(neighbors, z32.shape[0], c.shape[0])
   chunk_size = chunk_rows_for(chunk_size, c.shape[0])
   axes, shards = row_axes(axis_name)
   if shards > 1:
-    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards, grad, top_t)
+    z_soft, c = _dkm_sharded(z32, c, tau32, iters, chunk_size, axes, shards, grad, top_t, nb)
   else:
     zs, valid = chunk_rows(z32, chunk_size)
-    z_soft, c = _iterate(zs, valid.astype(z32.dtype), c, tau32, iters, grad=grad, top_t=top_t)
+    nbs = None if nb is None else chunk_rows(nb, chunk_size)[0]
+    vf = valid.astype(z32.dtype)
+    z_soft, c = _iterate(zs, vf, c, tau32, iters, grad=grad, top_t=top_t, nbrs=nbs)
     z_soft = z_soft[: z32.shape[0]]
   return z_soft.astype(z.dtype), c.astype(centroids.dtype)
+
+
+def _check_neighbors(neighbors, n: int, k: int) -> jax.Array | None:
+  if neighbors is None:
+    return None
+  if neighbors.ndim != 2 or neighbors.shape[0] != n or not 1 <= neighbors.shape[1] <= k:
+    raise ValueError(f"dkm neighbors: expected (n={n}, t <= k={k}); got {neighbors.shape}")
+  if not jnp.issubdtype(neighbors.dtype, jnp.integer):
+    raise ValueError(f"dkm neighbors: expected integer indices; got {neighbors.dtype}")
+  return jnp.asarray(neighbors, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("top_t", "chunk_size", "axis_name"))
+def neighbors(
+  z: jax.Array,
+  centroids: jax.Array,
+  *,
+  top_t: int,
+  chunk_size: int = CHUNK_SIZE,
+  axis_name: str | tuple[str, ...] | None = None,
+):
+  """(n, top_t) int32: each row's top_t nearest centroids, as `dkm(top_t=...)` ranks them.
+
+  What `dkm(neighbors=...)` takes: computed once and reused over several steps, the n x k ranking
+  (most of top-t DKM's time on CPU) is paid once per refresh instead of once per call.
+  `axis_name`: the rows are ranked where they live, split over those mesh axes (as in `dkm`).
+  """
+  z32, c, _ = _prepare(z, centroids, 1.0)
+  if not 0 < top_t <= c.shape[0]:
+    raise ValueError(f"neighbors top_t={top_t}: expected 1..k={c.shape[0]}")
+  chunk_size = chunk_rows_for(chunk_size, c.shape[0])
+
+  def rank(zl, c):
+    zs, _ = chunk_rows(zl, chunk_size)
+    return _rank(zs, c, top_t).reshape(-1, top_t)[: zl.shape[0]]
+
+  n = z32.shape[0]
+  axes, shards = row_axes(axis_name)
+  if shards == 1:
+    return rank(z32, c)
+  zp = jnp.pad(z32, ((0, -(-n // shards) * shards - n), (0, 0)))
+  rows = P(axes, None)
+  return jax.shard_map(rank, in_specs=(rows, P()), out_specs=rows)(zp, c)[:n]

@@ -26,6 +26,9 @@ from lr2vq_jax.core.recorded import DEFAULTS, PROJECTIONS, STORES
 STAGES = MODES  # the former name of the layer modes, kept importable
 QUANT = "quant"  # non-trainable state: kernel shape, recorded settings, DKM temperature, codes
 LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
+# Training-only state of top-t DKM with `QuantConfig.dkm_refresh` > 1: each row's candidate
+# centroids ("neighbors", (n, t) int32) and the layer's training-call counter ("count").
+DKM_LISTS = "dkm_lists"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,10 @@ class QuantConfig:
   dkm_grad: str = dkm_lib.GRADS[0]
   # Training DKM's attention over each row's t nearest centroids only (core/dkm_top.py); 0: all k.
   dkm_top_t: int = dkm_lib.TOP_T
+  # Top-t DKM re-ranks each row's t nearest centroids every `dkm_refresh` training calls and
+  # reuses the lists in between (kept in the `DKM_LISTS` collection when the caller makes it
+  # mutable, as the train step does); 1: rank on every call. No effect at dkm_top_t = 0.
+  dkm_refresh: int = 1
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None
@@ -67,6 +74,8 @@ class QuantConfig:
       raise ValueError(f"QuantConfig.dkm_iters={self.dkm_iters}: must be >= 0")
     if self.dkm_top_t < 0:
       raise ValueError(f"QuantConfig.dkm_top_t={self.dkm_top_t}: must be >= 0 (0: all centroids)")
+    if self.dkm_refresh < 1:
+      raise ValueError(f"QuantConfig.dkm_refresh={self.dkm_refresh}: must be >= 1 (1: every call)")
     if self.tau_alpha <= 0:
       raise ValueError(f"QuantConfig.tau_alpha={self.tau_alpha}: must be > 0")
 
@@ -74,6 +83,10 @@ class QuantConfig:
     """Setting `name` as given, or its default when unset (for making new variables)."""
     given = getattr(self, name)
     return DEFAULTS[name] if given is None else given
+
+  def carries_lists(self, k: int) -> bool:
+    """Whether a quantize layer with k centroids keeps its top-t lists between training calls."""
+    return self.dkm_refresh > 1 and 0 < self.dkm_top_t < k
 
   def settings(self, mode: Mode) -> dict:
     """The settings variables in `mode` record, as this config makes them."""
@@ -192,6 +205,21 @@ def train_iters(recorded_iters, config: QuantConfig) -> int:
   return DEFAULTS["dkm_iters"]
 
 
+def carried_neighbors(z, codebook, lists, count, config: QuantConfig):
+  """(lists, count + 1): each row's `dkm_top_t` nearest centroids re-ranked against the current
+  codebook when count % dkm_refresh == 0 (as top-t DKM ranks them), else the carried `lists`."""
+  z = jax.lax.stop_gradient(z).astype(jnp.float32)
+  c = jax.lax.stop_gradient(codebook).astype(jnp.float32)
+
+  def rank():
+    return dkm_lib.neighbors(
+      z, c, top_t=config.dkm_top_t, chunk_size=config.chunk_size, axis_name=config.shard_axis
+    )
+
+  fresh = jax.lax.cond(count % config.dkm_refresh == 0, rank, lambda: lists.astype(jnp.int32))
+  return fresh, count + 1
+
+
 def _lowrank_rows(arrays, settings, config, *, train: bool):
   """Z·P."""
   del config, train
@@ -215,6 +243,7 @@ def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
     axis_name=config.shard_axis,
     grad=config.dkm_grad,
     top_t=config.dkm_top_t,
+    neighbors=arrays.get("neighbors"),  # carried lists (`carried_neighbors`): no ranking
   )
   loss = None
   if config.commitment > 0:
@@ -248,7 +277,8 @@ def mode_rows(
 ) -> tuple[jax.Array, jax.Array | None]:
   """(rows X̂ (n, m) float32, β·commitment or None) of one layer in `mode`.
 
-  `arrays` holds the mode's z / projection / codebook / tau / codes; `settings` the recorded
+  `arrays` holds the mode's z / projection / codebook / tau / codes (and in training, optionally
+  each row's carried top-t `neighbors`); `settings` the recorded
   projection / store / dkm_iters (names, or recorded scalars, maybe traced). Training (`train`)
   runs soft DKM in the quantize mode; evaluation the hard codes export ships.
   """

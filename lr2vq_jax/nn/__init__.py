@@ -1,7 +1,7 @@
 """Flax linen layers and the model transform for LR²VQ."""
 
 from lr2vq_jax.core.mode import MODES, Mode
-from lr2vq_jax.nn.kernel import LOSSES, QUANT, STAGES, QuantConfig
+from lr2vq_jax.nn.kernel import DKM_LISTS, LOSSES, QUANT, STAGES, QuantConfig
 from lr2vq_jax.nn.layers import Conv, Dense, DenseGeneral, n_out_dims
 from lr2vq_jax.nn.transform import (
   QuantizedModel,
@@ -13,6 +13,7 @@ from lr2vq_jax.nn.transform import (
 )
 
 __all__ = [
+  "DKM_LISTS",
   "LOSSES",
   "MODES",
   "QUANT",

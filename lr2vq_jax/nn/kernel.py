@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from lr2vq_jax.core import kernel as kernel_math
 from lr2vq_jax.core import lowrank, recorded
 from lr2vq_jax.core.kernel import (  # noqa: F401  (the linen-side names of the shared math)
+  DKM_LISTS,
   LOSSES,
   MODES,
   QUANT,
@@ -65,6 +66,8 @@ def quantized_kernel(
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
   settings = _settings(mdl, mode, config)
   arrays = _mode_arrays(mdl, mode, geo, config, init_fn, param_dtype)
+  if mode == Mode.QUANTIZE:
+    arrays = _with_carried_lists(mdl, geo, arrays, config, train=train)
   rows, commitment = kernel_math.mode_rows(mode, arrays, settings, config, train=train)
   if commitment is not None:
     mdl.sow(LOSSES, "commitment", commitment)
@@ -101,6 +104,28 @@ def _quantize_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
   c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
   tau = mdl.variable(QUANT, "tau", lambda: temperature(z, c, config.tau_alpha)).value
   return {"z": z, "projection": p, "codebook": c, "tau": tau}
+
+
+def _with_carried_lists(mdl, geo: LayerPlan, arrays: dict, config, *, train: bool) -> dict:
+  """`arrays` plus each row's top-t lists carried in `DKM_LISTS` (`QuantConfig.dkm_refresh`).
+
+  The lists exist only with dkm_refresh > 1 and are made at init (zeros, count 0: ranked at the
+  first training call) or when a training call makes the collection mutable; calls that cannot
+  write it (evaluation, a plain `apply`) rank every time, as with dkm_refresh = 1.
+  """
+  if not config.carries_lists(geo.k):
+    return arrays
+  if not (mdl.is_initializing() or mdl.is_mutable_collection(DKM_LISTS)):
+    return arrays
+  shape = (geo.n, config.dkm_top_t)
+  lists = mdl.variable(DKM_LISTS, "neighbors", lambda: jnp.zeros(shape, jnp.int32))
+  count = mdl.variable(DKM_LISTS, "count", lambda: jnp.zeros((), jnp.int32))
+  if not train or mdl.is_initializing():
+    return arrays
+  lists.value, count.value = kernel_math.carried_neighbors(
+    arrays["z"], arrays["codebook"], lists.value, count.value, config
+  )
+  return {**arrays, "neighbors": lists.value}
 
 
 def _frozen_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:

@@ -64,6 +64,11 @@ class QuantizedKernel(nnx.Module):
     self.plan = plan
     self.mode = mode = as_mode(mode, QUANTIZED)
     self.config = config = config or QuantConfig()
+    if mode == Mode.QUANTIZE and config.carries_lists(plan.k):
+      raise ValueError(
+        f"QuantConfig.dkm_refresh={config.dkm_refresh}: carried top-t DKM lists are linen-only; "
+        "NNX kernels rank on every call (use dkm_refresh=1)"
+      )
     self.param_dtype = jnp.dtype(param_dtype)
     self.deterministic = deterministic
     for name in (*PARAMS, *STATE):

@@ -1,11 +1,12 @@
 """Mesh, shardings and the jitted entry points (jit with explicit shardings and donation).
 
 This is the one place where shardings are decided. One mesh axis, `data`: batches are split over
-it, and so are the rows of every LR²VQ `z` (n × d̃, with its optimizer moments) and of every frozen
-`codes` vector (`STATE_RULES`); the DKM inside the layers then splits its work over the same axis
-(`shard_map`, sums over rows become `psum`s), because clustering does not depend on the batch and
-replicating it would repeat it on every device. Everything else is replicated, or with
-`config.sharding = "fsdp"` large tensors are also split along their largest divisible axis.
+it, and so are the rows of every LR²VQ `z` (n × d̃, with its optimizer moments), of its carried
+top-t DKM lists and of every frozen `codes` vector (`STATE_RULES`); the DKM inside the layers then
+splits its work over the same axis (`shard_map`, sums over rows become `psum`s), because
+clustering does not depend on the batch and replicating it would repeat it on every device.
+Everything else is replicated, or with `config.sharding = "fsdp"` large tensors are also split
+along their largest divisible axis.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FSDP_MIN_SIZE = 2**14  # fsdp: smaller tensors stay replicated (gathering them c
 STATE_RULES: tuple[tuple[str, P], ...] = (
   (r"(^|/)z$", P(ROW_AXIS, None)),
   (r"(^|/)quant/(.+/)?codes$", P(ROW_AXIS)),
+  (r"(^|/)dkm_lists/(.+/)?neighbors$", P(ROW_AXIS, None)),  # top-t DKM's carried lists
 )
 
 

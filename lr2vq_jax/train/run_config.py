@@ -32,6 +32,8 @@ NEUTRAL = (
   r"^data\.(eval_batch_size|data_dir|manual_dir|prepare_if_missing|shuffle_buffer)$",
   r"^quant\.chunk_size$",
 )
+# Fields added after runs were written, with the value their absence stands for (same result).
+ABSENT_MEANS = {"quant.dkm_refresh": 1}
 # Top-level fields only the compressed stages read.
 COMPRESSION = ("preset", "k", "m", "d", "rules", "resolved_rules", "quant")
 ALLOW_FLAG = "--allow_config_change"
@@ -75,7 +77,7 @@ def _relevant(name: str, stage: str) -> bool:
 
 def differences(old: dict, new: dict, stage: str) -> list[str]:
   """ "field: old → new" for every result-changing field of `stage` that differs."""
-  a, b = flatten(old), flatten(new)
+  a, b = {**ABSENT_MEANS, **flatten(old)}, {**ABSENT_MEANS, **flatten(new)}
   out = []
   for name in sorted(set(a) | set(b)):
     if _relevant(name, stage) and a.get(name) != b.get(name):

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from lr2vq_jax.nn import LOSSES
+from lr2vq_jax.nn import DKM_LISTS, LOSSES
 from lr2vq_jax.train import partitioning
 from lr2vq_jax.train.step import TrainState
 
@@ -49,6 +50,22 @@ def abstract_train_state(
   return partitioning.with_state_shardings(shapes, mesh, sharding)
 
 
+def with_model_lists(variables: dict, target: TrainState) -> dict:
+  """`variables` with the `DKM_LISTS` collection that `target` (the model's own state) has:
+  zeros (ranked at the first step) where the variables predate it (a conversion from the previous
+  stage), none where the model keeps none (quant.dkm_refresh = 1, or a later mode)."""
+  wanted = target.model_state.get(DKM_LISTS)
+  given = variables.pop(DKM_LISTS, None)
+  if wanted is not None:
+    same = given is not None and jax.tree.structure(given) == jax.tree.structure(wanted)
+    variables[DKM_LISTS] = given if same else jax.tree.map(_zeros_like, wanted)
+  return variables
+
+
+def _zeros_like(leaf) -> np.ndarray:
+  return np.zeros(leaf.shape, leaf.dtype)
+
+
 def create_train_state(
   model,
   tx: optax.GradientTransformation,
@@ -73,7 +90,7 @@ def create_train_state(
         return state_from_variables(dict(model.init(key, sample_input, train=False)), tx, key)
 
       return jax.jit(init, out_shardings=out)(rng)
-    variables = dict(variables)
+    variables = with_model_lists(dict(variables), target)
     if jax.process_count() > 1:
       variables = multihost_utils.broadcast_one_to_all(variables)
     variables = jax.device_put(variables, partitioning.replicated(mesh))

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from lr2vq_jax.nn import LOSSES, QUANT, sum_losses
+from lr2vq_jax.nn import DKM_LISTS, LOSSES, QUANT, sum_losses
 
 
 @flax.struct.dataclass
@@ -30,7 +30,9 @@ class TrainState:
 
   step: jax.Array
   params: Any
-  model_state: Any  # non-trainable collections: batch_stats, quant (shapes, τ, frozen codes)
+  # non-trainable collections: batch_stats, quant (shapes, τ, frozen codes), dkm_lists (top-t
+  # DKM's carried candidate lists, only with quant.dkm_refresh > 1)
+  model_state: Any
   opt_state: Any
   rng: jax.Array
 
@@ -138,7 +140,7 @@ def make_train_step(
   distill = float(cfg.get("distill", 0.0))
   temp = float(cfg.get("distill_temperature", 1.0))
   tau_rate = float(cfg.get("tau_final_factor", 1.0)) ** (1.0 / max(1, num_steps))
-  mutable = ["batch_stats", LOSSES]
+  mutable = ["batch_stats", LOSSES, DKM_LISTS]
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
     def loss_fn(params):
@@ -164,8 +166,9 @@ def make_train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = anneal_tau(state.model_state, tau_rate)
-    if "batch_stats" in new_state:
-      model_state["batch_stats"] = new_state["batch_stats"]
+    for collection in ("batch_stats", DKM_LISTS):
+      if collection in new_state:
+        model_state[collection] = new_state[collection]
     finite = jnp.isfinite(loss) & jnp.all(
       jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
     )

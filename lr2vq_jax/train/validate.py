@@ -181,6 +181,7 @@ def _check_quant_section(config) -> None:
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):
     _int(config, f"quant.{field}", low=1, default=1)
   _int(config, "quant.dkm_top_t", low=0, default=dkm_lib.TOP_T)  # 0: all k centroids
+  _int(config, "quant.dkm_refresh", low=1, default=1)  # 1: rank every step
 
 
 def check_rules(rules: Sequence[Any], model, sample, *, field: str = "preset") -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core import dkm_top
-from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive
+from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive, neighbors
 from lr2vq_jax.core.kernel import QuantConfig
 
 
@@ -49,9 +49,11 @@ def test_top_t_at_k_equals_full_dkm_value_and_grad(top_t, chunk):
   _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=top_t), want)
 
 
-def _masked_reference(z, c, *, tau, iters, top_t):
-  """Full n x k DKM with the logits outside each row's t nearest input centroids at -inf."""
-  d2 = jnp.sum((z[:, None, :] - c[None]) ** 2, axis=-1)
+def _masked_reference(z, c, *, tau, iters, top_t, ranked_by=None):
+  """Full n x k DKM with the logits outside each row's t nearest input centroids (or nearest
+  centroids of `ranked_by`) at -inf."""
+  r = c if ranked_by is None else ranked_by
+  d2 = jnp.sum((z[:, None, :] - r[None]) ** 2, axis=-1)
   idx = jnp.argsort(jax.lax.stop_gradient(d2), axis=1)[:, :top_t]
   keep = jnp.zeros(d2.shape, bool).at[jnp.arange(z.shape[0])[:, None], idx].set(True)
 
@@ -73,6 +75,39 @@ def test_top_t_equals_masked_softmax_reference(top_t, iters, chunk):
   want = _value_and_grad(_masked_reference, z, c, w, tau, iters, top_t=top_t)
   got = _value_and_grad(dkm, z, c, w, tau, iters, chunk_size=chunk, top_t=top_t)
   _assert_same(got, want, atol=5e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_given_neighbors_equal_top_t_value_and_grad(chunk):
+  z, c, w = _inputs(6, 150, 3, 12)
+  tau = jnp.float32(0.5)
+  nb = neighbors(z, c, top_t=3, chunk_size=chunk)
+  assert nb.shape == (150, 3) and nb.dtype == jnp.int32
+  want = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=3)
+  _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, neighbors=nb), want)
+
+
+def test_stale_neighbors_equal_masked_reference_of_their_centroids():
+  # Lists ranked by earlier centroids (carried between steps): the attention is over those lists.
+  z, c, w = _inputs(7, 150, 3, 12)
+  old = c + 0.2 * jax.random.normal(jax.random.key(8), c.shape)
+  tau = jnp.float32(0.5)
+  nb = neighbors(z, old, top_t=4)
+  want = _value_and_grad(_masked_reference, z, c, w, tau, 2, top_t=4, ranked_by=old)
+  got = _value_and_grad(dkm, z, c, w, tau, 2, chunk_size=64, neighbors=nb)
+  _assert_same(got, want, atol=5e-5)
+
+
+def test_neighbors_validation():
+  z, c, _ = _inputs(9, 20, 2, 4)
+  with pytest.raises(ValueError, match="neighbors"):
+    dkm(z, c, tau=1.0, neighbors=jnp.zeros((19, 2), jnp.int32))
+  with pytest.raises(ValueError, match="neighbors"):
+    dkm(z, c, tau=1.0, neighbors=jnp.zeros((20, 5), jnp.int32))
+  with pytest.raises(ValueError, match="integer"):
+    dkm(z, c, tau=1.0, neighbors=jnp.zeros((20, 2)))
+  with pytest.raises(ValueError, match="top_t"):
+    neighbors(z, c, top_t=0)
 
 
 def test_top_t_with_last_grad_keeps_values():
@@ -119,7 +154,7 @@ SHARDED = textwrap.dedent(
   """
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import AxisType
-  from lr2vq_jax.core.dkm import dkm
+  from lr2vq_jax.core.dkm import dkm, neighbors
   assert jax.device_count() == 4
   z = jax.random.normal(jax.random.key(0), (1003, 3))
   c = z[:24] + 0.05
@@ -132,13 +167,16 @@ SHARDED = textwrap.dedent(
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z, c)
 
   one = grads()
+  nb = neighbors(z, c, top_t=4)
   mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
   with jax.set_mesh(mesh):
     four = grads(axis_name="data")
-  np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
-  for a, b in zip(four[1], one[1]):  # other summation orders: relative to the largest entry
-    scale = float(np.max(np.abs(b)))
-    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+    given = grads(axis_name="data", neighbors=nb)  # lists given: split over the rows too
+  for got in (four, given):
+    np.testing.assert_allclose(got[0], one[0], rtol=1e-5)
+    for a, b in zip(got[1], one[1]):  # other summation orders: relative to the largest entry
+      scale = float(np.max(np.abs(b)))
+      np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
   print("OK")
   """
 )
