@@ -52,6 +52,12 @@ def _running_argmin(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
   return code, best
 
 
+def argmin_group_padding(k: int) -> int:
+  """Rows of +inf scores to append to k rows so that `argmin_rows` (default group) runs grouped
+  there: 0 where k is too small to group (the plain running minimum is faster)."""
+  return -k % ARGMIN_GROUP if k >= max(ARGMIN_GROUPED_MIN_K, 4 * ARGMIN_GROUP) else 0
+
+
 def argmin_rows(
   scores: jax.Array, group: int = ARGMIN_GROUP, min_k: int = ARGMIN_GROUPED_MIN_K
 ) -> tuple[jax.Array, jax.Array]:

@@ -189,15 +189,20 @@ def _iterate(
   return z_soft.reshape(-1, d), c
 
 
+def _pad_rows(x: jax.Array, shards: int) -> tuple[jax.Array, int]:
+  """(x with zero rows appended to a multiple of `shards`, rows per shard)."""
+  local = -(-x.shape[0] // shards)
+  return jnp.pad(x, ((0, local * shards - x.shape[0]), (0, 0))), local
+
+
 def _dkm_sharded(
   z, c, tau, iters, chunk_size, axes: tuple[str, ...], shards: int, grad, top_t, neighbors
 ):
   """Rows split over `axes` (padded to a multiple of `shards`); sums over rows are psums."""
   n = z.shape[0]
-  local = -(-n // shards)
-  zp = jnp.pad(z, ((0, local * shards - n), (0, 0)))
+  zp, local = _pad_rows(z, shards)
   valid = (jnp.arange(local * shards) < n).astype(z.dtype)
-  nb = None if neighbors is None else jnp.pad(neighbors, ((0, local * shards - n), (0, 0)))
+  nb = None if neighbors is None else _pad_rows(neighbors, shards)[0]
   num, chunk = chunk_layout(local, chunk_size)
 
   def per_shard(zl, vl, c, tau, nbl):
@@ -301,6 +306,5 @@ def neighbors(
   axes, shards = row_axes(axis_name)
   if shards == 1:
     return rank(z32, c)
-  zp = jnp.pad(z32, ((0, -(-n // shards) * shards - n), (0, 0)))
   rows = P(axes, None)
-  return jax.shard_map(rank, in_specs=(rows, P()), out_specs=rows)(zp, c)[:n]
+  return jax.shard_map(rank, in_specs=(rows, P()), out_specs=rows)(_pad_rows(z32, shards)[0], c)[:n]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lr2vq_jax.core.distances import ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K, argmin_rows
+from lr2vq_jax.core.distances import argmin_group_padding, argmin_rows
 
 
 class KMeansResult(NamedTuple):
@@ -99,9 +99,7 @@ def _score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:
 def _nearest_lhs(centroids: jax.Array) -> jax.Array:
   """`_score_lhs` of the centroids for `_nearest`: where `argmin_rows` groups, k is padded to whole
   groups by rows that never win. Built once per Lloyd step, outside the chunk loop."""
-  k = centroids.shape[0]
-  grouped = k >= max(ARGMIN_GROUPED_MIN_K, 4 * ARGMIN_GROUP)
-  return _score_lhs(centroids, -k % ARGMIN_GROUP if grouped else 0)
+  return _score_lhs(centroids, argmin_group_padding(centroids.shape[0]))
 
 
 def _nearest(xb: jax.Array, lhs: jax.Array) -> tuple[jax.Array, jax.Array]:

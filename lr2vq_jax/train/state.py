@@ -58,12 +58,9 @@ def with_model_lists(variables: dict, target: TrainState) -> dict:
   given = variables.pop(DKM_LISTS, None)
   if wanted is not None:
     same = given is not None and jax.tree.structure(given) == jax.tree.structure(wanted)
-    variables[DKM_LISTS] = given if same else jax.tree.map(_zeros_like, wanted)
+    zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), wanted)
+    variables[DKM_LISTS] = given if same else zeros
   return variables
-
-
-def _zeros_like(leaf) -> np.ndarray:
-  return np.zeros(leaf.shape, leaf.dtype)
 
 
 def create_train_state(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +34,18 @@ def once_per_run(config: pytest.Config, name: str, produce: Callable[[Path], Non
   """`shared_root/name`, filled by `produce(folder)` in exactly one worker (the first to ask).
   A producer that failed leaves no `.done`: the next worker to ask tries again from scratch."""
   folder = shared_root(config) / name
+  _fill_once(folder, lambda f: produce(f) or 0)
+  return folder
+
+
+def _fill_once(folder: Path, produce: Callable[[Path], int]) -> None:
+  """Under the folder's FileLock: unless `.done` is there, `produce(folder)` into a fresh folder,
+  then `.done` records its return code (an exception leaves none)."""
   with FileLock(f"{folder}.lock"):
     if not (folder / DONE).exists():
       shutil.rmtree(folder, ignore_errors=True)
       folder.mkdir(parents=True)
-      produce(folder)
-      (folder / DONE).write_text("0")
-  return folder
+      (folder / DONE).write_text(str(produce(folder)))
 
 
 class BackgroundRun:
@@ -63,19 +69,20 @@ class BackgroundRun:
 
   def _train_once(self) -> None:
     assert self.folder is not None
-    with FileLock(f"{self.folder}.lock"):
-      if (self.folder / DONE).exists():
-        return
-      shutil.rmtree(self.folder, ignore_errors=True)
-      self.folder.mkdir(parents=True)
-      cmd, env = self.command(self.folder)
-      self.proc = devices.start(cmd, env, self.folder / "log.txt")
-      try:
-        self.proc.wait(timeout=devices.TIMEOUT)
-      finally:
-        if self.proc.poll() is None:
-          self.proc.kill()
-        (self.folder / DONE).write_text(str(self.proc.wait()))
+    _fill_once(self.folder, self._train)
+
+  def _train(self, folder: Path) -> int:
+    """The training process's return code (killed after `devices.TIMEOUT`)."""
+    cmd, env = self.command(folder)
+    self.proc = devices.start(cmd, env, folder / "log.txt")
+    try:
+      self.proc.wait(timeout=devices.TIMEOUT)
+    except subprocess.TimeoutExpired:
+      pass  # killed below; `.done` records its code
+    finally:
+      if self.proc.poll() is None:
+        self.proc.kill()
+    return self.proc.wait()
 
   def result(self, config: pytest.Config) -> Path:
     """The run's folder once it finished with exit code 0 (a failure shows the end of its log)."""
