@@ -17,6 +17,10 @@ interpreter, and these substitutions (what makes them small, offline and local):
   `lr2vq prepare` from the official tar layout), its tars and a torchvision-layout weight file;
 * `make demo` → the Makefile's demo recipe (so with `:quick` too).
 A train command whose arguments repeat an earlier one but for --workdir reuses that run (a link).
+The sandbox is made once the session's quick run (tests/conftest.py) has finished, so that `make
+demo`, in its own empty work dir, loads the programs of the stages they share from the suite's
+compilation cache; a command that needs nothing the others make (the ImageNet run) may start
+ahead of its turn in the background (AHEAD), its test waiting for it and checking it the same way.
 DRY_RUN commands (the cloud launchers) run with `--dry-run` semantics (DRY_RUN=1) and the
 variables of the README's `export` lines before them; they must print the gcloud commands.
 """
