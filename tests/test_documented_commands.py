@@ -79,8 +79,8 @@ AHEAD = {"lr2vq train --config configs/imagenet_resnet18_large_lr2vq.py ": "lr2v
 def _start_ahead(box: Sandbox, reached: str) -> None:
   for prefix, trigger in AHEAD.items():
     if reached.startswith(trigger):
-      for command in README_COMMANDS:
-        if command.startswith(prefix) and command not in box.started:
+      for i, command in enumerate(README_COMMANDS):
+        if command.startswith(prefix) and command not in box.started and i not in box.outputs:
           start_documented(box, command)
 
 
