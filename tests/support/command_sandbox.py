@@ -22,6 +22,16 @@ TIMEOUT = 600
 
 
 @dataclasses.dataclass
+class Started:
+  """A command started ahead of its turn (`start_documented`): its process and output files."""
+
+  argv: list[str]
+  proc: subprocess.Popen
+  stdout: Path
+  stderr: Path
+
+
+@dataclasses.dataclass
 class Sandbox:
   root: Path
   data_dir: Path
@@ -30,6 +40,7 @@ class Sandbox:
   runs: dict[str, str] = dataclasses.field(default_factory=dict)  # train args → workdir
   outputs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # README index → stdout
   exported: dict[str, str] = dataclasses.field(default_factory=dict)  # README `export` lines
+  started: dict[str, Started] = dataclasses.field(default_factory=dict)  # command → its process
 
   def env(self) -> dict[str, str]:
     path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
@@ -40,6 +51,13 @@ class Sandbox:
       "JAX_PLATFORMS": "cpu",
       "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+
+  def close(self) -> None:
+    """Stops the commands started ahead that nobody waited for (an interrupted module)."""
+    for started in self.started.values():
+      if started.proc.poll() is None:
+        started.proc.kill()
+        started.proc.wait()
 
 
 def make_sandbox(root: Path) -> Sandbox:
@@ -124,16 +142,24 @@ def _link_repeated_run(box: Sandbox, argv: list[str]) -> bool:
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def _run(box: Sandbox, argv: list[str]) -> str:
+def _env(box: Sandbox, argv: list[str]) -> dict[str, str]:
   env = box.env()
   if any("imagenet" in a for a in argv):
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-  proc = subprocess.run(argv, cwd=box.root, env=env, capture_output=True, text=True,
-                        timeout=TIMEOUT)  # fmt: skip
-  text = proc.stdout + proc.stderr
-  assert proc.returncode == 0, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{text[-4000:]}"
+  return env
+
+
+def _checked(argv: list[str], returncode: int, stdout: str, stderr: str) -> str:
+  text = stdout + stderr
+  assert returncode == 0, f"`{shlex.join(argv)}` exited {returncode}:\n{text[-4000:]}"
   assert "Traceback" not in text, text[-4000:]
-  return proc.stdout
+  return stdout
+
+
+def _run(box: Sandbox, argv: list[str]) -> str:
+  proc = subprocess.run(argv, cwd=box.root, env=_env(box, argv), capture_output=True, text=True,
+                        timeout=TIMEOUT)  # fmt: skip
+  return _checked(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _validate(box: Sandbox, argv: list[str]) -> str:
@@ -180,8 +206,37 @@ def _makefile_recipe(target: str) -> str:
   return recipe.replace("$(BIN)/python", "python")
 
 
+def start_documented(box: Sandbox, command: str) -> None:
+  """Starts a RUN command ahead of its turn, in the background; `run_documented` waits for it and
+  checks it as if it ran then. Only for a command that needs nothing later commands make."""
+  row = coverage_row(command)
+  assert row is not None and not (row.skip or row.env or row.dry or row.validate), command
+  assert not command.startswith("make ") and command not in box.started, command
+  argv = _substitute(box, shlex.split(command))
+  assert argv[0] != "python" and not _link_repeated_run(box, argv), command
+  logs = box.root / "logs"
+  logs.mkdir(exist_ok=True)
+  out, err = logs / f"{len(box.started)}.out", logs / f"{len(box.started)}.err"
+  with open(out, "w") as stdout, open(err, "w") as stderr:
+    proc = subprocess.Popen(argv, cwd=box.root, env=_env(box, argv), stdout=stdout, stderr=stderr)
+  box.started[command] = Started(argv, proc, out, err)
+
+
+def _wait_started(started: Started) -> str:
+  try:
+    started.proc.wait(timeout=TIMEOUT)
+  finally:
+    if started.proc.poll() is None:
+      started.proc.kill()
+  stdout, stderr = started.stdout.read_text(), started.stderr.read_text()
+  return _checked(started.argv, started.proc.wait(), stdout, stderr)
+
+
 def run_documented(box: Sandbox, command: str) -> str | None:
-  """Runs one documented command (COVERAGE says how); its stdout, or None when skipped."""
+  """Runs one documented command (COVERAGE says how); its stdout, or None when skipped. A command
+  started ahead (`start_documented`) is waited for and checked the same way."""
+  if command in box.started:
+    return _wait_started(box.started[command])
   row = coverage_row(command)
   assert row is not None, command
   if row.skip:
