@@ -93,7 +93,9 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   def reference():  # trains meanwhile, if not done yet
     found["reference"] = request.getfixturevalue("reference_4dev")
 
-  outs = _two_processes([sys.executable, "-c", CHAIN, json.dumps(commands)], tmp_path, "p", reference)
+  outs = _two_processes(
+    [sys.executable, "-c", CHAIN, json.dumps(commands)], tmp_path, "p", reference
+  )
   reference = found["reference"]
   phases = [_phases(o) for o in outs]
   assert [list(p) for p in phases] == [["train", "export", "eval"]] * 2, outs
