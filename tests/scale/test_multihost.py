@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import re
-import sys
-import textwrap
 
 import pytest
 
+from tests.support import cli_chain
 from tests.support.devices import QUICK, child_env, copy_workdir, finish, free_port, start
 from tests.support.drift import DRIFT_LOSS, assert_same_training, final_params
 
@@ -50,54 +48,25 @@ def _two_processes(cmd: list[str], tmp_path, name: str, while_running=None) -> l
         p.kill()
 
 
-# One 2-process job runs the three commands one after another, as `lr2vq` would run them: each
-# reads what the one before wrote to disk (checkpoints, artifact); one start-up and one
-# jax.distributed handshake instead of three. A marker line before each splits the outputs.
-CHAIN = textwrap.dedent(
-  """
-  import json, sys
-  from lr2vq_jax.cli import main
-
-  for argv in json.loads(sys.argv[1]):
-    print(f"=== {argv[0]}", flush=True)
-    sys.argv = ["lr2vq", *argv]  # absl's config flags read their overrides from sys.argv
-    try:
-      rc = main(argv)
-    except SystemExit as e:  # `train` ends through absl's app.run
-      rc = e.code or 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if rc:
-      raise SystemExit(f"lr2vq {argv[0]} failed ({rc})")
-  """
-)
-
-
-def _phases(out: str) -> dict[str, str]:
-  """A process's output split at CHAIN's marker lines: {command: its output}."""
-  parts = re.split(r"^=== (\w+)\n", out, flags=re.M)
-  return dict(zip(parts[1::2], parts[2::2], strict=True))
-
-
 def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):
   workdir = copy_workdir(prepared, tmp_path / "run")
   out = workdir / "cli_artifact"
   config = QUICK.removeprefix("--config=")
+  # One 2-process job runs the three commands one after another, as `lr2vq` would, each reading
+  # what the one before wrote to disk (checkpoints, artifact): one start-up and handshake, not three.
   commands = [
-    ["train", f"--config={config}", f"--workdir={workdir}", "--config.stages=quantize"],
-    ["export", "--config", config, "--workdir", str(workdir), "--out", str(out)],
-    ["eval", "--artifact", str(out)],
+    ("train", ["train", f"--config={config}", f"--workdir={workdir}", "--config.stages=quantize"]),
+    ("export", ["export", "--config", config, "--workdir", str(workdir), "--out", str(out)]),
+    ("eval", ["eval", "--artifact", str(out)]),
   ]
   found = {}
 
   def reference():  # trains meanwhile, if not done yet
     found["reference"] = request.getfixturevalue("reference_4dev")
 
-  outs = _two_processes(
-    [sys.executable, "-c", CHAIN, json.dumps(commands)], tmp_path, "p", reference
-  )
+  outs = _two_processes(cli_chain.command(commands), tmp_path, "p", reference)
   reference = found["reference"]
-  phases = [_phases(o) for o in outs]
+  phases = [{name: text for name, (_, text) in cli_chain.split(o).items()} for o in outs]
   assert [list(p) for p in phases] == [["train", "export", "eval"]] * 2, outs
 
   # train: only process 0 reports and writes results, metrics and the artifact
