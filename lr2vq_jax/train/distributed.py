@@ -15,8 +15,11 @@ def initialize() -> None:
 
   Explicit: LR2VQ_COORDINATOR=host:port, LR2VQ_NUM_PROCESSES, LR2VQ_PROCESS_ID (plain clusters,
   localhost tests). Automatic: Cloud TPU pods and SLURM (`jax.distributed.initialize()` detects
-  them) when LR2VQ_DISTRIBUTED=1.
+  them) when LR2VQ_DISTRIBUTED=1. Once per process: a later command in the same process (train,
+  then export) keeps the processes already joined.
   """
+  if jax.distributed.is_initialized():
+    return
   if all(k in os.environ for k in _ENV):
     jax.distributed.initialize(
       coordinator_address=os.environ["LR2VQ_COORDINATOR"],

@@ -5,7 +5,8 @@ One module fixture starts the emulator (and the TLS proxy TensorFlow's client ne
 uninterrupted on a local work dir, is the session's `quick_run`):
 * the victim: `lr2vq train ... --workdir gs://bucket/run`, SIGKILLed mid-`lowrank` once orbax has
   committed a checkpoint there, then the same command again, which resumes and finishes;
-* `lr2vq export --out gs://bucket/artifact` and `lr2vq eval --artifact gs://bucket/artifact`.
+* `lr2vq export --out gs://bucket/artifact` and `lr2vq eval --artifact gs://bucket/artifact`, then
+  the TensorBoard events read through TensorFlow's GCS client, one after another in one process.
 Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints: local_gcs.py) and
 every subprocess has a timeout.
 """
@@ -22,6 +23,7 @@ import time
 
 import pytest
 
+from tests.support import cli_chain
 from tests.support.gcs import objects
 from tests.support.gcs.local_gcs import local_gcs
 from tests.support.paths import QUICK, ROOT
@@ -40,10 +42,6 @@ TIMEOUT = 300
 def _train(workdir: str) -> list[str]:
   return [sys.executable, "-m", "lr2vq_jax", "train", f"--config={QUICK}", f"--workdir={workdir}",
           *OVERRIDES]  # fmt: skip
-
-
-def _cli(*args: str) -> list[str]:
-  return [sys.executable, "-m", "lr2vq_jax", *args]
 
 
 def _wait_committed(gcs, proc, prefix: str, step: int) -> list[int]:
@@ -87,18 +85,22 @@ def gcs_run(quick_run, tmp_path_factory):
     out["resumed_rc"] = resumed.wait(timeout=TIMEOUT)
     out["train_s"] = time.monotonic() - t0
 
-    def run(cmd, name):
-      t = time.monotonic()
-      p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-      out["logs"][name] = p.stdout + p.stderr
-      out[f"{name}_s"] = time.monotonic() - t
-      return p.returncode
-
-    out["export_rc"] = run(
-      _cli("export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
-           f"--out=gs://{BUCKET}/artifact"), "export")  # fmt: skip
-    out["eval_rc"] = run(_cli("eval", f"--artifact=gs://{BUCKET}/artifact"), "eval")
-    out["tb_rc"] = run([sys.executable, "-c", _READ_EVENTS, f"{WORKDIR}/float"], "tensorboard")
+    # export, eval and the TensorBoard read: one process, one after another (tests/support/cli_chain)
+    t = time.monotonic()
+    chain = cli_chain.command([
+      ("export", ["export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
+                  f"--out=gs://{BUCKET}/artifact"]),
+      ("eval", ["eval", f"--artifact=gs://{BUCKET}/artifact"]),
+      ("tensorboard", ["-c", _READ_EVENTS, f"{WORKDIR}/float"]),
+    ])  # fmt: skip
+    p = subprocess.run(
+      chain, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      timeout=TIMEOUT,
+    )  # fmt: skip
+    out["chain_s"] = time.monotonic() - t
+    ran = cli_chain.split(p.stdout)
+    for name in ("export", "eval", "tensorboard"):
+      out[f"{name}_rc"], out["logs"][name] = ran.get(name, (None, p.stdout))
     out["names"] = objects.list_names(gcs.url, BUCKET)
     out["results"] = json.loads(objects.read(gcs.url, BUCKET, f"{RUN}/results.json"))
     out["metrics"] = {
@@ -172,7 +174,7 @@ def test_export_to_gs_and_eval_from_gs_give_the_pipeline_number(gcs_run):
 
 def test_tensorboard_events_are_readable_from_gs(gcs_run):
   log = gcs_run["logs"]["tensorboard"]
-  assert gcs_run["tb_rc"] == 0, log[-3000:]
+  assert gcs_run["tensorboard_rc"] == 0, log[-3000:]
   tags = re.search(r"TAGS \[(.*)\]", log)
   assert tags and "'loss'" in tags.group(1) and "'eval_top1'" in tags.group(1), log[-2000:]
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.support import cli_chain
 from tests.support.gcs import objects
 from tests.support.gcs.local_gcs import local_gcs
 
@@ -56,19 +57,34 @@ def test_prepare_reads_tars_from_a_bucket_and_writes_tfrecords_there(gcs, tmp_pa
   assert os.listdir(cwd) == []  # nothing local: no `gs:` folder, no downloads dir
 
 
-def test_prepare_missing_tars_in_a_bucket_is_one_error(gcs, tmp_path):
-  proc = _lr2vq(gcs, tmp_path, "prepare", "imagenet2012", "--manual_dir", "gs://bucket/none",
-                "--data_dir", "gs://bucket/tfds2", timeout=120)  # fmt: skip
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "ILSVRC2012_img_train.tar is missing: no file gs://bucket/none/" in proc.stderr
-  assert "Traceback" not in proc.stderr
+@pytest.fixture(scope="module")
+def errors(gcs, tmp_path_factory):
+  """The two failing commands below, one after the other in one process (tests/support/cli_chain):
+  {name: (exit code, its stderr)} and the folder they ran in."""
+  server, _ = gcs
+  cwd = tmp_path_factory.mktemp("errors")
+  env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+  steps = [
+    ("prepare", ["prepare", "imagenet2012", "--manual_dir", "gs://bucket/none",
+                 "--data_dir", "gs://bucket/tfds2"]),
+    ("train", ["train", f"--config={QUICK}", "--workdir=gs://no-such-bucket/run"]),
+  ]  # fmt: skip
+  proc = subprocess.run(cli_chain.command(steps, keep_going=True), cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=180)  # fmt: skip
+  return cli_chain.split(proc.stderr), cwd
 
 
-def test_train_into_a_missing_bucket_fails_fast_and_clearly(gcs, tmp_path):
+def test_prepare_missing_tars_in_a_bucket_is_one_error(errors):
+  rc, out = errors[0]["prepare"]
+  assert rc == 2, out[-3000:]
+  assert "ILSVRC2012_img_train.tar is missing: no file gs://bucket/none/" in out
+  assert "Traceback" not in out
+
+
+def test_train_into_a_missing_bucket_fails_fast_and_clearly(errors):
   """TensorFlow's makedirs would retry under a missing bucket forever: one error instead."""
-  proc = _lr2vq(gcs, tmp_path, "train", f"--config={QUICK}", "--workdir=gs://no-such-bucket/run",
-                timeout=120)  # fmt: skip
-  assert proc.returncode != 0
-  assert "bucket gs://no-such-bucket does not exist" in proc.stderr, proc.stderr[-3000:]
-  assert "gcloud storage buckets create gs://no-such-bucket" in proc.stderr
-  assert os.listdir(tmp_path) == []
+  (rc, out), cwd = errors[0]["train"], errors[1]
+  assert rc not in (0, None), out[-3000:]
+  assert "bucket gs://no-such-bucket does not exist" in out, out[-3000:]
+  assert "gcloud storage buckets create gs://no-such-bucket" in out
+  assert os.listdir(cwd) == []

@@ -1,7 +1,8 @@
 """8 simulated devices: a sharded NNX train step equals one device; orbax restores on a new mesh.
 
 Rows of Z (and their Adam moments) are split over the `data` axis and the layers' DKM runs in
-`shard_map` over it, as on the linen side. The 8-device and 1-device runs do the same math in other
+`shard_map` over it, as on the linen side. The 8-device and 1-device runs start from one initial
+state (built once, placed on each mesh by its sharding names) and do the same math in other
 summation orders, so they agree to rounding (first step 1e-5; the linen sharded-step test explains
 why later steps drift further), not bit for bit.
 """
@@ -30,18 +31,26 @@ CHILD = textwrap.dedent(
   x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
   y = jnp.arange(16) % 10
 
-  def build(mesh):
+  def build(mesh):  # the quantized model and its optimizer, built once (k-means) on 8 devices
     with jax.set_mesh(mesh):
       model = lq.nnx.quantize_model(ConvNet(nnx.Rngs(0)), RULES, "quantize", key=jax.random.key(2),
                                     config=lq.QuantConfig(shard_axis="data", commitment=0.1))
       optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-      graphdef, state = nnx.split((model, optimizer))
-      shardings = nnx.get_named_sharding(state, mesh)
-    return graphdef, jax.device_put(state, shardings), shardings
+    return nnx.split((model, optimizer))
+
+  def mesh_of(n):
+    return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+
+  graphdef, built = build(mesh_of(8))
+  host = jax.device_get(built)
+
+  def place(mesh):  # the same initial state, laid out by the variables' sharding names on `mesh`
+    shardings = nnx.get_named_sharding(built, mesh)
+    return jax.device_put(host, shardings), shardings
 
   def run(n):
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
-    graphdef, state, shardings = build(mesh)
+    mesh = mesh_of(n)
+    state, shardings = place(mesh)
 
     def step(state, x, y):
       model, optimizer = nnx.merge(graphdef, state)
@@ -74,10 +83,9 @@ CHILD = textwrap.dedent(
   path = sys.argv[1] + "/ckpt"
   ckpt.save(path, state8)
   ckpt.wait_until_finished()
-  mesh2 = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:2])
-  _, target, shardings2 = build(mesh2)
+  shardings2 = nnx.get_named_sharding(built, mesh_of(2))
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          target, shardings2)
+                          built, shardings2)
   restored = ckpt.restore(path, abstract)
   same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                       jax.tree.leaves(restored), jax.tree.leaves(state8))

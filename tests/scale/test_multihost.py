@@ -1,14 +1,14 @@
 """Two processes × 2 CPU devices (gloo collectives) train like one process × 4 devices, then
-`lr2vq export` and `lr2vq eval` run as two processes on the checkpoint and artifact."""
+`lr2vq export` and `lr2vq eval` run on the 2 processes on the checkpoint and artifact."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.support.devices import QUICK, child_env, copy_workdir, finish, free_port, main_cmd, start
+from tests.support import cli_chain
+from tests.support.devices import QUICK, child_env, copy_workdir, finish, free_port, start
 from tests.support.drift import DRIFT_LOSS, assert_same_training, final_params
 
 pytestmark = pytest.mark.slow  # two-process training on the session quick run
@@ -48,22 +48,30 @@ def _two_processes(cmd: list[str], tmp_path, name: str, while_running=None) -> l
         p.kill()
 
 
-def _cli(*args: str) -> list[str]:
-  return [sys.executable, "-m", "lr2vq_jax", *args]
-
-
 def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):
   workdir = copy_workdir(prepared, tmp_path / "run")
+  out = workdir / "cli_artifact"
+  config = QUICK.removeprefix("--config=")
+  # One 2-process job runs the three commands one after another, as `lr2vq` would, each reading
+  # what the one before wrote to disk (checkpoints, artifact): one start-up and handshake, not three.
+  commands = [
+    ("train", ["train", f"--config={config}", f"--workdir={workdir}", "--config.stages=quantize"]),
+    ("export", ["export", "--config", config, "--workdir", str(workdir), "--out", str(out)]),
+    ("eval", ["eval", "--artifact", str(out)]),
+  ]
   found = {}
 
   def reference():  # trains meanwhile, if not done yet
     found["reference"] = request.getfixturevalue("reference_4dev")
 
-  outs = _two_processes(main_cmd(workdir, "--config.stages=quantize"), tmp_path, "p", reference)
+  outs = _two_processes(cli_chain.command(commands), tmp_path, "p", reference)
   reference = found["reference"]
+  phases = [{name: text for name, (_, text) in cli_chain.split(o).items()} for o in outs]
+  assert [list(p) for p in phases] == [["train", "export", "eval"]] * 2, outs
 
-  # only process 0 reports and writes results, metrics and the artifact
-  assert "[quantize] top-1" in outs[0] and "[quantize] top-1" not in outs[1]
+  # train: only process 0 reports and writes results, metrics and the artifact
+  train = [p["train"] for p in phases]
+  assert "[quantize] top-1" in train[0] and "[quantize] top-1" not in train[1]
   results = json.loads((workdir / "results.json").read_text())
   ref_results = json.loads((reference / "results.json").read_text())
   assert [r["method"] for r in results] == ["LR²VQ"]
@@ -82,12 +90,8 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   assert_same_training(final_params(workdir), final_params(reference))
 
   # `lr2vq export` on the checkpoint Z split over 2 processes: process 0 writes, both finish
-  out = workdir / "cli_artifact"
-  config = QUICK.removeprefix("--config=")
-  outs = _two_processes(
-    _cli("export", "--config", config, "--workdir", str(workdir), "--out", str(out)), tmp_path, "x"
-  )
-  assert f"wrote {out}" in outs[0] and "wrote" not in outs[1]
+  export = [p["export"] for p in phases]
+  assert f"wrote {out}" in export[0] and "wrote" not in export[1]
   assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "manifest.json"]
   # the same arrays as the pipeline's own export at the end of training
   pipeline_manifest = json.loads((workdir / "quantize" / "artifact" / "manifest.json").read_text())
@@ -95,7 +99,6 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   assert manifest["arrays_sha256"] == pipeline_manifest["arrays_sha256"]
 
   # `lr2vq eval` on 2 processes: both report the same numbers, the pipeline's test top-1
-  outs = _two_processes(_cli("eval", "--artifact", str(out)), tmp_path, "e")
-  lines = [[ln for ln in o.splitlines() if ln.startswith(f"{out}: ")] for o in outs]
+  lines = [[ln for ln in p["eval"].splitlines() if ln.startswith(f"{out}: ")] for p in phases]
   assert len(lines[0]) == 1 and lines[0] == lines[1], lines
   assert f"top-1 {results[0]['top1']:.2f}%" in lines[0][0], (lines, results)
