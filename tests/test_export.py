@@ -51,8 +51,8 @@ def test_plain_model_roundtrip(tmp_path, store):
 @pytest.mark.slow
 def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
   """Every ResNet-18 layer kind, at the paper's large-block preset. The quantize-stage variables
-  come from the quantized model's own `init` (Z, P, codebook, τ of the right shapes, no SVD or
-  k-means): roundtrip and byte counts do not depend on how the numbers were trained."""
+  come from the quantized model's own `init` (Z, P from the SVD of a random kernel, codebook rows
+  of Z, τ; no k-means): roundtrip and byte counts do not depend on how the numbers were trained."""
   rules = tuple(
     dataclasses.replace(r, d=max(1, r.m // 2)) if not r.skip else r
     for r in lq.presets.resnet18_large_blocks
@@ -62,6 +62,8 @@ def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
   quantized = lq.nn.quantize_model(model, rules, "quantize")
   variables = jax.jit(lambda key: quantized.init(key, x, train=False))(jax.random.key(0))
   float_vars = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  # Eager on purpose: the per-layer code assignments it compiles are the ones `export` reuses
+  # (jitted, this test costs more CPU time, measured: one whole-model compile on top of them).
   evaluated = quantized.apply(variables, x, train=False)
   manifest = lq.export(variables, rules, tmp_path)
   artifact = lq.load(tmp_path)

@@ -57,19 +57,21 @@ def test_train_step_export_load(tmp_path, data):
     return task + lq.nnx.sum_losses(losses), lq.nnx.sum_losses(losses)
 
   model.train()
-  (_, commitment), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  # One jitted program per call (as a training loop runs it), not hundreds of op-by-op compiles.
+  (_, commitment), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
   assert float(commitment) > 0
   for leaf in ("z", "projection", "codebook"):
     g = grads["blocks"][0]["attn"]["query"]["kernel"][leaf][...]
     assert float(jnp.abs(g).max()) > 0, leaf
   assert not jax.tree.leaves(nnx.state(grads, lq.nnx.QuantState))  # τ, settings: no gradient
-  optimizer.update(model, grads)
+  nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(optimizer, model, grads)
   after = jax.tree.map(np.asarray, nnx.state(model, lq.nnx.QuantState))
   jax.tree.map(np.testing.assert_array_equal, before, after)  # the optimizer never touched them
 
   model.eval()
-  hard = model(x)
+  forward = nnx.jit(lambda model, x: model(x))
+  hard = forward(model, x)
   lq.nnx.export(model, RULES, tmp_path / "artifact")
   fresh = ViT(rngs=nnx.Rngs(7))
   lq.nnx.load_into(fresh, tmp_path / "artifact")
-  np.testing.assert_allclose(fresh(x), hard, atol=2e-5, rtol=0)
+  np.testing.assert_allclose(forward(fresh, x), hard, atol=2e-5, rtol=0)

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from lr2vq_jax import cli
 from lr2vq_jax.train import pipeline
 from lr2vq_jax.train.config import load_config
+from tests.support.devices import copy_workdir
 from tests.support.paths import QUICK
 from tests.support.paths import config as config_path
 
@@ -27,8 +28,12 @@ def _assert_stage_outputs(workdir, stage, artifact: bool):
 
 
 @pytest.mark.slow
-def test_embedded_pipeline_runs_every_stage(tmp_path, capsys):
+def test_embedded_pipeline_runs_every_stage(quick_run, tmp_path, capsys):
+  """Every stage of the quick config: float, lowrank and quantize as the session's quick run
+  trained them (the same config, through the training entry point), resumed here; PQ and vanilla
+  DKM trained here from its float and lowrank checkpoints."""
   config = load_config(QUICK)
+  tmp_path = copy_workdir(quick_run, tmp_path / "run")
   records = pipeline.run(config, str(tmp_path))
   assert [r["method"] for r in records] == ["float", "LR²VQ", "PQ", "vanilla DKM"]
   for stage in ("float", "lowrank", "quantize", "pq", "dkm"):

@@ -1,6 +1,7 @@
 """The recipe options the ablations compare: distillation, τ annealing, orthonormal P, BN re-estimation."""
 
 import json
+import shutil
 
 import flax.linen as nn
 import jax
@@ -84,7 +85,10 @@ def test_bn_reestimation_is_the_plain_mean_of_batch_statistics():
 
 
 @pytest.mark.slow
-def test_pipeline_with_every_option_on(tmp_path):
+def test_pipeline_with_every_option_on(quick_run, tmp_path):
+  """The options are those of lowrank and quantize: their float stage (the teacher) is the
+  session's quick run's, the same float config, resumed; lowrank and quantize trained here."""
+  shutil.copytree(quick_run / "float", tmp_path / "float")
   config = load_config(QUICK)
   config.stages = "float,lowrank,quantize"
   config.lowrank.distill = 0.5
