@@ -5,6 +5,12 @@ as the quantize stage starts (`lowrank_to_quantize`), and `eval_fn(quantized_mod
 scores the hard-code model; the lowest score wins. No training. This is the predictor that picked
 the measured best d̃ at both block sizes on the digits task (README "Choosing d̃"); the weight
 error alone (`lq.estimate_dim`) cannot see the task and favours d̃ near m on trained weights.
+
+Every candidate is represented at full width m (`at_rank`, `widen`): Z keeps its first d̃ columns
+and zeros after them, P completes to m orthonormal rows. Z·P and every distance between rows of Z
+and centroids are those of the rank-d̃ factors (the zero columns add exact zeros), so one SVD per
+layer serves all candidates, and one compiled k-means (and τ, and evaluation) per layer shape
+instead of one per (layer, d̃).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lr2vq_jax import convert, presets
 from lr2vq_jax.core import kmeans as kmeans_lib
@@ -75,13 +83,69 @@ def select_dim(
   cands = tuple(int(c) for c in (candidates or default_candidates(m)))
   if not cands or min(cands) < 1 or max(cands) > m:
     raise ValueError(f"candidates {cands}: choose d̃ values in 1..{m}")
+  rules_m = presets.with_d(rules, m)  # d̃ = m on every rule: the full SVD, once per layer
+  plan = None if sample is None else plan_model(model, rules_m, sample)
+  full = convert.float_to_lowrank(variables, rules_m, plan=plan, config=config)
   scores = []
   for d in cands:
-    rules_d = presets.with_d(rules, d)
-    plan = None if sample is None else plan_model(model, rules_d, sample)
-    lowrank = convert.float_to_lowrank(variables, rules_d, plan=plan, config=config)
     quant = convert.lowrank_to_quantize(
-      lowrank, rules_d, key=key, kmeans_iters=kmeans_iters, config=config
+      at_rank(full, d), rules_m, key=key, kmeans_iters=kmeans_iters, config=config
     )
-    scores.append(float(eval_fn(quantize_model(model, rules_d, Mode.QUANTIZE, config), quant)))
+    qmodel = quantize_model(model, presets.with_d(rules, d), Mode.QUANTIZE, config)
+    scores.append(float(eval_fn(qmodel, narrow(quant, d))))
   return DimScores(cands, tuple(scores))
+
+
+def _map_layers(variables: Mapping[str, Any], fn: Callable[[dict], dict]) -> dict:
+  """`variables` with `fn` applied to the params of every low-rank layer (those with z and
+  projection), given and returning the layer's {leaf name: array}."""
+  params = traverse_util.flatten_dict(dict(variables["params"]))
+  layers = sorted({k[:-1] for k in params if k[-1] == "z"})
+  for layer in layers:
+    leaves = {k[-1]: v for k, v in params.items() if k[:-1] == layer}
+    params.update({layer + (name,): v for name, v in fn(leaves).items()})
+  return {**variables, "params": traverse_util.unflatten_dict(params)}
+
+
+def at_rank(variables: Mapping[str, Any], d: int) -> dict:
+  """Low-rank variables of width m with Z cut to its first min(d̃, m) columns (the rest zero): from
+  the d̃ = m SVD, the rank-d̃ truncated SVD, with the layer shapes of d̃ = m."""
+
+  def cut(leaves):
+    z = leaves["z"]
+    return {"z": z * (jnp.arange(z.shape[1]) < d).astype(z.dtype)}
+
+  return _map_layers(variables, cut)
+
+
+def widen(variables: Mapping[str, Any]) -> dict:
+  """Low-rank variables of rank d̃ < m as width m: Z padded with zero columns, P (d̃, m) completed
+  by m − d̃ orthonormal rows orthogonal to its own, so that Z·P and the "orthonormal" projection
+  mode's first d̃ rows are unchanged. Layers already of width m pass through."""
+
+  def pad(leaves):
+    z, p = leaves["z"], leaves["projection"]
+    d, m = p.shape
+    if d == m:
+      return {}
+    _, _, vt = jnp.linalg.svd(p.astype(jnp.float32), full_matrices=True)
+    return {
+      "z": jnp.pad(z, ((0, 0), (0, m - d))),
+      "projection": jnp.concatenate([p, vt[d:].astype(p.dtype)]),
+    }
+
+  return _map_layers(variables, pad)
+
+
+def narrow(variables: Mapping[str, Any], d: int) -> dict:
+  """Width-m variables of rank d̃ back to the rank-d̃ shapes: Z and the codebook keep their first
+  min(d̃, m) columns, P its first rows (what the rank-d̃ model's layers hold)."""
+
+  def cut(leaves):
+    dd = min(d, leaves["projection"].shape[1])
+    out = {"z": leaves["z"][:, :dd], "projection": leaves["projection"][:dd]}
+    if "codebook" in leaves:
+      out["codebook"] = leaves["codebook"][:, :dd]
+    return out
+
+  return _map_layers(variables, cut)

@@ -11,6 +11,10 @@ solution never raises its SSE and Lloyd never raises it either, so the measured 
 non-decreasing in d̃ (the last rounding-level wiggles are removed by a running minimum).
 `model` is the high-resolution (Zador) prediction c·k^(−2/d̃)·Σ_{i≤d̃} σ_i² with one constant c
 per layer fitted to `cluster` by least squares; it is reported alongside, never used for `.best`.
+
+Every d̃ clusters Z at one width (m, or `width`) with the columns past d̃ zero: the same distances,
+so one compiled k-means serves all candidates, and `estimate_dim_model` pads the layers that
+cluster as many rows with the same k to their widest m, so that they share it too.
 """
 
 from __future__ import annotations
@@ -110,11 +114,14 @@ def estimate_dim(
   key: jax.Array | None = None,
   iters: int = kmeans_lib.ITERS,
   max_rows: int | None = None,
+  width: int | None = None,
 ) -> DimEstimate:
   """Low-rank and measured clustering error of kernel `w` for each candidate d̃ (default 1..m).
 
   k is used as given (clamp it with `subvectors.clamp_k` for the PQF convention). With `max_rows`,
   k-means runs on a random subset of that many subvectors and its SSE is scaled by n / max_rows.
+  `width` (>= m): k-means on Z padded with zero columns to that width (the same distances; a
+  compiled k-means shared with other kernels of that width, rows and k).
   """
   key = jax.random.key(0) if key is None else key
   x = subvectors.to_subvectors(jnp.asarray(w, jnp.float32), m)
@@ -124,6 +131,10 @@ def estimate_dim(
     raise ValueError(f"candidates {cands} must lie in 1..m={m}")
   err = np.asarray(lowrank.lowrank_error(x), np.float64)
   z, _ = lowrank.svd_init(x, m)  # all m coordinates in the right-singular basis: Z_d = first d
+  width = m if width is None else int(width)
+  if width < m:
+    raise ValueError(f"width={width} must be at least m={m}")
+  z = jnp.pad(z, ((0, 0), (0, width - m)))
   scale = 1.0
   if max_rows is not None and n > max_rows:
     key, sub = jax.random.split(key)
@@ -134,8 +145,8 @@ def estimate_dim(
 
   cluster = {}
   prev = None
-  for d in reversed(cands):  # same (rows, m) shape for every d: zero columns, one compilation
-    mask = (jnp.arange(m) < d).astype(jnp.float32)
+  for d in reversed(cands):  # same (rows, width) shape for every d: zero columns, one compilation
+    mask = (jnp.arange(width) < d).astype(jnp.float32)
     zd = z * mask
     # Seeding outside `kmeans` keeps one compiled `kmeans` (init given) for both starts.
     seed = kmeans_plusplus(zd, k, key=jax.random.fold_in(key, d))
@@ -215,6 +226,13 @@ def estimate_dim_model(
     raise ValueError(
       f"no compressed layer matches {layers!r}; compressed layers: {', '.join(plans)}"
     )
+
+  def rows(plan):  # (rows k-means sees, k): the layers that share a compiled k-means
+    return (plan.n if max_rows is None else min(plan.n, max_rows), plan.k)
+
+  widths: dict[tuple[int, int], int] = {}
+  for plan in selected:
+    widths[rows(plan)] = max(widths.get(rows(plan), 0), plan.m)
   out = {}
   for i, plan in enumerate(selected):
     cands = None if candidates is None else [c for c in candidates if c <= plan.m]
@@ -226,5 +244,6 @@ def estimate_dim_model(
       key=jax.random.fold_in(key, i),
       iters=iters,
       max_rows=max_rows,
+      width=widths[rows(plan)],
     )
   return ModelDimEstimate(out)

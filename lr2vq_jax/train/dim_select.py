@@ -8,6 +8,9 @@ best d̃ at both block sizes (README "Choosing d̃"). Optional: a short low-rank
 candidate, label-free BN re-estimation before scoring (both picked worse there). The weight-error
 criterion (`lq.estimate_dim`) cannot see the task: on trained weights k-means in more dimensions
 always fits better, so it favours d̃ near m.
+
+Every candidate is scored at width m (`dim_choice.at_rank` / `widen`: Z's columns past d̃ zero, the
+same Z·P and distances): one SVD per layer, and one compiled k-means, τ and evaluation for all d̃.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import ml_collections
 import numpy as np
 
 from lr2vq_jax import convert, paths
+from lr2vq_jax.dim_choice import at_rank, widen
 from lr2vq_jax.nn import plan_model
 from lr2vq_jax.train import input_pipeline, partitioning
 from lr2vq_jax.train.bn_reestimate import reestimate_batch_stats
+from lr2vq_jax.train.config import config_rules
 from lr2vq_jax.train.evaluation import evaluate
 from lr2vq_jax.train.stage_setup import build_stage, restore_final
 from lr2vq_jax.train.trainer import run_stage
@@ -71,15 +76,21 @@ def _with_d(config: ml_collections.ConfigDict, d: int) -> ml_collections.ConfigD
   return config
 
 
+def _full_width(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with d̃ = m on every compressed layer."""
+  return _with_d(config, max(r.m for r in config_rules(config) if not r.skip))
+
+
 def clustered_score(
   config: ml_collections.ConfigDict, lowrank_variables: dict, workdir: str, bn_batches: int = 0
 ):
-  """(val loss, val top-1 %) of `lowrank_variables` after the quantize stage's k-means init,
-  with BatchNorm statistics first re-estimated on `bn_batches` unlabeled training batches."""
-  stage = build_stage(config, "quantize", workdir)
+  """(val loss, val top-1 %) of `lowrank_variables` (any rank) after the quantize stage's k-means
+  init, with BatchNorm statistics first re-estimated on `bn_batches` unlabeled training batches.
+  Scored at width m (`widen`), so every rank shares one compiled k-means and evaluation."""
+  stage = build_stage(_full_width(config), "quantize", workdir)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   variables = convert.lowrank_to_quantize(
-    lowrank_variables,
+    widen(lowrank_variables),
     stage.rules,
     key=key,
     kmeans_iters=config.quant.kmeans_iters,
@@ -121,6 +132,7 @@ def select_dim(
   `workdir/d<d̃>`)."""
   float_stage = build_stage(config, "float", paths.parent(float_dir))
   float_vars = partitioning.to_host(restore_final(float_stage, float_dir).variables())
+  full = None if pretrain_steps else truncated(_full_width(config), float_vars)
   losses, top1s = [], []
   for d in candidates:
     cfg = _with_d(config, d)
@@ -132,7 +144,7 @@ def select_dim(
       state, _ = run_stage(cfg, "lowrank", run_dir)
       lowrank_vars = partitioning.to_host(state.variables())
     else:
-      lowrank_vars = truncated(cfg, float_vars)
+      lowrank_vars = at_rank(full, d)
     loss, top1 = clustered_score(cfg, lowrank_vars, run_dir, bn_batches)
     losses.append(float(loss))
     top1s.append(float(top1))

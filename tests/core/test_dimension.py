@@ -66,12 +66,15 @@ def test_random_kernel_candidates_and_subsampling():
   e = estimate_dim(w, k=16, m=9, candidates=[9, 1, 4], key=jax.random.key(1), iters=5)
   assert list(e.candidates) == [1, 4, 9]
   _check_invariants(e)
-  sub = estimate_dim(w, k=16, m=9, candidates=[1, 4, 9], iters=5, max_rows=32)
-  assert sub.n == 64 and np.all(np.isfinite(sub.cluster))
+  w2 = jax.random.normal(jax.random.key(6), (3, 3, 8, 16))  # n = 128: k-means on 64 rows as above
+  sub = estimate_dim(w2, k=16, m=9, candidates=[1, 4, 9], iters=5, max_rows=64)
+  assert sub.n == 128 and np.all(np.isfinite(sub.cluster))
   with pytest.raises(ValueError, match="candidates"):
     estimate_dim(w, k=16, m=9, candidates=[0, 3])
   with pytest.raises(ValueError, match="candidates"):
     estimate_dim(w, k=16, m=9, candidates=[10])
+  with pytest.raises(ValueError, match="width"):
+    estimate_dim(w, k=16, m=9, width=4)
 
 
 def test_default_candidates():
