@@ -69,6 +69,11 @@ class QuantizedKernel(nnx.Module):
         f"QuantConfig.dkm_refresh={config.dkm_refresh}: carried top-t DKM lists are linen-only; "
         "NNX kernels rank on every call (use dkm_refresh=1)"
       )
+    if mode == Mode.QUANTIZE and config.dkm_warm:
+      raise ValueError(
+        "QuantConfig.dkm_warm=True: the carried warm-start offset is linen-only; NNX kernels "
+        "start DKM from the codebook on every call (use dkm_warm=False)"
+      )
     self.param_dtype = jnp.dtype(param_dtype)
     self.deterministic = deterministic
     for name in (*PARAMS, *STATE):
