@@ -115,11 +115,3 @@ def test_training_call_that_cannot_write_runs_from_the_offset():
     _layer().apply(variables, X), _layer(dkm_warm=False).apply({**base, "params": moved}, X),
     atol=1e-6,
   )  # fmt: skip
-
-
-def test_nnx_warm_is_one_clear_error():
-  from flax import nnx
-
-  rule = lq.Rule("", k=K, m=4, d=2)
-  with pytest.raises(ValueError, match="dkm_warm=True.*linen-only"):
-    lq.nnx.Linear(16, 32, rule=rule, mode="quantize", quant=_layer().quant, rngs=nnx.Rngs(0))
