@@ -28,6 +28,9 @@ cost analysis of DKM alone per device, as the layers run it and with candidate l
   python benchmarks/step_time.py --models resnet18 --variants float,lr2vq_full,lr2vq_top --levers
   python benchmarks/step_time.py --models resnet18 --variants float,lr2vq,lr2vq_lists \
     --cost-variants lr2vq,lr2vq_lists --refresh 16
+  python benchmarks/step_time.py --models resnet18 --refresh 16 \
+    --variants float,lr2vq,lr2vq_lists,lr2vq_lists_iters1,lr2vq_lists_warm1 \
+    --cost-variants lr2vq,lr2vq_lists,lr2vq_lists_iters1,lr2vq_lists_warm1
 """
 
 from __future__ import annotations
