@@ -10,6 +10,7 @@ reported.
   python benchmarks/dkm_fast_accuracy.py --seeds 5 --out runs/bench/dkm_fast
   python benchmarks/dkm_fast_accuracy.py --seeds 5 --out runs/bench/dkm_fast --arms ref,top8
   python benchmarks/dkm_fast_accuracy.py --seeds 5 --arms top8,lists16   # carried lists vs top-8
+  python benchmarks/dkm_fast_accuracy.py --seeds 5 --arms top8,lists16_iters1,lists16_warm1
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ ARMS = {
   "top2": {"dkm_top_t": 2},
   "iters1": {"dkm_iters": 1},
   "lists16": {"dkm_top_t": 8, "dkm_refresh": 16},  # top-8 lists carried, re-ranked every 16 steps
+  # ... with one centroid update per step: from the codebook, or warm-started (QuantConfig.dkm_warm)
+  "lists16_iters1": {"dkm_top_t": 8, "dkm_refresh": 16, "dkm_iters": 1},
+  "lists16_warm1": {"dkm_top_t": 8, "dkm_refresh": 16, "dkm_iters": 1, "dkm_warm": True},
+  "top8_warm1": {"dkm_top_t": 8, "dkm_iters": 1, "dkm_warm": True},
 }
 METRICS = ("val_loss", "val_top1", "top1", "test_loss")
 MASS_T = (8, 4, 2)  # t of the dropped-mass table

@@ -4,7 +4,9 @@ Quantize variants: `lr2vq` (QuantConfig as the flags give it), `lr2vq_full` (DKM
 k centroids), `lr2vq_top` (over the --top-t nearest, core/dkm_top.py), `lr2vq_top_iters1`,
 `lr2vq_lists` (top-t with each row's lists carried between steps, re-ranked every --refresh steps:
 its step time is (one ranking step + (N-1) carried steps) / N, the two medians timed apart; its
-cost analysis is of a carried step).
+cost analysis is of a carried step), `lr2vq_lists_iters1` (the same, one centroid update per step),
+`lr2vq_lists_warm1` (and warm-started: QuantConfig.dkm_warm), `lr2vq_top_warm1` (ranked every
+step, warm, one update).
 
 Uses the project's own step (`make_train_step` + `partitioning.jit_train_step`, the state from
 `train.state.create_train_state` as in the trainer) on synthetic data; compile time is reported apart,
@@ -26,6 +28,9 @@ cost analysis of DKM alone per device, as the layers run it and with candidate l
   python benchmarks/step_time.py --models resnet18 --variants float,lr2vq_full,lr2vq_top --levers
   python benchmarks/step_time.py --models resnet18 --variants float,lr2vq,lr2vq_lists \
     --cost-variants lr2vq,lr2vq_lists --refresh 16
+  python benchmarks/step_time.py --models resnet18 --refresh 16 \
+    --variants float,lr2vq,lr2vq_lists,lr2vq_lists_iters1,lr2vq_lists_warm1 \
+    --cost-variants lr2vq,lr2vq_lists,lr2vq_lists_iters1,lr2vq_lists_warm1
 """
 
 from __future__ import annotations
@@ -264,10 +269,11 @@ def main() -> None:
     dkm_top.SELECT_DTYPE["cpu"] = getattr(jnp, args.cost_rank_dtype)  # costed as on accelerators
     quant = dataclasses.replace(quant, chunk_size=1 << 30)
     variants = ["float", *args.variants.split(",")]
-    costs = {v: compiled_cost(args.models, v, args, quant) for v in variants if v != "lr2vq_lists"}
-    if "lr2vq_lists" in variants:  # a carried step: the lists as given, no ranking branch
+    carried = [v for v in variants if "dkm_refresh" in VARIANTS[v][3]]
+    costs = {v: compiled_cost(args.models, v, args, quant) for v in variants if v not in carried}
+    if carried:  # a carried step: the lists as given, no ranking branch
       kernel_math.carried_neighbors = lambda z, c, lists, count, config: (lists, count + 1)
-      costs["lr2vq_lists"] = compiled_cost(args.models, "lr2vq_lists", args, quant)
+      costs.update({v: compiled_cost(args.models, v, args, quant) for v in carried})
     print(json.dumps(costs))
     return
   print(

@@ -38,6 +38,25 @@ VARIANTS = {
   "lr2vq_top_iters1": ("quantize", False, (), {"dkm_top_t": TOP_T, "dkm_iters": 1}),
   # top-t with the lists carried in the train state, re-ranked every --refresh steps
   "lr2vq_lists": ("quantize", False, (), {"dkm_top_t": TOP_T, "dkm_refresh": REFRESH}),
+  # ... with one centroid update per step, cold (from the codebook) or warm (QuantConfig.dkm_warm)
+  "lr2vq_lists_iters1": (
+    "quantize",
+    False,
+    (),
+    {"dkm_top_t": TOP_T, "dkm_refresh": REFRESH, "dkm_iters": 1},
+  ),
+  "lr2vq_lists_warm1": (
+    "quantize",
+    False,
+    (),
+    {"dkm_top_t": TOP_T, "dkm_refresh": REFRESH, "dkm_iters": 1, "dkm_warm": True},
+  ),
+  "lr2vq_top_warm1": (
+    "quantize",
+    False,
+    (),
+    {"dkm_top_t": TOP_T, "dkm_iters": 1, "dkm_warm": True},
+  ),
   "dkm": ("quantize", True, ("projection",), {}),
 }
 

@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from lr2vq_jax.core import conversions, recorded
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.kernel import DKM_LISTS, QUANT, QuantConfig
+from lr2vq_jax.core.kernel import DKM_LISTS, QUANT, QuantConfig, warm_start
 from lr2vq_jax.core.mode import Mode
 from lr2vq_jax.core.recorded import ModeError
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules, plan_layers, resolve, vanilla
@@ -196,14 +196,16 @@ def _frozen(variables: Variables, layers: tuple, chunk_size: int, axis_name) -> 
   evaluation under `jit`, so both run the same computation.
   """
   params, quant, rest = _split(variables)
-  rest.pop(DKM_LISTS, None)  # training DKM's carried lists: nothing left to rank in frozen mode
+  # training DKM's carried state: a warm offset moves the codebook the codes are made from (as in
+  # the quantize mode's evaluation); the lists have nothing left to rank in frozen mode
+  carried = traverse_util.flatten_dict(dict(rest.pop(DKM_LISTS, {})))
   for layer, items in layers:
     settings = dict(items)
     iters = quant.pop(layer + (recorded.KEYS["dkm_iters"],), settings["dkm_iters"])
     recorded.record(quant, layer, {n: settings[n] for n in recorded.MODE_SETTINGS[Mode.FROZEN]})
     params[layer + ("codebook",)], quant[layer + ("codes",)] = conversions.freeze_layer(
       params.pop(layer + ("z",)),
-      params[layer + ("codebook",)],
+      warm_start(params[layer + ("codebook",)], carried.get(layer + ("offset",))),
       quant.pop(layer + ("tau",)),
       dkm_iters=iters,
       chunk_size=chunk_size,

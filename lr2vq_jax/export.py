@@ -32,7 +32,15 @@ from lr2vq_jax.artifact import (  # noqa: F401  (the format's names, importable 
   manifest_digest,
 )
 from lr2vq_jax.core import codec, recorded
-from lr2vq_jax.core.kernel import QUANT, QuantConfig, frozen_tables, hard_codes, projection_as
+from lr2vq_jax.core.kernel import (
+  DKM_LISTS,
+  QUANT,
+  QuantConfig,
+  frozen_tables,
+  hard_codes,
+  projection_as,
+  warm_start,
+)
 from lr2vq_jax.core.mode import Mode
 from lr2vq_jax.core.rules import Rule, as_rules, resolve
 
@@ -60,6 +68,7 @@ def export(
   params = traverse_util.flatten_dict(dict(variables["params"]))
   stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
   quant = traverse_util.flatten_dict(dict(variables.get(QUANT, {})))
+  params = _warm_codebooks(params, variables)
   _check_mode(params)
   arrays: dict[str, np.ndarray] = {}
   layers = {
@@ -120,6 +129,17 @@ def _bn_layers(flat_params: dict, flat_stats: dict) -> list[tuple[str, ...]]:
     for k in flat_params
     if k[-1] == "scale" and k[:-1] + ("bias",) in flat_params and k[:-1] + ("mean",) in flat_stats
   )
+
+
+def _warm_codebooks(params: dict, variables: Mapping[str, Any]) -> dict:
+  """`params` (flat) with each codebook moved by its layer's carried warm-start offset, if any:
+  the centroids training started from (`kernel.warm_start`), as evaluation and freezing use."""
+  carried = traverse_util.flatten_dict(dict(variables.get(DKM_LISTS, {})))
+  out = dict(params)
+  for key, offset in carried.items():
+    if key[-1] == "offset" and key[:-1] + ("codebook",) in out:
+      out[key[:-1] + ("codebook",)] = warm_start(out[key[:-1] + ("codebook",)], offset)
+  return out
 
 
 def _check_mode(params: dict) -> None:

@@ -26,8 +26,9 @@ from lr2vq_jax.core.recorded import DEFAULTS, PROJECTIONS, STORES
 STAGES = MODES  # the former name of the layer modes, kept importable
 QUANT = "quant"  # non-trainable state: kernel shape, recorded settings, DKM temperature, codes
 LOSSES = "losses"  # sown auxiliary losses (commitment), summed into the task loss
-# Training-only state of top-t DKM with `QuantConfig.dkm_refresh` > 1: each row's candidate
-# centroids ("neighbors", (n, t) int32) and the layer's training-call counter ("count").
+# State that training DKM carries between calls: with `QuantConfig.dkm_refresh` > 1 each row's
+# candidate centroids ("neighbors", (n, t) int32) and the layer's training-call counter ("count");
+# with `QuantConfig.dkm_warm` the warm start ("offset", (k, d̃) float32: refined − codebook).
 DKM_LISTS = "dkm_lists"
 
 
@@ -52,6 +53,10 @@ class QuantConfig:
   # reuses the lists in between (kept in the `DKM_LISTS` collection when the caller makes it
   # mutable, as the train step does); 1: rank on every call. No effect at dkm_top_t = 0.
   dkm_refresh: int = 1
+  # Warm-started DKM: each training call starts its updates from codebook + the refinement offset
+  # the previous call ended with (carried in `DKM_LISTS`, see `warm_start`), so the iterations
+  # accumulate over steps and one update per call (dkm_iters=1) keeps up; False: from the codebook.
+  dkm_warm: bool = False
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None
@@ -126,6 +131,20 @@ def projection_as(p: jax.Array, mode) -> jax.Array:
 def fp16_round(x: jax.Array) -> jax.Array:
   """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
   return x.astype(jnp.float16).astype(jnp.float32)
+
+
+def warm_start(codebook: jax.Array, offset: jax.Array | None) -> jax.Array:
+  """DKM's starting centroids (float32): the codebook param, moved by a carried warm `offset`.
+
+  The warm state is the offset `refined − codebook` of the previous training call, not the refined
+  centroids themselves: starting at codebook + sg(offset) keeps the previous call's iterations
+  (so one update per call continues where the last one stopped, the DKM paper's warm start) and
+  also follows the optimizer's step on the codebook; the codebook's gradient path is the cold
+  one (d start / d codebook = I). Evaluation, freezing and export start from the same point, so
+  the codes they ship are those training converged to. None: the codebook (a cold start).
+  """
+  c = codebook.astype(jnp.float32)
+  return c if offset is None else c + jax.lax.stop_gradient(offset.astype(jnp.float32))
 
 
 def refined_codebook(z, codebook, tau, *, iters, chunk_size: int, axis_name=None) -> jax.Array:
@@ -206,8 +225,8 @@ def train_iters(recorded_iters, config: QuantConfig) -> int:
 
 
 def carried_neighbors(z, codebook, lists, count, config: QuantConfig):
-  """(lists, count + 1): each row's `dkm_top_t` nearest centroids re-ranked against the current
-  codebook when count % dkm_refresh == 0 (as top-t DKM ranks them), else the carried `lists`."""
+  """(lists, count + 1): each row's `dkm_top_t` nearest centroids re-ranked against `codebook`
+  (DKM's starting centroids: `warm_start`'s with a warm offset) when count % dkm_refresh == 0 (as top-t DKM ranks them), else the carried `lists`."""
   z = jax.lax.stop_gradient(z).astype(jnp.float32)
   c = jax.lax.stop_gradient(codebook).astype(jnp.float32)
 
@@ -229,14 +248,28 @@ def _lowrank_rows(arrays, settings, config, *, train: bool):
 
 def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
   """Training: soft DKM(Z)·P and β·commitment; evaluation: the hard codes an export ships."""
-  z, c, p, tau = arrays["z"], arrays["codebook"], arrays["projection"], arrays["tau"]
-  if not train:
-    codes, c, p = hard_codes(z, c, p, tau, settings=settings, chunk_size=config.chunk_size)
-    return stored_rows(codes, c, p, settings["store"]), None
+  if train:
+    return quantize_train_rows(arrays, settings, config)[:2]
+  c = warm_start(arrays["codebook"], arrays.get("offset"))
+  codes, c, p = hard_codes(
+    arrays["z"], c, arrays["projection"], arrays["tau"], settings=settings,
+    chunk_size=config.chunk_size,
+  )  # fmt: skip
+  return stored_rows(codes, c, p, settings["store"]), None
+
+
+def quantize_train_rows(arrays, settings, config: QuantConfig):
+  """(soft DKM(Z)·P, β·commitment or None, refined centroids) of a quantize-mode training call.
+
+  DKM starts from `warm_start(codebook, arrays["offset"])` and attends over each row's carried
+  `neighbors` when given (`carried_neighbors`: no ranking); the refined centroids are what a
+  warm-started layer's next offset is made from.
+  """
+  z, p, tau = arrays["z"], arrays["projection"], arrays["tau"]
   z32 = z.astype(jnp.float32)
   z_soft, centroids = dkm_lib.dkm(
     z32,
-    c.astype(jnp.float32),
+    warm_start(arrays["codebook"], arrays.get("offset")),
     tau=jax.lax.stop_gradient(tau),
     iters=train_iters(settings["dkm_iters"], config),
     chunk_size=config.chunk_size,
@@ -250,7 +283,7 @@ def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
     target = jax.lax.stop_gradient(centroids)
     codes = codec.encode(jax.lax.stop_gradient(z32), target)
     loss = config.commitment * jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
-  return z_soft @ projection_as(p, settings["projection"]), loss
+  return z_soft @ projection_as(p, settings["projection"]), loss, centroids
 
 
 def _frozen_rows(arrays, settings, config, *, train: bool):

@@ -66,9 +66,15 @@ def quantized_kernel(
   mdl.variable(QUANT, "view_shape", lambda: jnp.asarray(geo.view_shape, jnp.int32))
   settings = _settings(mdl, mode, config)
   arrays = _mode_arrays(mdl, mode, geo, config, init_fn, param_dtype)
+  offset = None
   if mode == Mode.QUANTIZE:
+    arrays, offset = _with_warm_offset(mdl, geo, arrays, config, train=train)
     arrays = _with_carried_lists(mdl, geo, arrays, config, train=train)
-  rows, commitment = kernel_math.mode_rows(mode, arrays, settings, config, train=train)
+  if offset is not None and train and not mdl.is_initializing():
+    rows, commitment, refined = kernel_math.quantize_train_rows(arrays, settings, config)
+    offset.value = jax.lax.stop_gradient(refined - arrays["codebook"].astype(jnp.float32))
+  else:
+    rows, commitment = kernel_math.mode_rows(mode, arrays, settings, config, train=train)
   if commitment is not None:
     mdl.sow(LOSSES, "commitment", commitment)
   return geo.to_kernel(rows).astype(param_dtype)
@@ -106,6 +112,24 @@ def _quantize_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
   return {"z": z, "projection": p, "codebook": c, "tau": tau}
 
 
+def _with_warm_offset(mdl, geo: LayerPlan, arrays: dict, config, *, train: bool):
+  """(`arrays` plus the carried warm-start "offset", its variable or None): `QuantConfig.dkm_warm`.
+
+  The offset (`kernel.warm_start`) is made at init (zeros: the first call starts cold) or when a
+  training call makes `DKM_LISTS` mutable, and returned for the call to overwrite. Any call that
+  finds one (evaluation, a plain `apply`) starts from it too, so evaluation decodes the codebook
+  training used; a training call that cannot write it runs from it unchanged.
+  """
+  writable = mdl.is_initializing() or mdl.is_mutable_collection(DKM_LISTS)
+  if config.dkm_warm and writable:
+    shape = (geo.k, geo.d)
+    var = mdl.variable(DKM_LISTS, "offset", lambda: jnp.zeros(shape, jnp.float32))
+    return {**arrays, "offset": var.value}, var
+  if mdl.has_variable(DKM_LISTS, "offset"):
+    return {**arrays, "offset": mdl.get_variable(DKM_LISTS, "offset")}, None
+  return arrays, None
+
+
 def _with_carried_lists(mdl, geo: LayerPlan, arrays: dict, config, *, train: bool) -> dict:
   """`arrays` plus each row's top-t lists carried in `DKM_LISTS` (`QuantConfig.dkm_refresh`).
 
@@ -122,8 +146,9 @@ def _with_carried_lists(mdl, geo: LayerPlan, arrays: dict, config, *, train: boo
   count = mdl.variable(DKM_LISTS, "count", lambda: jnp.zeros((), jnp.int32))
   if not train or mdl.is_initializing():
     return arrays
+  start = kernel_math.warm_start(arrays["codebook"], arrays.get("offset"))
   lists.value, count.value = kernel_math.carried_neighbors(
-    arrays["z"], arrays["codebook"], lists.value, count.value, config
+    arrays["z"], start, lists.value, count.value, config
   )
   return {**arrays, "neighbors": lists.value}
 

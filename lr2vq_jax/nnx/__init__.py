@@ -16,13 +16,14 @@ from lr2vq_jax.nnx.kernel import QuantizedKernel
 from lr2vq_jax.nnx.layers import Conv, Linear, LinearGeneral
 from lr2vq_jax.nnx.linen_view import LinenView, init_mode, init_stage
 from lr2vq_jax.nnx.transform import LAYER_TYPES, describe, iter_layers, n_out_dims, plan_model
-from lr2vq_jax.nnx.variables import Losses, QuantState, sum_losses
+from lr2vq_jax.nnx.variables import DkmState, Losses, QuantState, sum_losses
 
 __all__ = [
   "LAYER_TYPES",
   "METHODS",
   "MODES",
   "Conv",
+  "DkmState",
   "Linear",
   "LinearGeneral",
   "LinenView",

@@ -18,13 +18,18 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from lr2vq_jax import export as export_lib
-from lr2vq_jax.core.kernel import QUANT, QuantConfig
+from lr2vq_jax.core.kernel import DKM_LISTS, QUANT, QuantConfig
 from lr2vq_jax.core.rules import Rule
 from lr2vq_jax.export import Artifact, ArtifactError
 from lr2vq_jax.nnx.kernel import QuantizedKernel
-from lr2vq_jax.nnx.variables import QuantState
+from lr2vq_jax.nnx.variables import DkmState, QuantState
 
-COLLECTIONS = ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats"), (QuantState, QUANT))
+COLLECTIONS = (
+  (nnx.Param, "params"),
+  (nnx.BatchStat, "batch_stats"),
+  (QuantState, QUANT),
+  (DkmState, DKM_LISTS),
+)
 DEFAULT_BN_EPSILON = 1e-5
 
 

@@ -7,6 +7,7 @@ and call code stay as they were. State lives under the layer's `kernel`:
   mode       nnx.Param                       QuantState (never trained)
   lowrank    z (n,d̃), projection (d̃,m)      projection_mode
   quantize   z, projection, codebook (k,d̃)  tau, projection_mode, store_mode, dkm_iters
+                                             (+ DkmState: neighbors, count, offset, see below)
   frozen     codebook, projection            codes (n,), projection_mode, store_mode
 
 The math is `lr2vq_jax.core.kernel`, the one the linen layers run. Training follows NNX's
@@ -29,11 +30,15 @@ from lr2vq_jax.core import recorded
 from lr2vq_jax.core.kernel import QuantConfig
 from lr2vq_jax.core.mode import QUANTIZED, Mode, as_mode, deprecated_stage
 from lr2vq_jax.core.rules import LayerPlan
-from lr2vq_jax.nnx.variables import Losses, QuantState
+from lr2vq_jax.nnx.variables import DkmState, Losses, QuantState
 
 PARAMS = ("z", "projection", "codebook")  # trainable arrays, in the order they are made
 STATE = ("tau", "codes")  # non-trainable arrays besides the recorded settings
-ROW_SHARDED = ("z", "codes")  # split over `config.shard_axis` by rows when a mesh divides n
+ROW_SHARDED = (
+  "z",
+  "codes",
+  "neighbors",
+)  # split over `config.shard_axis` by rows when a mesh divides n
 
 
 def _row_sharding(name: str, n: int, config: QuantConfig) -> dict:
@@ -44,7 +49,7 @@ def _row_sharding(name: str, n: int, config: QuantConfig) -> dict:
   mesh = jax.sharding.get_abstract_mesh()
   if axis not in mesh.axis_names or n % mesh.shape[axis] != 0:
     return {}
-  return {"out_sharding": (axis, None) if name == "z" else (axis,)}
+  return {"out_sharding": (axis,) if name == "codes" else (axis, None)}
 
 
 class QuantizedKernel(nnx.Module):
@@ -64,11 +69,6 @@ class QuantizedKernel(nnx.Module):
     self.plan = plan
     self.mode = mode = as_mode(mode, QUANTIZED)
     self.config = config = config or QuantConfig()
-    if mode == Mode.QUANTIZE and config.carries_lists(plan.k):
-      raise ValueError(
-        f"QuantConfig.dkm_refresh={config.dkm_refresh}: carried top-t DKM lists are linen-only; "
-        "NNX kernels rank on every call (use dkm_refresh=1)"
-      )
     self.param_dtype = jnp.dtype(param_dtype)
     self.deterministic = deterministic
     for name in (*PARAMS, *STATE):
@@ -80,6 +80,19 @@ class QuantizedKernel(nnx.Module):
         setattr(self, name, kind(value, **_row_sharding(name, plan.n, config)))
     for name in recorded.MODE_SETTINGS[mode]:
       setattr(self, recorded.KEYS[name], QuantState(recorded.encode(name, settings[name])))
+    if mode == Mode.QUANTIZE:
+      self._init_carried(plan, config)
+
+  def _init_carried(self, plan: LayerPlan, config: QuantConfig) -> None:
+    """Training DKM's carried state, as the linen layers keep it in `dkm_lists`: each row's
+    top-t lists and a call counter (dkm_refresh > 1; count 0: ranked at the first training
+    call) and the warm-start offset (dkm_warm; zeros: the first call starts cold)."""
+    if config.carries_lists(plan.k):
+      lists = jnp.zeros((plan.n, config.dkm_top_t), jnp.int32)
+      self.neighbors = DkmState(lists, **_row_sharding("neighbors", plan.n, config))
+      self.count = DkmState(jnp.zeros((), jnp.int32))
+    if config.dkm_warm:
+      self.offset = DkmState(jnp.zeros((plan.k, plan.d), jnp.float32))
 
   @property
   def stage(self) -> Mode:
@@ -133,11 +146,39 @@ class QuantizedKernel(nnx.Module):
       out[name] = value
     return out
 
+  def _with_carried(self, arrays: dict, train: bool) -> dict:
+    """`arrays` with the warm offset (every call) and, in training, the carried lists (re-ranked
+    every `dkm_refresh` calls, written back): the linen layers' `dkm_lists` logic."""
+    if hasattr(self, "offset"):
+      arrays = {**arrays, "offset": self.offset[...]}
+    if train and hasattr(self, "neighbors"):
+      start = kernel_math.warm_start(arrays["codebook"], arrays.get("offset"))
+      lists, count = kernel_math.carried_neighbors(
+        arrays["z"], start, self.neighbors[...], self.count[...], self.config
+      )
+      self.neighbors[...], self.count[...] = lists, count
+      arrays = {**arrays, "neighbors": lists}
+    return arrays
+
   def materialize(self) -> jax.Array:
-    """The kernel (param dtype, the float layer's shape) in this mode (soft or hard codes)."""
-    rows, commitment = kernel_math.mode_rows(
-      self.mode, self.arrays(), self.settings(), self.config, train=not self.deterministic
-    )
+    """The kernel (param dtype, the float layer's shape) in this mode (soft or hard codes).
+
+    A training read also advances the carried DKM state (`DkmState`), as a linen training call
+    with `dkm_lists` mutable does."""
+    train = not self.deterministic
+    arrays = self.arrays()
+    if self.mode == Mode.QUANTIZE:
+      arrays = self._with_carried(arrays, train)
+    if train and hasattr(self, "offset"):
+      rows, commitment, refined = kernel_math.quantize_train_rows(
+        arrays, self.settings(), self.config
+      )
+      new = refined - arrays["codebook"].astype(jnp.float32)
+      self.offset[...] = jax.lax.stop_gradient(new)
+    else:
+      rows, commitment = kernel_math.mode_rows(
+        self.mode, arrays, self.settings(), self.config, train=train
+      )
     if commitment is not None and hasattr(self, "__captures__"):
       self.sow(Losses, "commitment", commitment)  # collected by nnx.capture(model, Losses)
     return self.plan.to_kernel(rows).astype(self.param_dtype)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from lr2vq_jax.core.kernel import LOSSES, QuantConfig
+from lr2vq_jax.core.kernel import DKM_LISTS, LOSSES, QuantConfig
 from lr2vq_jax.core.mode import Mode, as_mode, deprecated_stage, renamed_stage
 from lr2vq_jax.core.rules import LayerPlan, Rule, as_rules
 from lr2vq_jax.nnx.interop import linen_keys, to_variables
@@ -122,8 +122,9 @@ class LinenView:
       updates[LOSSES] = nnx.to_pure_dict(losses)
     else:
       y = model(x)
-    if "batch_stats" in collections:
-      updates["batch_stats"] = to_variables(model).get("batch_stats", {})
+    for collection in ("batch_stats", DKM_LISTS):
+      if collection in collections and collection in (written := to_variables(model)):
+        updates[collection] = written[collection]
     return (y, updates) if collections else y
 
   # -- the hooks lq.nn.quantize_model / plan_model call -----------------------------------------

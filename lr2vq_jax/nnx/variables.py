@@ -3,7 +3,9 @@
 `QuantState` holds τ, the frozen codes and the recorded settings; its linen collection name is
 `quant`, so the linen ↔ NNX bridge and the export see the same layout. An optimizer built with
 `nnx.Optimizer(model, tx, wrt=nnx.Param)` and `nnx.grad` (Param by default) never touch it.
-`Losses` is what the quantize mode sows (β·commitment) and `nnx.capture(model, Losses)` returns.
+`DkmState` is the state training DKM carries between calls (`QuantConfig.dkm_refresh` lists,
+`QuantConfig.dkm_warm` offset; linen collection `dkm_lists`): written by the kernel's training
+forward pass, never trained. `Losses` is what the quantize mode sows (β·commitment) and `nnx.capture(model, Losses)` returns.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import variablelib
 
-from lr2vq_jax.core.kernel import LOSSES, QUANT
+from lr2vq_jax.core.kernel import DKM_LISTS, LOSSES, QUANT
 
 
 def _register(name: str, typ: type) -> type:
@@ -28,12 +30,17 @@ class QuantState(nnx.Variable):
   """Non-trainable LR²VQ state: τ, frozen codes, recorded settings (linen collection `quant`)."""
 
 
+class DkmState(nnx.Variable):
+  """Training DKM's carried state: candidate lists, call counter, warm offset (`dkm_lists`)."""
+
+
 class Losses(nnx.Intermediate):
   """Auxiliary losses a quantized kernel sows in training (β·commitment)."""
 
 
 _register(QUANT, QuantState)
 _register(LOSSES, Losses)
+_register(DKM_LISTS, DkmState)
 
 
 def sum_losses(captured) -> jax.Array:

@@ -82,6 +82,7 @@ def layer_config(config: ml_collections.ConfigDict, stage: str | None = None) ->
     dkm_grad=section.get("dkm_grad", QuantConfig.dkm_grad),
     dkm_top_t=section.get("dkm_top_t", QuantConfig.dkm_top_t),
     dkm_refresh=section.get("dkm_refresh", QuantConfig.dkm_refresh),
+    dkm_warm=bool(section.get("dkm_warm", QuantConfig.dkm_warm)),
     commitment=section.commitment,
     store=section.store,
     projection=section.get("projection", DEFAULTS["projection"]),

@@ -71,6 +71,7 @@ def quant_section(**overrides) -> ml_collections.ConfigDict:
       dkm_grad=QuantConfig.dkm_grad,
       dkm_top_t=QuantConfig.dkm_top_t,  # > 0: attention over the t nearest centroids (faster)
       dkm_refresh=QuantConfig.dkm_refresh,  # > 1: re-rank those t every N steps, carried between
+      dkm_warm=QuantConfig.dkm_warm,  # True: DKM starts where the previous step's updates ended
       commitment=QuantConfig.commitment,
       store=DEFAULTS["store"],
       projection=LR2VQ_RECIPE["quant.projection"],  # or "learned": any P (no QR)

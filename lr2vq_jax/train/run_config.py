@@ -33,7 +33,7 @@ NEUTRAL = (
   r"^quant\.chunk_size$",
 )
 # Fields added after runs were written, with the value their absence stands for (same result).
-ABSENT_MEANS = {"quant.dkm_refresh": 1}
+ABSENT_MEANS = {"quant.dkm_refresh": 1, "quant.dkm_warm": False}
 # Top-level fields only the compressed stages read.
 COMPRESSION = ("preset", "k", "m", "d", "rules", "resolved_rules", "quant")
 ALLOW_FLAG = "--allow_config_change"

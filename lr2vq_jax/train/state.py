@@ -53,7 +53,7 @@ def abstract_train_state(
 def with_model_lists(variables: dict, target: TrainState) -> dict:
   """`variables` with the `DKM_LISTS` collection that `target` (the model's own state) has:
   zeros (ranked at the first step) where the variables predate it (a conversion from the previous
-  stage), none where the model keeps none (quant.dkm_refresh = 1, or a later mode)."""
+  stage), none where the model keeps none (quant.dkm_refresh = 1 and no dkm_warm, a later mode)."""
   wanted = target.model_state.get(DKM_LISTS)
   given = variables.pop(DKM_LISTS, None)
   if wanted is not None:

@@ -30,8 +30,8 @@ class TrainState:
 
   step: jax.Array
   params: Any
-  # non-trainable collections: batch_stats, quant (shapes, τ, frozen codes), dkm_lists (top-t
-  # DKM's carried candidate lists, only with quant.dkm_refresh > 1)
+  # non-trainable collections: batch_stats, quant (shapes, τ, frozen codes), dkm_lists (DKM's
+  # carried state: top-t candidate lists with quant.dkm_refresh > 1, warm offsets with dkm_warm)
   model_state: Any
   opt_state: Any
   rng: jax.Array

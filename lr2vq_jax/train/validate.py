@@ -182,6 +182,7 @@ def _check_quant_section(config) -> None:
     _int(config, f"quant.{field}", low=1, default=1)
   _int(config, "quant.dkm_top_t", low=0, default=dkm_lib.TOP_T)  # 0: all k centroids
   _int(config, "quant.dkm_refresh", low=1, default=1)  # 1: rank every step
+  _choice(config, "quant.dkm_warm", (False, True), default=False)  # True: warm-started DKM
 
 
 def check_rules(rules: Sequence[Any], model, sample, *, field: str = "preset") -> dict:

@@ -121,16 +121,6 @@ def test_refresh_below_one_is_an_error():
   assert not lq.nn.QuantConfig(dkm_refresh=4, dkm_top_t=K).carries_lists(K)  # t = k: no ranking
 
 
-def test_nnx_refresh_above_one_is_one_clear_error():
-  from flax import nnx
-
-  config = lq.nn.QuantConfig(dkm_top_t=TOP_T, dkm_refresh=2)
-  rule = lq.Rule("", k=K, m=4, d=2)
-  with pytest.raises(ValueError, match="dkm_refresh=2.*linen-only"):
-    lq.nnx.Linear(16, 32, rule=rule, mode="quantize", quant=config, rngs=nnx.Rngs(0))
-  lq.nnx.Linear(16, 32, rule=rule, mode="lowrank", quant=config, rngs=nnx.Rngs(0))  # no DKM
-
-
 def test_freezing_drops_the_lists():
   from lr2vq_jax import convert
 
