@@ -41,6 +41,12 @@ CHUNK_SIZE = 4096  # rows of z per chunk (memory bound)
 # centroids. On the trained digits layers the mass beyond them is < 1e-8 and accuracy is unchanged
 # (benchmarks/results/dkm_fast_accuracy.txt); `dkm` itself defaults to every centroid (0).
 TOP_T = 8
+# The layers' default `dkm_iters` (recorded.DEFAULTS): one centroid update per training call. With
+# the layers' warm start (QuantConfig.dkm_warm) each call continues where the previous one ended,
+# and the top-t lists are carried (QuantConfig.dkm_refresh): a quantize step within ~1.1x a float
+# step at digits accuracy within seed noise (benchmarks/results/dkm_warm_accuracy.txt). `dkm`
+# itself defaults to ITERS updates from the centroids it is given.
+LAYER_ITERS = 1
 
 
 def _check_grad(grad: str) -> None:

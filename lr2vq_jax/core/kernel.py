@@ -43,7 +43,7 @@ class QuantConfig:
   """
 
   tau_alpha: float = 0.03  # τ = α · mean squared distance to the nearest centroid at init
-  dkm_iters: int | None = None  # centroid updates per forward pass (default 3)
+  dkm_iters: int | None = None  # centroid updates per forward pass (default 1)
   # DKM's backward pass: "unrolled" through every iteration, or "last": the one-step gradient at
   # the refined centroids (core/dkm.py; same forward values, the iterations are not recomputed).
   dkm_grad: str = dkm_lib.GRADS[0]
@@ -52,11 +52,11 @@ class QuantConfig:
   # Top-t DKM re-ranks each row's t nearest centroids every `dkm_refresh` training calls and
   # reuses the lists in between (kept in the `DKM_LISTS` collection when the caller makes it
   # mutable, as the train step does); 1: rank on every call. No effect at dkm_top_t = 0.
-  dkm_refresh: int = 1
+  dkm_refresh: int = 16
   # Warm-started DKM: each training call starts its updates from codebook + the refinement offset
   # the previous call ended with (carried in `DKM_LISTS`, see `warm_start`), so the iterations
   # accumulate over steps and one update per call (dkm_iters=1) keeps up; False: from the codebook.
-  dkm_warm: bool = False
+  dkm_warm: bool = True
   commitment: float = 0.0  # β of β·mean‖z − sg(C[a])‖²
   # fp16 tables evaluated and exported: C·P (k×m, "codebook", default) or C (k×d̃) + P ("factored")
   store: str | None = None

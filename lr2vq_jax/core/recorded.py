@@ -26,7 +26,7 @@ from lr2vq_jax.core.accounting import STORES
 from lr2vq_jax.core.mode import Mode
 
 PROJECTIONS = ("learned", "orthonormal")
-DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": dkm_lib.ITERS}
+DEFAULTS = {"projection": PROJECTIONS[0], "store": STORES[0], "dkm_iters": dkm_lib.LAYER_ITERS}
 KEYS = {"projection": "projection_mode", "store": "store_mode", "dkm_iters": "dkm_iters"}
 _CHOICES = {"projection": PROJECTIONS, "store": STORES}
 # The settings each mode's variables record (what its kernel depends on).

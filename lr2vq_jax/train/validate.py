@@ -20,6 +20,7 @@ import ml_collections
 from lr2vq_jax import paths, presets
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core.codec import MAX_K
+from lr2vq_jax.core.kernel import QuantConfig
 from lr2vq_jax.core.rules import parse_rules
 from lr2vq_jax.core.subvectors import SubvectorError
 from lr2vq_jax.models import MODELS
@@ -181,8 +182,10 @@ def _check_quant_section(config) -> None:
   for field in ("dkm_iters", "kmeans_iters", "chunk_size"):
     _int(config, f"quant.{field}", low=1, default=1)
   _int(config, "quant.dkm_top_t", low=0, default=dkm_lib.TOP_T)  # 0: all k centroids
-  _int(config, "quant.dkm_refresh", low=1, default=1)  # 1: rank every step
-  _choice(config, "quant.dkm_warm", (False, True), default=False)  # True: warm-started DKM
+  _int(config, "quant.dkm_refresh", low=1, default=QuantConfig.dkm_refresh)  # 1: rank every step
+  _choice(
+    config, "quant.dkm_warm", (False, True), default=QuantConfig.dkm_warm
+  )  # True: warm-started DKM
 
 
 def check_rules(rules: Sequence[Any], model, sample, *, field: str = "preset") -> dict:
