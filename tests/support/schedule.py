@@ -22,8 +22,9 @@ import os
 import pytest
 
 # Seconds per test (setup + call) on 2 busy cores (a loaded run), from `pytest --durations`, of the
-# tests over ~10 s; parametrized tests by their function (seconds per parametrization), a module's path for the whole module. Only
-# the order matters: refresh from a `make test` run's durations when a test gets much faster/slower.
+# tests over ~10 s; parametrized tests by their function (seconds per parametrization), a module's
+# path for the whole module. Only the order matters: refresh from a `make test` run's durations
+# when a test gets much faster/slower.
 COST = {
   "tests/test_documented_commands.py": 390,  # the README's commands, in order, in one sandbox
   "tests/gcs/test_gcs_pipeline.py": 64,
