@@ -6,7 +6,7 @@ Hardware:  2 CPU cores: make demo took 2 min 23 s on a fresh clone, install incl
            warm).
 Expected:  float ≥ 98% top-1 on the 450 held-out test digits; LR²VQ (m = 9, k = 16, d̃ = 4) close to
            it at 0.44 code bits per weight; PQ and vanilla DKM at the same bytes score lower on
-           average (seeds 0–4: LR²VQ 97.96 ± 0.24, PQ 96.80 ± 0.75, vanilla DKM 96.84 ± 0.93; one
+           average (seeds 0–4: LR²VQ 98.13 ± 0.12, PQ 96.80 ± 0.75, vanilla DKM 97.51 ± 0.88; one
            seed can go either way, README).
 
 Stages: float (train the CNN) → lowrank (SVD, low-rank pre-training) → quantize (k-means++ then
