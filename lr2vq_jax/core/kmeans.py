@@ -343,7 +343,9 @@ def kmeans(
     c0 = jnp.asarray(init, jnp.float32) - mean
   xs, valid = chunk_rows(xc, _rows(chunk_size, k))
   if bounds is None:
-    bounds = False  # measured: no gain yet (see lloyd_bounds)
+    bounds = lloyd_bounds.supported(k)
+  if bounds and not lloyd_bounds.supported(k):
+    raise ValueError(f"bounds=True needs lloyd_bounds.supported(k), got k={k}")
   if bounds:
     c, codes, history = _lloyd_bounded(xc, xs, valid, c0, iters, tol)
   else:
@@ -391,11 +393,12 @@ def _lloyd_bounded(xc, xs, valid, c0, iters: int, tol: float):
   num, rows, d = xs.shape
   xp, vp = xs.reshape(-1, d), valid.reshape(-1)
   xn = jnp.sqrt(jnp.sum(xp * xp, axis=1))
+  perm = lloyd_bounds.centroid_groups(c0)
 
   def step(c, b):
-    return lloyd_bounds.step_bounded(xc, xs, valid, xn, c, b)
+    return lloyd_bounds.step_bounded(xc, xs, valid, xn, perm, c, b)
 
   b0 = lloyd_bounds.initial_bounds(num * rows)
   c, b, history = _stop_scan(step, b0, c0, iters, tol)
-  b = lloyd_bounds.assign_bounded(xp, vp, xn, c, b, rows)
+  b = lloyd_bounds.assign_bounded(xp, vp, xn, c, perm, b, rows)
   return c, b.codes[: xc.shape[0]], history

@@ -1,12 +1,14 @@
-"""Lloyd steps that skip the rows whose nearest centroid provably has not changed (Hamerly bounds).
+"""Lloyd steps that skip the rows whose nearest centroid provably has not changed (Yinyang bounds).
 
-Per row: an upper bound on the distance to its centroid and a lower bound on the distance to every
-other, kept valid across steps by the centroids' drift (triangle inequality). A row whose bounds
-are apart by more than twice the float32 error bound of a computed squared distance keeps its code:
+The centroids are split once into GROUPS spatial groups of equal size (balanced k-d halving of the
+seeds). Per row: a lower bound on the distance to each group's centroids other than its own, kept
+valid across steps by the group's largest drift (triangle inequality). Each step the exact distance
+to the row's own centroid (O(d)) is compared with the smallest group bound: a row whose bounds are
+apart by more than twice the float32 error bound of a computed squared distance keeps its code, as
 `_scores`' argmin could not pick another centroid, so codes equal the plain pass's bit for bit.
-Only the rows that fail are recomputed: compacted into whole chunks (a cumsum and a scatter) and
-assigned in a `lax.while_loop` whose trip count is the number of chunks they fill. When more than
-PLAIN_FRACTION of the rows fail (the first steps, when everything moves) the plain pass runs.
+The rows that fail are compacted into whole chunks (a cumsum and a scatter) and assigned in a
+`lax.while_loop` whose trip count is the number of chunks they fill; when more than
+PLAIN_FRACTION fail (the first steps, when everything moves) every chunk is recomputed.
 """
 
 from __future__ import annotations
@@ -18,33 +20,51 @@ import jax.numpy as jnp
 from jax import lax
 
 from lr2vq_jax.core import kmeans as km
-from lr2vq_jax.core.distances import argmin2_rows
+from lr2vq_jax.core.distances import ARGMIN_GROUP, _running_argmin
 
-# Bounds pay from this k up: below, the grouped argmin (which gives the second minimum for 1/16 of
-# a pass) is off and the matmul + argmin a row costs is too cheap to skip.
+# Bounds pay from this k up (and need k divisible by GROUPS * ARGMIN_GROUP).
 FILTER_MIN_K = 512
-# Above this fraction of failing rows a step runs the plain pass (compaction would not pay).
-PLAIN_FRACTION = 0.6
+GROUPS = (
+  16  # Yinyang's k / 10 groups at most; 16 measured best offline (benchmarks/kmeans_bounds.py)
+)
+# Above this fraction of failing rows a step recomputes every chunk (compaction would not pay).
+PLAIN_FRACTION = 0.75
 _EPS = 2.0**-24
 _UP, _DOWN = 1.0 + 1e-6, 1.0 - 1e-6  # directed rounding of the bound arithmetic
 
 
+def supported(k: int) -> bool:
+  """Whether `kmeans` can run the bounded loop at this k."""
+  return k >= FILTER_MIN_K and k % (GROUPS * ARGMIN_GROUP) == 0
+
+
 class Bounds(NamedTuple):
-  """Per padded row: candidate code, upper bound on ||x - c[code]||, lower bound on ||x - c_j||, j !=
-  code (Euclidean, not squared)."""
+  """Per padded row: candidate code (N,) and lower bounds (N, GROUPS) on the distance (not squared)
+  to the centroids of each group other than the code."""
 
   codes: jax.Array
-  upper: jax.Array
   lower: jax.Array
 
 
 def initial_bounds(num_rows: int) -> Bounds:
-  """Bounds that every row fails (upper +inf, lower 0): the first pass is a plain one."""
-  return Bounds(
-    jnp.zeros((num_rows,), jnp.int32),
-    jnp.full((num_rows,), jnp.inf, jnp.float32),
-    jnp.zeros((num_rows,), jnp.float32),
-  )
+  """Bounds that every row fails (lower 0): the first pass is a full one."""
+  return Bounds(jnp.zeros((num_rows,), jnp.int32), jnp.zeros((num_rows, GROUPS), jnp.float32))
+
+
+def centroid_groups(c: jax.Array) -> jax.Array:
+  """Permutation (k,) of the centroids into GROUPS contiguous groups of k / GROUPS: balanced k-d
+  halving (each group split at the median of its widest coordinate), each group in index order."""
+  k, d = c.shape
+  perm = jnp.arange(k)
+  g = 1
+  while g < GROUPS:
+    pts = jnp.take(c, perm, axis=0).reshape(g, k // g, d)
+    dim = jnp.argmax(jnp.max(pts, 1) - jnp.min(pts, 1), axis=1)
+    coord = jnp.take_along_axis(pts, dim[:, None, None], axis=2)[..., 0]
+    order = jnp.argsort(coord, axis=1, stable=True)
+    perm = jnp.take_along_axis(perm.reshape(g, k // g), order, axis=1).reshape(-1)
+    g *= 2
+  return jnp.sort(perm.reshape(GROUPS, -1), axis=1).reshape(-1).astype(jnp.int32)
 
 
 def _margin(xn: jax.Array, cmax: jax.Array, d: int) -> jax.Array:
@@ -54,39 +74,51 @@ def _margin(xn: jax.Array, cmax: jax.Array, d: int) -> jax.Array:
   return 8.0 * (d + 2) * _EPS * (cmax + xn) ** 2
 
 
-def _fresh(xb, lhs, cmax, d):
-  """Codes (as `_nearest`) and fresh bounds for the rows xb (b, d)."""
-  code, best, second = argmin2_rows(km._scores(xb, lhs))
+def _fresh(xb, lhs, perm, cmax, d):
+  """Codes (as `kmeans._nearest`: argmin, ties to the lowest index) and fresh group bounds for the
+  rows xb (b, d); lhs = `_score_lhs` of the centroids in `perm` order."""
+  k = perm.shape[0]
+  scores = km._scores(xb, lhs)  # (k, b) in group order
+  sub = scores.reshape(k // ARGMIN_GROUP, ARGMIN_GROUP, -1)
+  smin = jnp.min(sub, axis=1)
+  sgrp, best = _running_argmin(smin)
+  cols = jnp.arange(scores.shape[1])
+  vals = sub[sgrp[:, None], jnp.arange(ARGMIN_GROUP)[None, :], cols[:, None]]  # (b, 16)
+  first = jnp.argmax(vals == best[:, None], axis=1)
+  in_sub = jnp.min(jnp.where(jnp.arange(ARGMIN_GROUP) == first[:, None], jnp.inf, vals), axis=1)
+  others = jnp.where(jnp.arange(k // ARGMIN_GROUP)[:, None] == sgrp, in_sub, smin)
+  gmin = jnp.min(others.reshape(GROUPS, -1, others.shape[1]), axis=1)  # (GROUPS, b)
+  code = jnp.take(perm, sgrp * ARGMIN_GROUP + first)
+  tie = best == jnp.min(gmin, axis=0)  # across groups the first in group order won: fix to lowest
+
+  def lowest(code):
+    idx = jnp.where(scores == best, perm[:, None], k)
+    return jnp.where(tie, jnp.min(idx, axis=0), code)
+
+  code = lax.cond(jnp.any(tie), lowest, lambda c: c, code)
   xx = jnp.sum(xb * xb, axis=1)
   e = _margin(jnp.sqrt(xx), cmax, d)
-  upper = jnp.sqrt(jnp.maximum(best + xx + e, 0.0)) * _UP
-  lower = jnp.sqrt(jnp.maximum(second + xx - e, 0.0)) * _DOWN
-  return code, upper, lower
+  lower = jnp.sqrt(jnp.maximum(gmin + xx - e, 0.0)) * _DOWN
+  return code, lower.T
 
 
-def _cmax(c: jax.Array) -> jax.Array:
-  return jnp.sqrt(jnp.max(jnp.sum(c * c, axis=1))) * _UP
-
-
-def assign_bounded(xp, valid, xn, c, b: Bounds, rows: int) -> Bounds:
+def assign_bounded(xp, valid, xn, c, perm, b: Bounds, rows: int) -> Bounds:
   """Codes of the padded rows xp (N, d) (valid (N,), norms xn (N,)) under centroids c, by the bounds
   b (valid for c): the rows the bounds cannot settle are recomputed, `rows` at a time."""
   num_rows, d = xp.shape
-  lhs = km._nearest_lhs(c)
-  cmax = _cmax(c)
+  lhs = km._score_lhs(jnp.take(c, perm, axis=0))
+  cmax = jnp.sqrt(jnp.max(jnp.sum(c * c, axis=1))) * _UP
   e = _margin(xn, cmax, d)
-  # Hamerly's tightening, for every row (O(d) each): the exact distance to its current centroid,
-  # a sum of d squares without cancellation, so relative error <= (d + 2) eps.
+  # The exact distance to the current centroid: a sum of d squares, relative error <= (d + 2) eps.
   diff = xp - jnp.take(c, b.codes, axis=0)
-  tight = jnp.sum(diff * diff, axis=1) * (1.0 + (d + 4) * 2 * _EPS)
-  upper = jnp.minimum(b.upper * b.upper, tight)
-  keep = upper * _UP + 2.0 * e < (b.lower * b.lower) * _DOWN
-  fail = valid & ~keep
+  upper = jnp.sum(diff * diff, axis=1) * (1.0 + (d + 4) * 2 * _EPS)
+  lower = jnp.min(b.lower, axis=1)
+  fail = valid & ~(upper * _UP + 2.0 * e < (lower * lower) * _DOWN)
   m = jnp.sum(fail, dtype=jnp.int32)
 
-  def plain(b):
-    code, up, lo = lax.map(lambda xb: _fresh(xb, lhs, cmax, d), xp.reshape(-1, rows, d))
-    return Bounds(code.reshape(-1), up.reshape(-1), lo.reshape(-1))
+  def full(b):
+    code, lo = lax.map(lambda xb: _fresh(xb, lhs, perm, cmax, d), xp.reshape(-1, rows, d))
+    return Bounds(code.reshape(-1), lo.reshape(num_rows, GROUPS))
 
   def filtered(b):
     pos = jnp.cumsum(fail, dtype=jnp.int32) - 1
@@ -96,24 +128,22 @@ def assign_bounded(xp, valid, xn, c, b: Bounds, rows: int) -> Bounds:
     def body(state):
       i, b = state
       ids = lax.dynamic_slice(idx, (i * rows,), (rows,))  # tail: row 0 again, recomputed equal
-      code, up, lo = _fresh(jnp.take(xp, ids, axis=0), lhs, cmax, d)
-      return i + 1, Bounds(
-        b.codes.at[ids].set(code), b.upper.at[ids].set(up), b.lower.at[ids].set(lo)
-      )
+      code, lo = _fresh(jnp.take(xp, ids, axis=0), lhs, perm, cmax, d)
+      return i + 1, Bounds(b.codes.at[ids].set(code), b.lower.at[ids].set(lo))
 
     chunks = (m + rows - 1) // rows
     return lax.while_loop(lambda s: s[0] < chunks, body, (jnp.int32(0), b))[1]
 
-  return lax.cond(m > PLAIN_FRACTION * num_rows, plain, filtered, b)
+  return lax.cond(m > PLAIN_FRACTION * num_rows, full, filtered, b)
 
 
-def step_bounded(x, xs, valid, xn, c, b: Bounds):
+def step_bounded(x, xs, valid, xn, perm, c, b: Bounds):
   """`kmeans._step` by the bounds b (valid for c): (new centroids, bounds valid for them, sse of the
   codes under c). Same codes, centroids and SSE as `_step`."""
   n = x.shape[0]
   num, rows, d = xs.shape
   k = c.shape[0]
-  b = assign_bounded(xs.reshape(-1, d), valid.reshape(-1), xn, c, b, rows)
+  b = assign_bounded(xs.reshape(-1, d), valid.reshape(-1), xn, c, perm, b, rows)
 
   def body(carry, inp):
     xb, vb, code = inp
@@ -135,10 +165,6 @@ def step_bounded(x, xs, valid, xn, c, b: Bounds):
 
   new = lax.cond(jnp.any(empty), repair, lambda m: m, means)
   drift = jnp.sqrt(jnp.sum((new - c) ** 2, axis=1)) * (1.0 + 1e-5)
-  (d1, d2), (i1, _) = lax.top_k(drift, 2)  # the others' largest drift: d2 for rows coded i1
-  b = Bounds(
-    b.codes,
-    (b.upper + jnp.take(drift, b.codes)) * _UP,
-    jnp.maximum(b.lower - jnp.where(b.codes == i1, d2, d1), 0.0) * _DOWN,
-  )
-  return new, b, km._exact_sse(x, c, codes)
+  group_drift = jnp.max(jnp.take(drift, perm).reshape(GROUPS, -1), axis=1)
+  lower = jnp.maximum(b.lower - group_drift, 0.0) * _DOWN
+  return new, Bounds(b.codes, lower), km._exact_sse(x, c, codes)
