@@ -71,35 +71,9 @@ def argmin_rows(
   k, b = scores.shape
   if group < 2 or k % group or k < max(min_k, 4 * group):
     return _running_argmin(scores)
-  code, best, _ = _grouped_argmin(scores, group)
-  return code, best
-
-
-def _grouped_argmin(scores: jax.Array, group: int):
-  """`argmin_rows`' grouped path: (argmin, min, the row's group minima (k / group, b), the winning
-  group's `group` scores (b, group), the position of the winner in it (b,))."""
-  k, b = scores.shape
   groups = scores.reshape(k // group, group, b)
-  gmin = jnp.min(groups, axis=1)
-  grp, best = _running_argmin(gmin)
+  grp, best = _running_argmin(jnp.min(groups, axis=1))
   cols = jnp.arange(b)
   vals = groups[grp[:, None], jnp.arange(group)[None, :], cols[:, None]]  # (b, group)
   first = jnp.argmax(vals == best[:, None], axis=1).astype(jnp.int32)
-  return grp * group + first, best, (gmin, grp, vals, first)
-
-
-def argmin2_rows(
-  scores: jax.Array, group: int = ARGMIN_GROUP, min_k: int = ARGMIN_GROUPED_MIN_K
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`argmin_rows` (same argmin and min) plus the second smallest score of each column (the min over
-  the other rows; +inf when k = 1): grouped, it costs 1/group of the block more (the other groups'
-  minima and the winner's group), not a second pass over it."""
-  k, b = scores.shape
-  if group < 2 or k % group or k < max(min_k, 4 * group):
-    code, best = _running_argmin(scores)
-    other = jnp.where(jnp.arange(k)[:, None] == code[None, :], jnp.inf, scores)
-    return code, best, jnp.min(other, axis=0)
-  code, best, (gmin, grp, vals, first) = _grouped_argmin(scores, group)
-  in_grp = jnp.min(jnp.where(jnp.arange(group)[None, :] == first[:, None], jnp.inf, vals), axis=1)
-  out_grp = jnp.min(jnp.where(jnp.arange(k // group)[:, None] == grp[None, :], jnp.inf, gmin), 0)
-  return code, best, jnp.minimum(in_grp, out_grp)
+  return grp * group + first, best
