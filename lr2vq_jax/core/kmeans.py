@@ -347,7 +347,7 @@ def kmeans(
   if bounds and not lloyd_bounds.supported(k):
     raise ValueError(f"bounds=True needs lloyd_bounds.supported(k), got k={k}")
   if bounds:
-    c, codes, history = _lloyd_bounded(xc, xs, valid, c0, iters, tol)
+    c, codes, history = lloyd_bounds.lloyd(xc, xs, valid, c0, iters, tol)
   else:
     c, history = _lloyd(xc, xs, valid, c0, iters, tol)
     codes, _ = assign(xc, c, chunk_size=chunk_size)
@@ -384,37 +384,3 @@ def _lloyd(xc, xs, valid, c0, iters: int, tol: float):
 
   c, _, history = _stop_scan(step, (), c0, iters, tol)
   return c, history
-
-
-def _lloyd_bounded(xc, xs, valid, c0, iters: int, tol: float):
-  """`_lloyd` by `lloyd_bounds` (same results), and the final codes from the bounds too."""
-  from lr2vq_jax.core import lloyd_bounds  # noqa: PLC0415
-
-  num, rows, d = xs.shape
-  xp, vp = xs.reshape(-1, d), valid.reshape(-1)
-  xn = jnp.sqrt(jnp.sum(xp * xp, axis=1))
-  perm = lloyd_bounds.centroid_groups(c0)
-
-  def step(c, state):
-    b, t = state
-
-    def plain(c, b):  # the bounds stay the initial ones (all rows fail) until the first bounded
-      new, _, sse = _step(xc, xs, valid, c)
-      return new, b, sse
-
-    def bounded(c, b):
-      return lloyd_bounds.step_bounded(xc, xs, valid, xn, perm, c, b)
-
-    new, b, sse = lax.cond(t < lloyd_bounds.WARMUP, plain, bounded, c, b)
-    return new, (b, t + 1), sse
-
-  b0 = lloyd_bounds.initial_bounds(num * rows)
-  c, (b, t), history = _stop_scan(step, (b0, jnp.int32(0)), c0, iters, tol)
-  codes = lax.cond(  # bounds from a bounded step, else (early stop) a plain pass
-    t <= lloyd_bounds.WARMUP,
-    lambda c, b: assign(xc, c, chunk_size=rows)[0],
-    lambda c, b: lloyd_bounds.assign_bounded(xp, vp, xn, c, perm, b, rows).codes[: xc.shape[0]],
-    c,
-    b,
-  )
-  return c, codes, history

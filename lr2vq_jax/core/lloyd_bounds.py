@@ -178,3 +178,36 @@ def step_bounded(x, xs, valid, xn, perm, c, b: Bounds):
   group_drift = jnp.max(jnp.take(drift, perm).reshape(GROUPS, -1), axis=1)
   lower = jnp.maximum(b.lower - group_drift, 0.0) * _DOWN
   return new, Bounds(b.codes, lower), km._exact_sse(x, c, codes)
+
+
+def lloyd(xc, xs, valid, c0, iters: int, tol: float):
+  """`kmeans._lloyd` by the bounds (same results), and the final codes from the bounds too:
+  (centroids, codes (n,), sse history)."""
+  num, rows, d = xs.shape
+  xp, vp = xs.reshape(-1, d), valid.reshape(-1)
+  xn = jnp.sqrt(jnp.sum(xp * xp, axis=1))
+  perm = centroid_groups(c0)
+
+  def step(c, state):
+    b, t = state
+
+    def plain(c, b):  # the bounds stay the initial ones (all rows fail) until the first bounded
+      new, _, sse = km._step(xc, xs, valid, c)
+      return new, b, sse
+
+    def bounded(c, b):
+      return step_bounded(xc, xs, valid, xn, perm, c, b)
+
+    new, b, sse = lax.cond(t < WARMUP, plain, bounded, c, b)
+    return new, (b, t + 1), sse
+
+  b0 = initial_bounds(num * rows)
+  c, (b, t), history = km._stop_scan(step, (b0, jnp.int32(0)), c0, iters, tol)
+  codes = lax.cond(  # bounds from a bounded step, else (early stop) a plain pass
+    t <= WARMUP,
+    lambda c, b: km.assign(xc, c, chunk_size=rows)[0],
+    lambda c, b: assign_bounded(xp, vp, xn, c, perm, b, rows).codes[: xc.shape[0]],
+    c,
+    b,
+  )
+  return c, codes, history
