@@ -302,7 +302,9 @@ def seed(x: jax.Array, k: int, *, key: jax.Array, chunk_size: int = CHUNK_SIZE) 
   return fn(xs, k, key=key, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters", "chunk_size", "return_history", "tol"))
+@functools.partial(
+  jax.jit, static_argnames=("k", "iters", "chunk_size", "return_history", "tol", "bounds")
+)
 def kmeans(
   x: jax.Array,
   k: int,
@@ -313,6 +315,7 @@ def kmeans(
   init: jax.Array | None = None,
   return_history: bool = False,
   tol: float = TOL,
+  bounds: bool | None = None,
 ):
   """Seeding (`seed`, or `init` (k, d)), then up to `iters` Lloyd steps with empty-cluster repair.
 
@@ -322,7 +325,12 @@ def kmeans(
   Returns KMeansResult, or (KMeansResult, sse_history (iters + 1,)) when return_history: entry t is
   the SSE of the assignment to the centroids after t steps (non-increasing; after a stop it repeats
   the last step's SSE); the last is `sse`.
+
+  bounds: skip the rows whose code provably holds (`lloyd_bounds`: same codes, centroids and SSE);
+  None turns it on from k = lloyd_bounds.FILTER_MIN_K, where it pays.
   """
+  from lr2vq_jax.core import lloyd_bounds  # noqa: PLC0415 (it builds on this module)
+
   x = jnp.asarray(x, jnp.float32)
   _check(x, k)
   mean = jnp.mean(x, axis=0)  # center for a better-conditioned ||x||^2 - 2x.c + ||c||^2
@@ -334,24 +342,45 @@ def kmeans(
   else:
     c0 = jnp.asarray(init, jnp.float32) - mean
   xs, valid = chunk_rows(xc, _rows(chunk_size, k))
-
-  def step(c):
-    new, _, sse = _step(xc, xs, valid, c)
-    return new, sse
-
-  def body(carry, _):
-    c, prev, done = carry
-    if tol == 0:
-      new, sse = step(c)
-    else:  # after the stop the centroids stay, and the history repeats the last SSE
-      new, sse = lax.cond(done, lambda c: (c, prev), step, c)
-    return (new, sse, done | (sse >= prev * (1.0 - tol))), sse
-
-  init_carry = (c0, jnp.array(jnp.inf, jnp.float32), jnp.array(False))
-  (c, _, _), history = lax.scan(body, init_carry, None, length=iters)
-  codes, _ = assign(xc, c, chunk_size=chunk_size)
+  if bounds is None:
+    bounds = lloyd_bounds.supported(k)
+  if bounds and not lloyd_bounds.supported(k):
+    raise ValueError(f"bounds=True needs lloyd_bounds.supported(k), got k={k}")
+  if bounds:
+    c, codes, history = lloyd_bounds.lloyd(xc, xs, valid, c0, iters, tol)
+  else:
+    c, history = _lloyd(xc, xs, valid, c0, iters, tol)
+    codes, _ = assign(xc, c, chunk_size=chunk_size)
   sse = _exact_sse(xc, c, codes)
   result = KMeansResult(c + mean, codes, sse)
   if return_history:
     return result, jnp.concatenate([history, sse[None]])
   return result
+
+
+def _stop_scan(step, state0, c0, iters: int, tol: float):
+  """Up to `iters` Lloyd steps (step(c, state) -> (new, state, sse)), stopped after the first that
+  gains < tol of the SSE (then the centroids and state stay, the history repeats the last SSE)."""
+
+  def body(carry, _):
+    c, state, prev, done = carry
+    if tol == 0:
+      new, state, sse = step(c, state)
+    else:
+      new, state, sse = lax.cond(done, lambda c, s: (c, s, prev), step, c, state)
+    return (new, state, sse, done | (sse >= prev * (1.0 - tol))), sse
+
+  init = (c0, state0, jnp.array(jnp.inf, jnp.float32), jnp.array(False))
+  (c, state, _, _), history = lax.scan(body, init, None, length=iters)
+  return c, state, history
+
+
+def _lloyd(xc, xs, valid, c0, iters: int, tol: float):
+  """Plain Lloyd loop: (centroids, sse history)."""
+
+  def step(c, state):
+    new, _, sse = _step(xc, xs, valid, c)
+    return new, state, sse
+
+  c, _, history = _stop_scan(step, (), c0, iters, tol)
+  return c, history
