@@ -87,14 +87,21 @@ class LinenView:
     return to_variables(self.build(rng))
 
   def bind_variables(self, variables) -> nnx.Module:
-    """The mode's NNX model holding `variables` (linen layout; extra leaves are ignored)."""
+    """The mode's NNX model holding `variables` (linen layout; extra leaves are ignored).
+
+    Training DKM's carried state (`dkm_lists`) that `variables` lack starts as a linen layer
+    makes it: zeros (lists ranked at the first training call, a cold start)."""
     graphdef, abstract, keys = self._graph
     flat = traverse_util.flatten_dict(_plain(variables))
     leaves = []
     for path, var in nnx.to_flat_state(abstract):
       key = keys.get(tuple(path))
       if key is not None and key not in flat:
-        raise KeyError(f"variables have no {'/'.join(key)!r} (the model's mode is {self.mode})")
+        if key[0] != DKM_LISTS:
+          raise KeyError(f"variables have no {'/'.join(key)!r} (the model's mode is {self.mode})")
+        spec = var.get_value()  # abstract: shape and dtype
+        leaves.append((path, var.replace(jnp.zeros(spec.shape, spec.dtype))))
+        continue
       leaves.append((path, var if key is None else var.replace(flat[key])))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
@@ -116,6 +123,8 @@ class LinenView:
     if quant_train is not None:
       model.set_attributes(QuantizedKernel, deterministic=not quant_train)
     collections = [] if mutable is False else list(mutable)
+    if DKM_LISTS not in collections:
+      _rank_every_call(model)
     updates = {}
     if LOSSES in collections:
       y, losses = nnx.capture(model, Losses)(x)
@@ -145,6 +154,14 @@ class LinenView:
 
   def lr2vq_plan(self, rules: Rule | Sequence[Rule]) -> dict[str, LayerPlan]:
     return plan_model(nnx.eval_shape(lambda: self.factory(rngs=nnx.Rngs(0))), rules)
+
+
+def _rank_every_call(model: nnx.Module) -> None:
+  """Sets the carried lists' call counters to 0, so a call that cannot write `dkm_lists` ranks
+  each row's candidates afresh, as a linen layer does without the collection mutable."""
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, QuantizedKernel) and hasattr(node, "count"):
+      node.count[...] = jnp.zeros((), jnp.int32)
 
 
 def _plain(tree) -> dict:

@@ -135,7 +135,6 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
     config.data.shuffle_buffer = 16
     shorten(config, steps=2, kmeans_iters=2)
     config.float.num_steps = 0  # as the recipe: the float stage imports the weights, evaluates
-    config.quant.dkm_iters = 1  # one DKM update: a smaller graph to compile on CPU
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected 'runlocal' or nothing")
   return config

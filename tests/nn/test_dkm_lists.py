@@ -10,6 +10,7 @@ import pytest
 import lr2vq_jax as lq
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.core import kernel as kernel_math
+from lr2vq_jax.core import recorded
 from lr2vq_jax.nn import DKM_LISTS
 
 TOP_T, K = 4, 16
@@ -17,6 +18,9 @@ X = jax.random.normal(jax.random.key(0), (3, 16))
 
 
 def _layer(refresh: int, train: bool = True, **quant):
+  """A quantize Dense with `dkm_refresh=refresh` and a cold start (dkm_warm=False: the lists alone
+  are under test here; tests/nn/test_dkm_warm.py covers the offset)."""
+  quant = {"dkm_warm": False, **quant}
   config = lq.nn.QuantConfig(dkm_top_t=TOP_T, dkm_refresh=refresh, **quant)
   rule = lq.Rule(".*", k=K, m=4, d=2)
   return lq.nn.Dense(32, rule=rule, mode="quantize", train=train, quant=config)
@@ -33,7 +37,7 @@ def _expected_out(variables, config, neighbors=None):
   arrays["tau"] = variables["quant"]["tau"]
   if neighbors is not None:
     arrays["neighbors"] = neighbors
-  settings = {"projection": "learned", "store": "codebook", "dkm_iters": 3}
+  settings = {"projection": "learned", "store": "codebook", **recorded.DEFAULTS}
   rows, _ = kernel_math.mode_rows("quantize", arrays, settings, config, train=True)
   kernel = rows.reshape(32, 16).T  # Dense rows: (out, in) subvectors, PyTorch order
   return X @ kernel + p["bias"]

@@ -37,7 +37,9 @@ def _out(rows, bias):
 
 
 def test_cold_config_keeps_no_offset_and_warm_starts_at_zero():
-  assert DKM_LISTS not in _init(dkm_warm=False)
+  assert DKM_LISTS not in _init(dkm_warm=False, dkm_refresh=1)  # nothing carried at all
+  assert "offset" not in _init(dkm_warm=False)[DKM_LISTS]  # the default refresh: lists only
+  assert lq.nn.QuantConfig().dkm_warm  # the layers' default is the warm start
   offset = _init()[DKM_LISTS]["offset"]
   assert offset.shape == (K, 2) and offset.dtype == jnp.float32 and not np.any(offset)
 

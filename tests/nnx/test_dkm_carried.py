@@ -63,7 +63,10 @@ def test_evaluation_reads_the_offset_and_matches_the_linen_layer():
   assert not np.allclose(layer(X), linen.apply(cold, X), atol=1e-4)
 
 
-def test_default_config_keeps_no_carried_state():
-  kernel = _layer().kernel
+def test_refresh_one_cold_keeps_no_carried_state_and_the_default_carries_it():
+  kernel = _layer(dkm_refresh=1, dkm_warm=False).kernel
   assert not any(hasattr(kernel, n) for n in ("neighbors", "count", "offset"))
   assert not nnx.to_flat_state(nnx.state(kernel, lq.nnx.DkmState))
+  kernel = _layer().kernel  # the defaults: carried lists and a warm start
+  assert all(hasattr(kernel, n) for n in ("neighbors", "count", "offset"))
+  assert len(nnx.to_flat_state(nnx.state(kernel, lq.nnx.DkmState))) == 3

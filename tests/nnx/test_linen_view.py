@@ -91,3 +91,26 @@ def test_train_steps_of_the_training_system_match_linen(models):
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
   jax.tree.map(np.testing.assert_array_equal, s1, s2)
   assert float(m1["loss"]) == float(m2["loss"])
+
+
+def test_carried_dkm_state_is_made_used_and_written_as_linen_does(models):
+  """Converted variables (no `dkm_lists`): a training apply that may write them makes them as
+  linen does; one that cannot ranks every call, however stale the carried lists are."""
+  x, linen, view, variables = models
+  v = convert.lowrank_to_quantize(
+    convert.float_to_lowrank(variables, RULES), RULES, key=jax.random.key(1)
+  )
+  config = lq.QuantConfig(dkm_refresh=4, dkm_warm=True)
+  ql, qn = (lq.nn.quantize_model(m, RULES, "quantize", config) for m in (linen, view))
+  mutable = ["batch_stats", lq.nn.DKM_LISTS]
+  y, new = qn.apply(v, x, train=True, mutable=mutable)
+  y_ref, new_ref = ql.apply(v, x, train=True, mutable=mutable)
+  np.testing.assert_array_equal(y, y_ref)
+  lists, lists_ref = new[lq.nn.DKM_LISTS], dict(new_ref[lq.nn.DKM_LISTS])
+  assert int(lists["conv2"]["count"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, lists, lists_ref)
+  stale = jax.tree.map(lambda a: a * 0 + (a.ndim == 0), dict(lists))  # count 1, zero lists
+  carried = {**v, lq.nn.DKM_LISTS: stale}
+  y = qn.apply(carried, x, train=True, mutable=["batch_stats"])[0]
+  np.testing.assert_array_equal(y, ql.apply(carried, x, train=True, mutable=["batch_stats"])[0])
+  np.testing.assert_array_equal(y, qn.apply(v, x, train=True, mutable=["batch_stats"])[0])

@@ -79,6 +79,20 @@ CHILD = textwrap.dedent(
   out = {}
   for key in ("init", "grads", "first", "last"):
     out[key] = {"leaves": jax.tree.map(rel, a[key], b[key]), "total": total(a[key], b[key])}
+  # Adam's first update per entry: lr0·g/(|g| + eps), g = mu/(1 - b1). Entries with |g| well
+  # above eps move by ±lr0 whatever the rounding; the rest by lr0·Δg/eps at most (slope 1/eps).
+  lr0, eps, b1 = float(learning_rate_schedule(base.cfg, base.num_steps)(0)), 1e-8, 0.9
+
+  def resolved(p, q, ga, gb):
+    keep = np.minimum(np.abs(ga), np.abs(gb)) >= 100 * (1 - b1) * eps
+    return rel(np.where(keep, p, 0), np.where(keep, q, 0))
+
+  def excess(p, q, ga, gb):
+    return float(np.max(np.abs(p - q) - lr0 * np.abs(ga - gb) / ((1 - b1) * eps)))
+
+  pairs = (a["first"], b["first"], a["grads"], b["grads"])
+  out["first_resolved"] = jax.tree.map(resolved, *pairs)
+  out["first_excess"] = jax.tree.map(excess, *pairs)
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a["last"], b["last"])
   out["last"]["max_abs"] = diff
   out["losses"] = [a["losses"], b["losses"]]
@@ -120,8 +134,16 @@ def test_sharded_quantize_step_matches_single_device(tmp_path):
   assert abs(loss_a - loss_b) <= 1e-6 * abs(loss_b), result["losses"]
   assert max(_flat(result["grads"]["leaves"]).values()) <= 2e-4, result["grads"]
   assert result["grads"]["total"] <= 1e-4, result["grads"]
-  # Params after step 1: Adam's first update is lr·g/(|g| + ε), measured worst leaf 3.7e-7.
-  assert max(_flat(result["first"]["leaves"]).values()) <= 1e-5, result["first"]
+  # Params after step 1: Adam's first update is lr·g/(|g| + ε), ±lr where |g| ≫ ε: there the
+  # runs agree to rounding (measured worst leaf 9e-8). Where |g| ≲ ε (a z row DKM barely moves,
+  # |g| ~ 1e-11..1e-9) the slope is lr/ε = 1e5, so the gradients' rounding difference (~1e-9
+  # absolute, the 1e-5 relative above) moves such an entry by up to ~lr: one of conv3/z's 32768
+  # entries measured 7.6e-4 apart (leaf 1e-4 relative), on both the old and the fast DKM path. So:
+  # ≤ 1e-5 on the entries with |g| ≥ 100ε in both runs, and everywhere no more than Adam's slope
+  # makes of the gradient difference (measured excess 2.3e-10; a wrong shard is O(1) in both).
+  assert max(_flat(result["first_resolved"]).values()) <= 1e-5, result["first_resolved"]
+  assert max(_flat(result["first_excess"]).values()) <= 1e-7, result["first_excess"]
+  assert result["first"]["total"] <= 1e-3, result["first"]
   # After 3 steps (see the module docstring): Adam's hard bound per entry, and measured margins.
   bound = 2.01 * result["lr_sum"]
   worst = max(_flat(result["last"]["max_abs"]).values())

@@ -10,11 +10,12 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from etils import epath
 from flax import traverse_util
 
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.nn import DKM_LISTS
-from lr2vq_jax.train import input_pipeline, partitioning, run_config, trainer
+from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, run_config, trainer
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.state import create_train_state, with_model_lists
 from lr2vq_jax.train.step import make_train_step
@@ -23,9 +24,11 @@ from tests.support.devices import child_env
 from tests.support.paths import QUICK
 
 
-def _stage(tmp_path, refresh: int):
+def _stage(tmp_path, refresh: int, warm: bool = False):
+  """The quick quantize stage with `dkm_refresh=refresh` (cold start unless `warm`: the lists
+  are ranked against the codebook itself; tests/train/test_dkm_warm_step.py covers the offset)."""
   config = load_config(QUICK)
-  config.quant.dkm_refresh = refresh
+  config.quant.update(dkm_refresh=refresh, dkm_warm=warm)
   return config, trainer.build_stage(config, "quantize", str(tmp_path))
 
 
@@ -69,9 +72,13 @@ def test_three_steps_with_refresh_two_carry_the_lists(tmp_path):
     assert not np.array_equal(before[1][(*layer, "neighbors")], want)  # step 2 re-ranked
 
 
-def test_default_refresh_keeps_no_lists_and_converted_variables_get_zeros(tmp_path):
+def test_refresh_one_keeps_no_lists_and_converted_variables_get_zeros(tmp_path):
   _, stage = _stage(tmp_path, 1)
-  assert DKM_LISTS not in trainer.abstract_state(stage).model_state
+  assert DKM_LISTS not in trainer.abstract_state(stage).model_state  # nothing carried
+  default = trainer.build_stage(load_config(QUICK), "quantize", str(tmp_path))
+  assert default.layer_config.dkm_refresh == 16 and default.layer_config.dkm_warm  # fast path
+  carried = traverse_util.flatten_dict(trainer.abstract_state(default).model_state[DKM_LISTS])
+  assert {k[-1] for k in carried} == {"neighbors", "count", "offset"}
   _, stage4 = _stage(tmp_path, 4)
   target = trainer.abstract_state(stage4)
   wanted = target.model_state[DKM_LISTS]
@@ -148,10 +155,24 @@ def test_sharded_step_with_carried_lists_equals_one_device(tmp_path):
   assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
 
 
-def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged():
+def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged(tmp_path):
+  """A run's config.json from before `dkm_refresh` / `dkm_warm` existed reads as 1 / False:
+  resuming it under the new defaults stops and names both fields; the old values resume."""
+  old_config = load_config(QUICK)
+  old_config.quant.update(dkm_refresh=1, dkm_warm=False)
+  old = run_config.resolved(old_config, "quantize")
+  del old["quant"]["dkm_refresh"], old["quant"]["dkm_warm"]
   new = run_config.resolved(load_config(QUICK), "quantize")
-  old = json.loads(json.dumps(new))
-  del old["quant"]["dkm_refresh"]  # a run's config.json from before the field existed
-  assert run_config.differences(old, new, "quantize") == []
-  new["quant"]["dkm_refresh"] = 16
-  assert run_config.differences(old, new, "quantize") == ["quant.dkm_refresh: 1 → 16"]
+  assert run_config.differences(old, run_config.resolved(old_config, "quantize"), "quantize") == []
+  assert run_config.differences(old, new, "quantize") == [
+    "quant.dkm_refresh: 1 → 16",
+    "quant.dkm_warm: False → True",
+  ]
+  stage_dir = tmp_path / "quantize"
+  (epath.Path(checkpointing.checkpoint_dir(str(stage_dir))) / "5").mkdir(parents=True)
+  run_config.config_path(str(stage_dir)).write_text(json.dumps(old))
+  with pytest.raises(run_config.ConfigChangedError) as err:
+    run_config.check_unchanged(load_config(QUICK), str(tmp_path), ["quantize"])
+  assert "quant.dkm_refresh: 1 → 16" in str(err.value)
+  assert "quant.dkm_warm: False → True" in str(err.value)
+  run_config.check_unchanged(old_config, str(tmp_path), ["quantize"])  # the old values resume

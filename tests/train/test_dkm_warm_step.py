@@ -59,11 +59,13 @@ def test_warm_must_be_set_and_old_runs_read_as_cold(tmp_path):
   config.quant.dkm_warm = None
   with pytest.raises(ConfigError, match=r"quant\.dkm_warm"):
     validate_config(config, str(tmp_path))
-  new = run_config.resolved(load_config(QUICK), "quantize")
+  cold = load_config(QUICK)
+  cold.quant.dkm_warm = False
+  new = run_config.resolved(cold, "quantize")
   old = json.loads(json.dumps(new))
   del old["quant"]["dkm_warm"]  # a run's config.json from before the field existed
   assert run_config.differences(old, new, "quantize") == []
-  new["quant"]["dkm_warm"] = True
+  new = run_config.resolved(load_config(QUICK), "quantize")  # the default: warm
   assert run_config.differences(old, new, "quantize") == ["quant.dkm_warm: False → True"]
 
 
