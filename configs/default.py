@@ -2,7 +2,7 @@
 
 Run:       make demo   (= python -m lr2vq_jax.main --config configs/default.py --workdir runs/demo)
 Quick:     --config configs/default.py:quick  (a few steps per stage; what the test suite runs)
-Hardware:  2 CPU cores: make demo took 2 min 23 s on a fresh clone, install included (pip's cache
+Hardware:  2 CPU cores: make demo took 1 min 30 s on a fresh clone, install included (pip's cache
            warm).
 Expected:  float ≥ 98% top-1 on the 450 held-out test digits; LR²VQ (m = 9, k = 16, d̃ = 4) close to
            it at 0.44 code bits per weight; PQ and vanilla DKM at the same bytes score lower on
