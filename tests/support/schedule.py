@@ -39,7 +39,8 @@ COST = {
   "tests/scale/test_sharded_step.py::test_sharded_quantize_step_matches_single_device": 27,
   "tests/nnx/test_transformer.py::test_train_step_export_load": 25,
   "tests/train/test_pipeline.py::test_embedded_pipeline_runs_every_stage": 23,
-  "tests/train/test_dkm_refresh.py::test_sharded_step_with_carried_lists_equals_one_device": 22,
+  "tests/train/test_dkm_refresh.py::test_sharded_step_with_carried_lists_and_offsets_equals_one_device":
+    22,
   "tests/train/test_dim_select.py": 22,
   "tests/nnx/test_training.py::test_nnx_model_pipeline_interrupted_resumed_exported": 22,
   "tests/test_examples.py::test_own_model_example": 20,
@@ -53,7 +54,6 @@ COST = {
   "tests/nnx/test_readme.py::test_readme_nnx_snippet_runs": 16,
   "tests/test_dim_choice.py::test_select_dim_for_any_model_scores_every_candidate": 15,
   "tests/train/test_recipe_options.py::test_pipeline_with_every_option_on": 14,
-  "tests/train/test_dkm_warm_step.py::test_sharded_warm_step_equals_one_device": 11,
 }  # fmt: skip
 SLOW_DEFAULT = 8.0  # a test marked `slow` that COST does not list
 DEFAULT = 0.5

@@ -110,7 +110,7 @@ SHARDED = textwrap.dedent(
   from lr2vq_jax.train.step import make_train_step
 
   config = get_config("quick")
-  config.quant.dkm_refresh = 2
+  config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)  # lists and the warm offset
   base = trainer.build_stage(config, "quantize", sys.argv[1])
   assert base.mesh.shape["data"] == 8
   batch = next(input_pipeline.build_input(config.data, split="train", start_step=0))
@@ -128,22 +128,27 @@ SHARDED = textwrap.dedent(
     for _ in range(2):  # a ranking step and a carried one
       state, metrics = step(state, partitioning.global_batch(batch, stage.mesh))
       losses.append(float(metrics["loss"]))
-    lists = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
-    lists = {k: v for k, v in lists.items() if k[-1] == "neighbors"}
+    flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
+    lists = {k: v for k, v in flat.items() if k[-1] == "neighbors"}
     if devices == 8:
       specs = [v.sharding.spec for v in lists.values()]
       assert all(s == P("data", None) for s in specs), specs
-    out[devices] = (losses, jax.device_get(lists))
-  # The same math in other summation orders: losses to rounding, rankings up to near-ties.
+    offsets = {k: v for k, v in flat.items() if k[-1] == "offset"}
+    out[devices] = (losses, jax.device_get(lists), jax.device_get(offsets))
+  # The same math in other summation orders: losses and warm offsets to rounding, rankings up to
+  # near-ties.
   np.testing.assert_allclose(out[8][0], out[1][0], rtol=1e-5)
+  assert out[1][1] and out[1][2]
   for key, v in out[1][1].items():
     assert np.mean(out[8][1][key] == v) > 0.999, key
+  for key, v in out[1][2].items():
+    np.testing.assert_allclose(out[8][2][key], v, atol=1e-4)
   print("OK")
   """
 )
 
 
-def test_sharded_step_with_carried_lists_equals_one_device(tmp_path):
+def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(tmp_path):
   env = child_env(8, tmp_path)
   run = subprocess.run(
     [sys.executable, "-c", SHARDED, str(tmp_path / "work")],

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -19,7 +16,6 @@ from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.state import create_train_state
 from lr2vq_jax.train.step import make_train_step
 from lr2vq_jax.train.validate import ConfigError, validate_config
-from tests.support.devices import child_env
 from tests.support.paths import QUICK
 
 
@@ -69,53 +65,5 @@ def test_warm_must_be_set_and_old_runs_read_as_cold(tmp_path):
   assert run_config.differences(old, new, "quantize") == ["quant.dkm_warm: False → True"]
 
 
-SHARDED = textwrap.dedent(
-  """
-  import dataclasses, sys
-  import jax, numpy as np
-  from flax import traverse_util
-  from configs.default import get_config
-  from lr2vq_jax.nn import DKM_LISTS
-  from lr2vq_jax.train import input_pipeline, partitioning, trainer
-  from lr2vq_jax.train.state import create_train_state
-  from lr2vq_jax.train.step import make_train_step
-
-  config = get_config("quick")
-  config.quant.update(dkm_warm=True, dkm_iters=1, dkm_refresh=2)
-  base = trainer.build_stage(config, "quantize", sys.argv[1])
-  batch = next(input_pipeline.build_input(config.data, split="train", start_step=0))
-  out = {}
-  for devices in (8, 1):
-    stage = dataclasses.replace(base, mesh=partitioning.make_mesh(devices))
-    target = trainer.abstract_state(stage)
-    state = create_train_state(
-      stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
-    )
-    step = partitioning.jit_train_step(
-      make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
-    )
-    losses = []
-    for _ in range(2):
-      state, metrics = step(state, partitioning.global_batch(batch, stage.mesh))
-      losses.append(float(metrics["loss"]))
-    flat = traverse_util.flatten_dict(jax.device_get(state.model_state[DKM_LISTS]))
-    out[devices] = (losses, {k: v for k, v in flat.items() if k[-1] == "offset"})
-  # The same math in other summation orders: losses and offsets to rounding.
-  np.testing.assert_allclose(out[8][0], out[1][0], rtol=1e-5)
-  assert out[1][1]
-  for key, v in out[1][1].items():
-    np.testing.assert_allclose(out[8][1][key], v, atol=1e-4)
-  print("OK")
-  """
-)
-
-
-def test_sharded_warm_step_equals_one_device(tmp_path):
-  run = subprocess.run(
-    [sys.executable, "-c", SHARDED, str(tmp_path / "work")],
-    env=child_env(8, tmp_path),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
+# The 8-device sharded warm step = one device (losses, offsets, lists): tests/train/
+# test_dkm_refresh.py::test_sharded_step_with_carried_lists_and_offsets_equals_one_device.
