@@ -1,8 +1,5 @@
 """Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,6 +10,7 @@ import pytest
 from lr2vq_jax.core import dkm_top
 from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive, neighbors
 from lr2vq_jax.core.kernel import QuantConfig
+from tests.support.devices import run_script
 
 
 def _inputs(seed, n, d, k):
@@ -182,9 +180,5 @@ SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_top_t_equals_unsharded():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  out = subprocess.run(
-    [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
-  )
-  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+def test_sharded_top_t_equals_unsharded(tmp_path):
+  assert "OK" in run_script(SHARDED, devices=4, tmp=tmp_path, timeout=300)

@@ -10,12 +10,9 @@ why later steps drift further), not bit for bit.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
-from tests.support.devices import child_env
-from tests.support.paths import ROOT
+from tests.support.devices import run_script
 
 CHILD = textwrap.dedent(
   """
@@ -99,16 +96,8 @@ CHILD = textwrap.dedent(
 
 
 def test_sharded_nnx_step_equals_one_device_and_restores_on_another_mesh(tmp_path):
-  proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(tmp_path)],
-    cwd=ROOT,
-    env=child_env(8, tmp_path),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  stdout = run_script(CHILD, str(tmp_path), devices=8, tmp=tmp_path)
+  out = json.loads(stdout.strip().splitlines()[-1])
   eight, one = out["eight"], out["one"]
   assert eight["z_spec"] == "P('data', None)" and eight["shard_map"]
   assert abs(eight["losses"][0] - one["losses"][0]) < 1e-5

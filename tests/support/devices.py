@@ -68,6 +68,21 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> str:
   return finish(start(cmd, env, log), log)
 
 
+def run_script(script: str, *args: str, devices: int, tmp: Path, timeout: int = TIMEOUT) -> str:
+  """Runs `python -c script args...` with `devices` simulated devices; its stdout, or a failure
+  with the end of its stderr."""
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *args],
+    cwd=ROOT,
+    env=child_env(devices, tmp),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return proc.stdout
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

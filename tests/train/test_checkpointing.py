@@ -1,8 +1,5 @@
 """Checkpointer: bit-exact round trips with meta, retention, and restore onto another mesh."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import flax.struct
@@ -17,6 +14,7 @@ from lr2vq_jax.train.checkpointing import (
   abstract_like,
   checkpoint_dir,
 )
+from tests.support.devices import run_script
 
 
 @flax.struct.dataclass
@@ -135,18 +133,8 @@ _RESHARD = textwrap.dedent(
 
 
 def test_restore_onto_another_mesh(tmp_path):
-  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  flags = " ".join([*kept, "--xla_force_host_platform_device_count=8"])  # e.g. max_isa kept
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-  env["TMPDIR"] = str(tmp_path)
-  out = subprocess.run(
-    [sys.executable, "-c", _RESHARD, str(tmp_path / "ck")],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert out.returncode == 0 and "RESHARD_OK" in out.stdout, out.stdout + out.stderr[-3000:]
+  out = run_script(_RESHARD, str(tmp_path / "ck"), devices=8, tmp=tmp_path, timeout=120)
+  assert "RESHARD_OK" in out, out
 
 
 def test_restoring_into_other_shapes_is_one_clear_error(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -20,7 +18,7 @@ from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.state import create_train_state, with_model_lists
 from lr2vq_jax.train.step import make_train_step
 from lr2vq_jax.train.validate import ConfigError, validate_config
-from tests.support.devices import child_env
+from tests.support.devices import run_script
 from tests.support.paths import QUICK
 
 
@@ -149,15 +147,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(tmp_path):
-  env = child_env(8, tmp_path)
-  run = subprocess.run(
-    [sys.executable, "-c", SHARDED, str(tmp_path / "work")],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
+  assert "OK" in run_script(SHARDED, str(tmp_path / "work"), devices=8, tmp=tmp_path)
 
 
 def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged(tmp_path):
