@@ -272,7 +272,7 @@ def main() -> None:
     carried = [v for v in variants if "dkm_refresh" in VARIANTS[v][3]]
     costs = {v: compiled_cost(args.models, v, args, quant) for v in variants if v not in carried}
     if carried:  # a carried step: the lists as given, no ranking branch
-      kernel_math.carried_neighbors = lambda z, c, lists, count, config: (lists, count + 1)
+      kernel_math.carried_neighbors = lambda arrays, lists, count, config: (lists, count + 1)
       costs.update({v: compiled_cost(args.models, v, args, quant) for v in carried})
     print(json.dumps(costs))
     return

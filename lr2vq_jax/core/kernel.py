@@ -224,11 +224,12 @@ def train_iters(recorded_iters, config: QuantConfig) -> int:
   return DEFAULTS["dkm_iters"]
 
 
-def carried_neighbors(z, codebook, lists, count, config: QuantConfig):
-  """(lists, count + 1): each row's `dkm_top_t` nearest centroids re-ranked against `codebook`
-  (DKM's starting centroids: `warm_start`'s with a warm offset) when count % dkm_refresh == 0 (as top-t DKM ranks them), else the carried `lists`."""
-  z = jax.lax.stop_gradient(z).astype(jnp.float32)
-  c = jax.lax.stop_gradient(codebook).astype(jnp.float32)
+def carried_neighbors(arrays, lists, count, config: QuantConfig):
+  """(lists, count + 1): each row's `dkm_top_t` nearest centroids re-ranked against DKM's
+  starting centroids (`warm_start` of the codebook and a carried offset) when
+  count % dkm_refresh == 0 (as top-t DKM ranks them), else the carried `lists`."""
+  z = jax.lax.stop_gradient(arrays["z"]).astype(jnp.float32)
+  c = jax.lax.stop_gradient(warm_start(arrays["codebook"], arrays.get("offset")))
 
   def rank():
     return dkm_lib.neighbors(
@@ -259,11 +260,11 @@ def _quantize_rows(arrays, settings, config: QuantConfig, *, train: bool):
 
 
 def quantize_train_rows(arrays, settings, config: QuantConfig):
-  """(soft DKM(Z)·P, β·commitment or None, refined centroids) of a quantize-mode training call.
+  """(soft DKM(Z)·P, β·commitment or None, next warm offset) of a quantize-mode training call.
 
   DKM starts from `warm_start(codebook, arrays["offset"])` and attends over each row's carried
-  `neighbors` when given (`carried_neighbors`: no ranking); the refined centroids are what a
-  warm-started layer's next offset is made from.
+  `neighbors` when given (`carried_neighbors`: no ranking); the next offset is
+  sg(refined − codebook), what a warm-started layer carries to its next call.
   """
   z, p, tau = arrays["z"], arrays["projection"], arrays["tau"]
   z32 = z.astype(jnp.float32)
@@ -283,7 +284,8 @@ def quantize_train_rows(arrays, settings, config: QuantConfig):
     target = jax.lax.stop_gradient(centroids)
     codes = codec.encode(jax.lax.stop_gradient(z32), target)
     loss = config.commitment * jnp.mean(jnp.sum((z32 - target[codes]) ** 2, axis=-1))
-  return z_soft @ projection_as(p, settings["projection"]), loss, centroids
+  offset = jax.lax.stop_gradient(centroids - arrays["codebook"].astype(jnp.float32))
+  return z_soft @ projection_as(p, settings["projection"]), loss, offset
 
 
 def _frozen_rows(arrays, settings, config, *, train: bool):

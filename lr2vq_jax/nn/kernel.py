@@ -71,8 +71,7 @@ def quantized_kernel(
     arrays, offset = _with_warm_offset(mdl, geo, arrays, config, train=train)
     arrays = _with_carried_lists(mdl, geo, arrays, config, train=train)
   if offset is not None and train and not mdl.is_initializing():
-    rows, commitment, refined = kernel_math.quantize_train_rows(arrays, settings, config)
-    offset.value = jax.lax.stop_gradient(refined - arrays["codebook"].astype(jnp.float32))
+    rows, commitment, offset.value = kernel_math.quantize_train_rows(arrays, settings, config)
   else:
     rows, commitment = kernel_math.mode_rows(mode, arrays, settings, config, train=train)
   if commitment is not None:
@@ -146,10 +145,7 @@ def _with_carried_lists(mdl, geo: LayerPlan, arrays: dict, config, *, train: boo
   count = mdl.variable(DKM_LISTS, "count", lambda: jnp.zeros((), jnp.int32))
   if not train or mdl.is_initializing():
     return arrays
-  start = kernel_math.warm_start(arrays["codebook"], arrays.get("offset"))
-  lists.value, count.value = kernel_math.carried_neighbors(
-    arrays["z"], start, lists.value, count.value, config
-  )
+  lists.value, count.value = kernel_math.carried_neighbors(arrays, lists.value, count.value, config)
   return {**arrays, "neighbors": lists.value}
 
 

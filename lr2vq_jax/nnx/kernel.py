@@ -152,9 +152,8 @@ class QuantizedKernel(nnx.Module):
     if hasattr(self, "offset"):
       arrays = {**arrays, "offset": self.offset[...]}
     if train and hasattr(self, "neighbors"):
-      start = kernel_math.warm_start(arrays["codebook"], arrays.get("offset"))
       lists, count = kernel_math.carried_neighbors(
-        arrays["z"], start, self.neighbors[...], self.count[...], self.config
+        arrays, self.neighbors[...], self.count[...], self.config
       )
       self.neighbors[...], self.count[...] = lists, count
       arrays = {**arrays, "neighbors": lists}
@@ -170,11 +169,9 @@ class QuantizedKernel(nnx.Module):
     if self.mode == Mode.QUANTIZE:
       arrays = self._with_carried(arrays, train)
     if train and hasattr(self, "offset"):
-      rows, commitment, refined = kernel_math.quantize_train_rows(
+      rows, commitment, self.offset[...] = kernel_math.quantize_train_rows(
         arrays, self.settings(), self.config
       )
-      new = refined - arrays["codebook"].astype(jnp.float32)
-      self.offset[...] = jax.lax.stop_gradient(new)
     else:
       rows, commitment = kernel_math.mode_rows(
         self.mode, arrays, self.settings(), self.config, train=train
