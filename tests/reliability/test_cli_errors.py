@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
 from lr2vq_jax import cli
-from tests.support import train_cli
+from tests.support import cli_chain, train_cli
 
 
 def _two_lines(err: str, message: str) -> None:
@@ -34,25 +31,33 @@ def test_cli_errors_are_one_line(capsys, argv, message):
   assert "Traceback" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-  "override, message",
-  [
-    ("--config.float.lr=-1", "config.float.lr: -1.0 is not a finite number > 0.0"),
-    ("--config.float.lr=abc", "could not convert string to float: 'abc'"),
-    ("--config.flaot.lr=1", "no config field"),
-  ],
-)
-def test_train_bad_config_value(tmp_path, override, message):
-  workdir = tmp_path / "wd"
-  cmd = [os.path.join(os.path.dirname(sys.executable), "lr2vq")]
-  if not os.path.exists(cmd[0]):
-    cmd = [sys.executable, "-m", "lr2vq_jax"]
-  out = train_cli.run(
-    [*cmd, "train", f"--config={train_cli.QUICK}", f"--workdir={workdir}", override]
-  )
-  assert out.returncode == 2, out.stderr[-2000:]
-  _two_lines(out.stderr, message)
-  assert not workdir.exists()
+BAD_VALUES = {  # override -> the error's message
+  "--config.float.lr=-1": "config.float.lr: -1.0 is not a finite number > 0.0",
+  "--config.float.lr=abc": "could not convert string to float: 'abc'",
+  "--config.flaot.lr=1": "no config field",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_values(tmp_path_factory):
+  """`lr2vq train` with each bad override, one after another in one process (one start-up, one
+  import of jax; tests/support/cli_chain): {override: (exit code, stderr)} and the workdirs."""
+  base = tmp_path_factory.mktemp("bad_values")
+  workdirs = {o: base / f"wd{i}" for i, o in enumerate(BAD_VALUES)}
+  steps = [
+    (o, ["train", f"--config={train_cli.QUICK}", f"--workdir={workdirs[o]}", o]) for o in BAD_VALUES
+  ]
+  out = train_cli.run(cli_chain.command(steps, keep_going=True))
+  return cli_chain.split(out.stderr), workdirs
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_train_bad_config_value(bad_values, override):
+  found, workdirs = bad_values
+  rc, err = found[override]
+  assert rc == 2, err[-2000:]
+  _two_lines(err, BAD_VALUES[override])
+  assert not workdirs[override].exists()
 
 
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):

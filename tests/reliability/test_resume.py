@@ -24,7 +24,9 @@ from tests.support import train_cli
 # Every test reads the module fixture's interrupted and reference runs.
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+# Few steps: the properties need a SIGTERM, a SIGKILL a few checkpoints later and a rest to finish,
+# each with margin (a stage of 24 steps is ~4 s of training).
+STEPS = 24
 OVERRIDES = (
   "--config.stages=float",
   f"--config.float.num_steps={STEPS}",
@@ -42,14 +44,14 @@ def runs(tmp_path_factory):
   ref_proc = train_cli.start(train_cli.train_cmd(ref, *OVERRIDES), str(base / "ref.log"))
   # 1. SIGTERM: checkpoint at the current step, exit 0.
   proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "term.log"))
-  out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 8)
+  out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 4)
   proc.send_signal(signal.SIGTERM)
   out["term_rc"] = proc.wait(timeout=300)
   out["term_ckpts"] = train_cli.checkpoint_steps(stage_dir)
   out["term_rows"] = train_cli.metrics_rows(stage_dir)
   # 2. Rerun, then SIGKILL a few checkpoints later.
   proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "kill.log"))
-  train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 6)
+  train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 4)
   proc.send_signal(signal.SIGKILL)
   out["kill_rc"] = proc.wait(timeout=300)
   out["kill_ckpts"] = train_cli.checkpoint_steps(stage_dir)
