@@ -1,9 +1,10 @@
 """SIGTERM, then kill -9, mid-stage; rerun the same command: same params and metrics.jsonl, bit for bit.
 
-One module fixture runs an uninterrupted reference and, concurrently, a victim (float stage,
-checkpoint every 2 steps, log rows every 3, so log windows straddle checkpoints): the victim gets
-SIGTERM (it must checkpoint and exit 0), its rerun gets SIGKILL at some later step, and a third run
-of the same command, past a half-written checkpoint left in the way, finishes the stage.
+One module fixture runs a victim (float stage, checkpoint every 2 steps, log rows every 3, so log
+windows straddle checkpoints): it gets SIGTERM (it must checkpoint and exit 0), its rerun gets
+SIGKILL at some later step, and a third run of the same command, past a half-written checkpoint
+left in the way, finishes the stage; then, in that third process, the same command runs
+uninterrupted in a fresh workdir: the reference.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import pytest
 from lr2vq_jax.train import checkpointing
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.trainer import abstract_state, build_stage
-from tests.support import train_cli
+from tests.support import cli_chain, train_cli
 
 # Every test reads the module fixture's interrupted and reference runs.
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+# Few steps: the properties need a SIGTERM, a SIGKILL a few checkpoints later and a rest to finish,
+# each with margin (a stage of 24 steps is ~4 s of training).
+STEPS = 24
 OVERRIDES = (
   "--config.stages=float",
   f"--config.float.num_steps={STEPS}",
@@ -39,17 +42,16 @@ def runs(tmp_path_factory):
   ref, victim = base / "ref", base / "victim"
   stage_dir = victim / "float"
   out = {"dirs": {"ref": ref, "victim": victim}}
-  ref_proc = train_cli.start(train_cli.train_cmd(ref, *OVERRIDES), str(base / "ref.log"))
   # 1. SIGTERM: checkpoint at the current step, exit 0.
   proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "term.log"))
-  out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 8)
+  out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 4)
   proc.send_signal(signal.SIGTERM)
   out["term_rc"] = proc.wait(timeout=300)
   out["term_ckpts"] = train_cli.checkpoint_steps(stage_dir)
   out["term_rows"] = train_cli.metrics_rows(stage_dir)
   # 2. Rerun, then SIGKILL a few checkpoints later.
   proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "kill.log"))
-  train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 6)
+  train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 4)
   proc.send_signal(signal.SIGKILL)
   out["kill_rc"] = proc.wait(timeout=300)
   out["kill_ckpts"] = train_cli.checkpoint_steps(stage_dir)
@@ -57,12 +59,22 @@ def runs(tmp_path_factory):
   junk = stage_dir / "checkpoints" / f"{STEPS - 1}.orbax-checkpoint-tmp-123"
   (junk / "state").mkdir(parents=True)
   (junk / "state" / "garbage").write_bytes(b"\0" * 10)
-  # 3. Rerun to the end.
-  proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "final.log"))
-  out["final_rc"] = proc.wait(timeout=300)
-  out["ref_rc"] = ref_proc.wait(timeout=300)
   out["logs"] = {p.stem: p.read_text() for p in base.glob("*.log")}
+  # 3. Rerun to the end; then, in the same process (tests/support/cli_chain), the reference: the
+  # same command uninterrupted in a fresh workdir (one start-up and import for both).
+  steps = [("final", _train_argv(victim)), ("ref", _train_argv(ref))]
+  proc = train_cli.start(cli_chain.command(steps, keep_going=True), str(base / "chain.txt"))
+  proc.wait(timeout=300)
+  text = (base / "chain.txt").read_text()
+  ran = cli_chain.split(text)
+  for name, _ in steps:
+    out[f"{name}_rc"], out["logs"][name] = ran.get(name, (None, text))
   return out
+
+
+def _train_argv(workdir) -> list[str]:
+  """`lr2vq train ...`: the command line train_cli.train_cmd runs, for a chain."""
+  return ["train", *train_cli.train_cmd(workdir, *OVERRIDES)[3:]]
 
 
 def _final_state(workdir):

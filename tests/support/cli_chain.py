@@ -1,6 +1,7 @@
 """Several commands run one after another in one Python process, each reading what the one before
 wrote (checkpoints, artifact): one start-up, one import of jax and one jax.distributed handshake
-instead of one per command. The output (stdout, stderr, or both merged) is split per command at
+instead of one per command (absl's global flags are reset before each, so several `train` commands
+can follow one another). The output (stdout, stderr, or both merged) is split per command at
 marker lines.
 """
 
@@ -20,9 +21,16 @@ SCRIPT = textwrap.dedent(
     for stream in (sys.stdout, sys.stderr):
       print(f"=== {line}", file=stream, flush=True)
 
+  def fresh_flags():  # absl's flags are global: a second `train` would meet the first's overrides
+    from absl import flags
+    for field in [f for f in flags.FLAGS if f.startswith("config.")]:
+      delattr(flags.FLAGS, field)
+    flags.FLAGS.unparse_flags()
+
   keep_going = sys.argv[2:] == ["--keep-going"]
   for name, argv in json.loads(sys.argv[1]):
     mark(name)
+    fresh_flags()
     try:
       if argv[0] == "-c":  # a snippet, as `python -c CODE ARGS...` runs it
         sys.argv = ["-c", *argv[2:]]
