@@ -21,13 +21,13 @@ here. TensorFlow loads on the first `build_input`, not on import: what reads no 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
-from lr2vq_jax.train.array_sources import digits_split, load_digits
+from lr2vq_jax.train.array_sources import arrays, digits_split, load_digits
 from lr2vq_jax.train.datasets import (
   CHANNELS,
   NATIVE_IMAGE_SIZE,
@@ -54,12 +54,18 @@ __all__ = [
   "ImageNetStatus",
   "build_input",
   "dataset_info",
+  "eval_batches",
   "default_data_config",
   "imagenet_status",
   "load_digits",
 ]
 
 Batch = dict[str, np.ndarray]
+# Evaluation passes of in-memory splits up to this size (float32 images) are built once per process
+# and replayed: a stage's final evaluation and its artifact's test and validation passes (and the
+# next stages') then read the same batches without rebuilding a tf.data pipeline each time.
+EVAL_CACHE_BYTES = 64 << 20
+_EVAL_PASSES: dict[tuple, tuple[Batch, ...]] = {}
 
 
 def dataset_info(cfg: ml_collections.ConfigDict, *, process_count: int | None = None) -> DataInfo:
@@ -122,3 +128,29 @@ def build_input(
   from lr2vq_jax.train import tf_datasets  # TensorFlow loads here, when data is first read
 
   return tf_datasets.batches(cfg, name, pc=pc, num_batches=num_batches, **kw)
+
+
+def eval_batches(cfg: ml_collections.ConfigDict, split: str) -> Iterable[Batch]:
+  """One evaluation pass of `split` ("eval" or "test"), the batches `build_input` yields.
+
+  A small in-memory split (digits; at most `EVAL_CACHE_BYTES` of images) is read once per process
+  and replayed (read-only arrays); ImageNet and larger splits stream each time.
+  """
+  if split not in ("eval", "test"):
+    raise ValueError(f"split must be 'eval' or 'test', got {split!r}")
+  if cfg.name == "imagenet2012":
+    return build_input(cfg, split=split)
+  name = cfg.eval_split if split == "eval" else cfg.test_split
+  size = len(arrays(cfg, name)[1]) * cfg.image_size**2 * CHANNELS[cfg.name] * 4
+  if size > EVAL_CACHE_BYTES:
+    return build_input(cfg, split=split)
+  key = (cfg.to_json(), split, jax.process_index(), jax.process_count())
+  if key not in _EVAL_PASSES:
+    _EVAL_PASSES[key] = tuple(_read_only(b) for b in build_input(cfg, split=split))
+  return _EVAL_PASSES[key]
+
+
+def _read_only(batch: Batch) -> Batch:
+  for value in batch.values():
+    value.setflags(write=False)
+  return batch
