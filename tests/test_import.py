@@ -35,3 +35,26 @@ def test_import_is_light_and_complete():
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "ok"
+
+
+LIGHT_COMMANDS = """
+import pathlib, sys, tempfile
+import lr2vq_jax, lr2vq_jax.cli.main, lr2vq_jax.train.pipeline, lr2vq_jax.train.trainer
+from lr2vq_jax.train.config import load_config
+from lr2vq_jax.train.stage_setup import build_stage
+config = load_config(str(pathlib.Path(lr2vq_jax.__file__).parents[1] / "configs/default.py:quick"))
+stage = build_stage(config, "quantize", tempfile.mkdtemp())  # what `lr2vq export` builds
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
+assert not heavy, heavy[:5]
+print(stage.num_steps > 0)
+"""
+
+
+def test_commands_that_read_no_data_load_no_tensorflow():
+  """export / report / plan set up stages without reading data: TensorFlow and clu load only
+  where batches are read or metrics written (the trainer, evaluation)."""
+  result = subprocess.run(
+    [sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "True"

@@ -107,7 +107,7 @@ def evaluate(args: argparse.Namespace) -> int:
   result = run_eval(
     model,
     artifact.decode(),
-    lambda: input_pipeline.build_input(data, split=args.split),
+    lambda: input_pipeline.eval_batches(data, args.split),
     partitioning.make_mesh(),
   )
   print(

@@ -7,7 +7,6 @@ import importlib.resources
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 DIGITS_SPLITS = {"train": "train_idx", "validation": "val_idx", "test": "test_idx"}
 
@@ -32,6 +31,8 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def tfds_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """A whole tfds split in memory (downloaded and prepared first when it is not yet)."""
+  import tensorflow_datasets as tfds  # not needed by the embedded digits
+
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()  # a no-op when prepared; CIFAR-10 is a 160 MB download
   chunks = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(4096)))

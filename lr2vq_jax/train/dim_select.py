@@ -102,7 +102,7 @@ def clustered_score(
   result = evaluate(
     stage.model,
     variables,
-    lambda: input_pipeline.build_input(config.data, split="eval"),
+    lambda: input_pipeline.eval_batches(config.data, "eval"),
     stage.mesh,
   )
   return result["loss"], result["top1"]

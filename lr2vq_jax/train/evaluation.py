@@ -6,7 +6,10 @@ import functools
 from collections.abc import Callable, Iterable
 
 import jax
+import numpy as np
 
+from lr2vq_jax.core.mode import Mode
+from lr2vq_jax.nn import QuantizedModel
 from lr2vq_jax.train import hard_codes, partitioning
 from lr2vq_jax.train.step import make_eval_step
 
@@ -18,6 +21,9 @@ def evaluate(model, variables, make_iter: Callable[[], Iterable], mesh) -> dict[
   computed once here (sharded over the mesh), not in every batch.
   """
   model, variables = hard_codes.frozen_model(model, variables, mesh)
+  if isinstance(model, QuantizedModel) and model.mode == Mode.FLOAT:
+    model = model.model  # what a float-mode model runs (same scope): one eval step, not two
+  variables = _on_mesh(variables, mesh)
   eval_step = _jitted_eval_step(model)
   totals: dict[str, float] = {}
   for batch in make_iter():
@@ -37,3 +43,11 @@ def _jitted_eval_step(model):
   """One jitted eval step per model (modules compare by their fields): a stage's final evaluation
   and the test and validation passes over its artifact compile it once, not once per call."""
   return jax.jit(make_eval_step(model))
+
+
+def _on_mesh(variables: dict, mesh) -> dict:
+  """Host (numpy) leaves replicated on the mesh, as a stage's own state is: its final evaluation
+  and the passes over its exported artifact then share one compiled step (same input layout)."""
+  sharding = partitioning.replicated(mesh)
+  place = lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))  # noqa: E731
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else place(x), variables)

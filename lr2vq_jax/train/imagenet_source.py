@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from lr2vq_jax import paths
 
@@ -31,6 +30,8 @@ class ImageNetStatus:
 
 def imagenet_status(data_dir: str | None, manual_dir: str | None) -> ImageNetStatus:
   """Probes imagenet2012 without building it: the one check the trainer and validation share."""
+  import tensorflow_datasets as tfds  # loaded by imagenet2012 runs only
+
   builder = tfds.builder("imagenet2012", data_dir=data_dir)
   ready = builder.is_prepared()
   if not ready:
@@ -59,6 +60,8 @@ def imagenet_builder(cfg: ml_collections.ConfigDict, process_count: int) -> Any:
       prepare.prepare_imagenet(manual, root)
     except prepare.PrepareError as e:
       raise ImageNetNotPreparedError(f"{e} ({e.hint})") from e
+    import tensorflow_datasets as tfds
+
     return tfds.builder("imagenet2012", data_dir=cfg.data_dir)
   if have_tars:
     why = (

@@ -14,20 +14,18 @@ and can start at any step; evaluation is one pass padded to full batches with a 
   records, a few minutes from fast storage. The data order depends on the process count.
 
 The pieces: dataset tables and the data config (`datasets`), the in-memory sources
-(`array_sources`), the ImageNet source (`imagenet_source`) and per-example preprocessing
-(`preprocessing`). Their public names are re-exported here.
+(`array_sources`), the ImageNet source (`imagenet_source`), per-example preprocessing
+(`preprocessing`) and the tf.data pipelines (`tf_datasets`). Their public names are re-exported
+here. TensorFlow loads on the first `build_input`, not on import: what reads no data stays light.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from lr2vq_jax.train.array_sources import arrays, digits_split, load_digits
 from lr2vq_jax.train.datasets import (
@@ -45,12 +43,6 @@ from lr2vq_jax.train.imagenet_source import (
   imagenet_status,
   num_examples,
 )
-from lr2vq_jax.train.preprocessing import (
-  augment_seed,
-  imagenet_eval,
-  imagenet_train,
-  preprocess_array,
-)
 
 __all__ = [
   "CHANNELS",
@@ -62,13 +54,18 @@ __all__ = [
   "ImageNetStatus",
   "build_input",
   "dataset_info",
+  "eval_batches",
   "default_data_config",
   "imagenet_status",
   "load_digits",
 ]
 
 Batch = dict[str, np.ndarray]
-_SHUFFLE_SALT = 0x5EED
+# Evaluation passes of in-memory splits up to this size (float32 images) are built once per process
+# and replayed: a stage's final evaluation and its artifact's test and validation passes (and the
+# next stages') then read the same batches without rebuilding a tf.data pipeline each time.
+EVAL_CACHE_BYTES = 64 << 20
+_EVAL_PASSES: dict[tuple, tuple[Batch, ...]] = {}
 
 
 def dataset_info(cfg: ml_collections.ConfigDict, *, process_count: int | None = None) -> DataInfo:
@@ -83,90 +80,12 @@ def dataset_info(cfg: ml_collections.ConfigDict, *, process_count: int | None = 
   elif cfg.name == "digits":
     counts = [len(digits_split(sp)[1]) for sp in splits]
   else:
+    import tensorflow_datasets as tfds
+
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
     builder.download_and_prepare()
     counts = [num_examples(builder, sp) for sp in splits]
   return DataInfo(cfg.name, NUM_CLASSES[cfg.name], shape, *counts)
-
-
-def _global_positions(step: tf.Tensor, global_batch: int, local_batch: int, p: int) -> tf.Tensor:
-  return step * global_batch + p * local_batch + tf.range(local_batch, dtype=tf.int64)
-
-
-def _array_dataset(cfg, split, *, training, global_batch, local_batch, p, seed, start_step):
-  images_np, labels_np = arrays(cfg, split)
-  n = len(labels_np)
-  if n == 0:
-    raise ValueError(f"split {split!r} of {cfg.name} is empty")
-  images, labels = tf.constant(images_np), tf.constant(labels_np)
-  if training:
-    steps = tf.data.Dataset.counter(start_step)
-  else:
-    steps = tf.data.Dataset.range(math.ceil(n / global_batch))
-  positions = steps.map(lambda s: _global_positions(s, global_batch, local_batch, p)).unbatch()
-
-  def example(pos):
-    if training:
-      epoch, within = pos // n, pos % n
-      shuffle_seed = tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + _SHUFFLE_SALT, epoch])
-      idx = tf.random.experimental.index_shuffle(within, shuffle_seed, tf.constant(n - 1, tf.int64))
-      image = preprocess_array(cfg, tf.gather(images, idx), augment_seed(seed, pos))
-      return {"image": image, "label": tf.gather(labels, idx)}
-    valid = pos < n
-    idx = tf.where(valid, pos, 0)
-    image = preprocess_array(cfg, tf.gather(images, idx), None)
-    label = tf.where(valid, tf.gather(labels, idx), 0)
-    return {"image": image * tf.cast(valid, tf.float32), "label": label, "mask": valid}
-
-  return positions.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _imagenet_dataset(cfg, split, *, training, global_batch, local_batch, p, pc, seed, start_step):
-  builder = imagenet_builder(cfg, pc)
-  sub = tfds.split_for_jax_process(
-    split, process_index=p, process_count=pc, drop_remainder=training
-  )
-  read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
-  base = builder.as_dataset(
-    split=sub,
-    shuffle_files=False,
-    decoders={"image": tfds.decode.SkipDecoding()},
-    read_config=read_config,
-  )
-  base = base.map(lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)})
-  if cfg.cache:
-    base = base.cache()
-  size = cfg.image_size
-  if not training:
-    padding = {"image": tf.zeros((size, size, 3)), "label": tf.constant(0), "mask": False}
-    num = math.ceil(num_examples(builder, split) / global_batch) * local_batch
-    ds = base.map(
-      lambda ex: {
-        "image": imagenet_eval(ex["image"], size),
-        "label": ex["label"],
-        "mask": True,
-      },
-      num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(num)
-  n_local = int(base.cardinality())
-  if n_local < local_batch:
-    raise ValueError(f"{split!r} has {n_local} examples on this process, < batch {local_batch}")
-  first = start_step * local_batch
-  epoch_seed = seed * 1_000_003 + _SHUFFLE_SALT
-  epochs = tf.data.Dataset.counter(first // n_local).flat_map(
-    lambda e: base.shuffle(
-      cfg.shuffle_buffer, seed=epoch_seed + e * 7919, reshuffle_each_iteration=False
-    )
-  )
-  ds = epochs.skip(first % n_local).enumerate(first)
-
-  def example(t, ex):
-    pos = (t // local_batch) * global_batch + p * local_batch + t % local_batch
-    image = imagenet_train(ex["image"], size, augment_seed(seed, pos))
-    return {"image": image, "label": ex["label"]}
-
-  return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def build_input(
@@ -206,14 +125,32 @@ def build_input(
     start_step=start_step,
   )
   name = {"train": cfg.train_split, "eval": cfg.eval_split, "test": cfg.test_split}[split]
+  from lr2vq_jax.train import tf_datasets  # TensorFlow loads here, when data is first read
+
+  return tf_datasets.batches(cfg, name, pc=pc, num_batches=num_batches, **kw)
+
+
+def eval_batches(cfg: ml_collections.ConfigDict, split: str) -> Iterable[Batch]:
+  """One evaluation pass of `split` ("eval" or "test"), the batches `build_input` yields.
+
+  A small in-memory split (digits; at most `EVAL_CACHE_BYTES` of images) is read once per process
+  and replayed (read-only arrays); ImageNet and larger splits stream each time.
+  """
+  if split not in ("eval", "test"):
+    raise ValueError(f"split must be 'eval' or 'test', got {split!r}")
   if cfg.name == "imagenet2012":
-    ds = _imagenet_dataset(cfg, name, pc=pc, **kw)
-  else:
-    ds = _array_dataset(cfg, name, **kw)
-  ds = ds.batch(global_batch // pc, drop_remainder=True)
-  if num_batches is not None:
-    ds = ds.take(num_batches)
-  options = tf.data.Options()
-  options.deterministic = True
-  ds = ds.with_options(options).prefetch(cfg.prefetch)
-  return iter(tfds.as_numpy(ds))
+    return build_input(cfg, split=split)
+  name = cfg.eval_split if split == "eval" else cfg.test_split
+  size = len(arrays(cfg, name)[1]) * cfg.image_size**2 * CHANNELS[cfg.name] * 4
+  if size > EVAL_CACHE_BYTES:
+    return build_input(cfg, split=split)
+  key = (cfg.to_json(), split, jax.process_index(), jax.process_count())
+  if key not in _EVAL_PASSES:
+    _EVAL_PASSES[key] = tuple(_read_only(b) for b in build_input(cfg, split=split))
+  return _EVAL_PASSES[key]
+
+
+def _read_only(batch: Batch) -> Batch:
+  for value in batch.values():
+    value.setflags(write=False)
+  return batch

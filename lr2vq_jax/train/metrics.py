@@ -4,7 +4,7 @@ Each JSONL row is `{"step": int, "stage": str | null, "scalars": {name: number}}
 process writes files. After a resume, `truncate_after(step)` drops rows the interrupted run wrote
 past the restored step, so the file matches an uninterrupted run. The work dir may be `gs://`:
 object stores cannot append, so there each row rewrites the whole (small) file in one upload.
-(Imports TensorFlow via clu.)
+clu (and through it TensorFlow) loads when the first logger or hook is made, not on import.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from lr2vq_jax import paths
+
+if TYPE_CHECKING:
+  from clu import metric_writers
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -53,6 +55,8 @@ class MetricsLogger:
     if self.is_primary:
       paths.makedirs(self.workdir)
     self._rows_text = self._read_text() if self._remote and self.is_primary else ""
+    from clu import metric_writers  # TensorBoard's writer: TensorFlow loads here
+
     self.writer = metric_writers.create_default_writer(
       self.workdir if self.is_primary else None,
       just_logging=not self.is_primary,
@@ -177,6 +181,8 @@ def periodic_hooks(
 
   Call each hook as `hook(step)` after every train step and `hooks.close()` at the end.
   """
+  from clu import periodic_actions
+
   primary = jax.process_index() == 0 if is_primary is None else is_primary
   hooks = Hooks(
     [

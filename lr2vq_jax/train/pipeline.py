@@ -98,7 +98,7 @@ def _record(config, stage, variables, payload: int) -> dict:
     return evaluate(
       stage.float_model,
       variables,
-      lambda: input_pipeline.build_input(config.data, split=name),
+      lambda: input_pipeline.eval_batches(config.data, name),
       stage.mesh,
     )
 

@@ -7,6 +7,7 @@ state already split over the mesh, so no device ever holds an unsharded copy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -28,8 +29,21 @@ def state_from_variables(variables: Mapping, tx: optax.GradientTransformation, r
 
 
 def abstract_variables(model, sample_input: jax.Array) -> dict:
-  """Shapes and dtypes of `model.init(rng, sample_input, train=False)`, computed without weights."""
-  init = lambda rng: dict(model.init(rng, sample_input, train=False))  # noqa: E731
+  """Shapes and dtypes of `model.init(rng, sample_input, train=False)`, computed without weights.
+
+  Traced once per (model, input shape) in a process: a stage's optimizer, its restore target and
+  the next stage's start all ask for the same shapes.
+  """
+  shape, dtype = tuple(sample_input.shape), jnp.dtype(sample_input.dtype)
+  try:
+    return dict(_abstract_variables(model, shape, dtype))
+  except TypeError:  # a model that cannot be hashed: traced every time
+    return dict(_abstract_variables.__wrapped__(model, shape, dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_variables(model, shape: tuple[int, ...], dtype) -> dict:
+  init = lambda rng: dict(model.init(rng, jnp.zeros(shape, dtype), train=False))  # noqa: E731
   return jax.eval_shape(init, jax.random.key(0))
 
 
@@ -43,10 +57,10 @@ def abstract_train_state(
   """Shapes, dtypes and target shardings (`partitioning.STATE_RULES`, `sharding` mode) of the
   state; what a restore places a checkpoint on."""
 
-  def init(rng):
-    return state_from_variables(dict(model.init(rng, sample_input, train=False)), tx, rng)
-
-  shapes = jax.eval_shape(init, jax.random.key(0))
+  variables = abstract_variables(model, sample_input)
+  shapes = jax.eval_shape(
+    lambda v, rng: state_from_variables(v, tx, rng), variables, jax.random.key(0)
+  )
   return partitioning.with_state_shardings(shapes, mesh, sharding)
 
 

@@ -209,7 +209,7 @@ def _final_eval(stage: Stage, state: TrainState, logger: MetricsLogger) -> dict:
   results = evaluate(
     stage.model,
     state.variables(),
-    lambda: input_pipeline.build_input(data, split="eval"),
+    lambda: input_pipeline.eval_batches(data, "eval"),
     stage.mesh,
   )
   if not _has_eval_row(logger, stage.num_steps):  # a rerun of a finished stage adds no row
