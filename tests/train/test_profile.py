@@ -36,13 +36,11 @@ def test_off_by_default_and_off_the_primary_process(tmp_path):
     tmp_path, num_train_steps=9, is_primary=False, profile_steps=3))  # fmt: skip
 
 
-def test_a_stage_with_profile_steps_writes_a_trace(quick_run, tmp_path):
-  """A window longer than the stage: the trace is closed by the end of the loop, not lost. The
-  quick float stage as the session's quick run trained it (`quick_run`: its compiled train and
-  eval steps are in the suite's compilation cache), here with a trace."""
-  del quick_run  # only its compilations
+def test_a_stage_with_profile_steps_writes_a_trace(tmp_path):
+  """A window longer than the stage: the trace is closed by the end of the loop, not lost."""
   config = load_config(QUICK)
-  config.profile_steps = config.float.num_steps + 2
+  config.profile_steps = 5
+  config.float.update(num_steps=3, log_every=3, checkpoint_every=3)
   trainer.run_stage(config, "float", str(tmp_path))
   assert _traces(tmp_path / "float")
   # the profiler was stopped: another trace can start in this process
