@@ -33,8 +33,8 @@ def _stage(tmp_path, refresh: int, warm: bool = False):
 @pytest.fixture(scope="module")
 def warm_steps(tmp_path_factory):
   """Three train steps of the quick quantize stage with `dkm_refresh=2` and warm-started DKM
-  (`dkm_warm`, one iteration): (config, the states before each step and after the last). One
-  compiled step for the lists' and the offsets' tests (both carried in the same state)."""
+  (`dkm_warm`, one iteration) on one device: (config, the states before each step and after the
+  last, the losses). One compiled step for the lists', the offsets' and the sharded tests."""
   config = load_config(QUICK)
   config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)
   stage = trainer.build_stage(config, "quantize", str(tmp_path_factory.mktemp("warm")))
@@ -47,17 +47,18 @@ def warm_steps(tmp_path_factory):
   )
   batches = input_pipeline.build_input(config.data, split="train", start_step=0)
   structure = jax.tree.structure(state)
-  history = []
+  history, losses = [], []
   for _ in range(3):
     history.append(jax.device_get(state))
     state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
     assert bool(metrics["finite"]) and jax.tree.structure(state) == structure
+    losses.append(float(metrics["loss"]))
   history.append(jax.device_get(state))
-  return config, history
+  return config, history, losses
 
 
 def test_three_steps_with_refresh_two_carry_the_lists(warm_steps):
-  config, history = warm_steps
+  config, history, _ = warm_steps
   counts = [
     v
     for k, v in traverse_util.flatten_dict(history[0].model_state[DKM_LISTS]).items()
@@ -87,7 +88,7 @@ def test_three_steps_with_refresh_two_carry_the_lists(warm_steps):
 
 def test_two_warm_steps_carry_the_refinement_offset(warm_steps):
   """`dkm_warm`: each step's DKM starts at codebook + the offset the previous step carried."""
-  config, history = warm_steps
+  config, history, _ = warm_steps
   flat = [traverse_util.flatten_dict(h.model_state[DKM_LISTS]) for h in history]
   params = traverse_util.flatten_dict(history[0].params)
   tau = traverse_util.flatten_dict(history[0].model_state["quant"])
@@ -129,7 +130,7 @@ def test_refresh_below_one_is_a_config_error(tmp_path):
 
 SHARDED = textwrap.dedent(
   """
-  import dataclasses, sys
+  import sys
   import jax, numpy as np
   from flax import traverse_util
   from jax.sharding import PartitionSpec as P
@@ -141,45 +142,51 @@ SHARDED = textwrap.dedent(
 
   config = get_config("quick")
   config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)  # lists and the warm offset
-  base = trainer.build_stage(config, "quantize", sys.argv[1])
-  assert base.mesh.shape["data"] == 8
-  batch = next(input_pipeline.build_input(config.data, split="train", start_step=0))
-  out = {}
-  for devices in (8, 1):
-    stage = dataclasses.replace(base, mesh=partitioning.make_mesh(devices))
-    target = trainer.abstract_state(stage)
-    state = create_train_state(
-      stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
-    )
-    step = partitioning.jit_train_step(
-      make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
-    )
-    losses = []
-    for _ in range(2):  # a ranking step and a carried one
-      state, metrics = step(state, partitioning.global_batch(batch, stage.mesh))
-      losses.append(float(metrics["loss"]))
-    flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
-    lists = {k: v for k, v in flat.items() if k[-1] == "neighbors"}
-    if devices == 8:
-      specs = [v.sharding.spec for v in lists.values()]
-      assert all(s == P("data", None) for s in specs), specs
-    offsets = {k: v for k, v in flat.items() if k[-1] == "offset"}
-    out[devices] = (losses, jax.device_get(lists), jax.device_get(offsets))
-  # The same math in other summation orders: losses and warm offsets to rounding, rankings up to
-  # near-ties.
-  np.testing.assert_allclose(out[8][0], out[1][0], rtol=1e-5)
-  assert out[1][1] and out[1][2]
-  for key, v in out[1][1].items():
-    assert np.mean(out[8][1][key] == v) > 0.999, key
-  for key, v in out[1][2].items():
-    np.testing.assert_allclose(out[8][2][key], v, atol=1e-4)
+  stage = trainer.build_stage(config, "quantize", sys.argv[1])
+  assert stage.mesh.shape["data"] == 8
+  target = trainer.abstract_state(stage)
+  state = create_train_state(
+    stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
+  )
+  step = partitioning.jit_train_step(
+    make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
+  )
+  batches = input_pipeline.build_input(config.data, split="train", start_step=0)
+  losses = []
+  for _ in range(2):  # a ranking step and a carried one
+    state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
+    losses.append(float(metrics["loss"]))
+  flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
+  specs = [v.sharding.spec for k, v in flat.items() if k[-1] == "neighbors"]
+  assert specs and all(s == P("data", None) for s in specs), specs
+  carried = {"/".join(k): np.asarray(v) for k, v in jax.device_get(flat).items()}
+  np.savez(sys.argv[2], losses=np.asarray(losses), **carried)
   print("OK")
   """
 )
 
 
-def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(tmp_path):
-  assert "OK" in run_script(SHARDED, str(tmp_path / "work"), devices=8, tmp=tmp_path)
+def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(warm_steps, tmp_path):
+  """Two steps on 8 devices (rows of Z split over the mesh, in a child process) = the same two
+  steps on one device (`warm_steps`, this process)."""
+  _, history, losses = warm_steps
+  out = tmp_path / "sharded.npz"
+  assert "OK" in run_script(SHARDED, str(tmp_path / "work"), str(out), devices=8, tmp=tmp_path)
+  with np.load(out) as f:
+    sharded = {k: f[k] for k in f.files}
+  one = {
+    "/".join(k): v for k, v in traverse_util.flatten_dict(history[2].model_state[DKM_LISTS]).items()
+  }
+  # The same math in other summation orders: losses and warm offsets to rounding, rankings up to
+  # near-ties.
+  np.testing.assert_allclose(sharded["losses"], losses[:2], rtol=1e-5)
+  lists = [k for k in one if k.endswith("/neighbors")]
+  offsets = [k for k in one if k.endswith("/offset")]
+  assert lists and offsets
+  for key in lists:
+    assert np.mean(sharded[key] == one[key]) > 0.999, key
+  for key in offsets:
+    np.testing.assert_allclose(sharded[key], one[key], atol=1e-4)
 
 
 def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged(tmp_path):
