@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import subprocess
+import runpy
 import sys
 import tomllib
+
+import pytest
 
 from lr2vq_jax import cli
 
@@ -14,16 +18,16 @@ ORDER = ["report", "estimate-dim", "plan", "train", "export", "eval", "prepare"]
 
 
 def _help(*module_and_args: str) -> str:
-  env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": ROOT}
-  out = subprocess.run(
-    [sys.executable, "-m", *module_and_args, "--help"],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=ROOT,
-    check=True,
-  )
-  return out.stdout
+  """`python -m MODULE ARGS --help`'s output, run in this process the way `-m` runs a module
+  (runpy; the real `python -m lr2vq_jax` subprocess is tests/test_cli.py::test_python_dash_m)."""
+  module, *args = module_and_args
+  with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out:
+    mp.setenv("COLUMNS", "100")
+    mp.setattr(sys, "argv", [module, *args, "--help"])
+    with pytest.raises(SystemExit) as info:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+  assert info.value.code in (0, None)
+  return out.getvalue()
 
 
 def test_subcommands_are_listed_in_their_order():

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from lr2vq_jax import cli
-from lr2vq_jax.train import pipeline
 from lr2vq_jax.train.config import load_config
 from lr2vq_jax.train.dim_select import DimSelection, select_dim
 from tests.support.paths import QUICK
@@ -13,12 +12,9 @@ CONFIG = QUICK
 
 
 @pytest.fixture(scope="module")
-def float_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("dimsel")
-  config = load_config(CONFIG)
-  config.stages = "float"
-  pipeline.run(config, str(workdir))
-  return str(workdir / "float")
+def float_dir(quick_run):
+  """The session's quick run's float stage (the same quick config; read only)."""
+  return str(quick_run / "float")
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The train step carries top-t DKM's lists (`quant.dkm_refresh`) in its state, rows-sharded."""
+"""The train step carries top-t DKM's lists (`quant.dkm_refresh`) and warm-started DKM's offsets
+(`quant.dkm_warm`) in its state, rows-sharded."""
 
 from __future__ import annotations
 
@@ -23,51 +24,83 @@ from tests.support.paths import QUICK
 
 
 def _stage(tmp_path, refresh: int, warm: bool = False):
-  """The quick quantize stage with `dkm_refresh=refresh` (cold start unless `warm`: the lists
-  are ranked against the codebook itself; tests/train/test_dkm_warm_step.py covers the offset)."""
+  """The quick quantize stage with `dkm_refresh=refresh` (cold start unless `warm`)."""
   config = load_config(QUICK)
   config.quant.update(dkm_refresh=refresh, dkm_warm=warm)
   return config, trainer.build_stage(config, "quantize", str(tmp_path))
 
 
-def test_three_steps_with_refresh_two_carry_the_lists(tmp_path):
-  config, stage = _stage(tmp_path, 2)
+@pytest.fixture(scope="module")
+def warm_steps(tmp_path_factory):
+  """Three train steps of the quick quantize stage with `dkm_refresh=2` and warm-started DKM
+  (`dkm_warm`, one iteration) on one device: (config, the states before each step and after the
+  last, the losses). One compiled step for the lists', the offsets' and the sharded tests."""
+  config = load_config(QUICK)
+  config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)
+  stage = trainer.build_stage(config, "quantize", str(tmp_path_factory.mktemp("warm")))
   target = trainer.abstract_state(stage)
   state = create_train_state(
     stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
   )
-  counts = [
-    v
-    for k, v in traverse_util.flatten_dict(state.model_state[DKM_LISTS]).items()
-    if k[-1] == "count"
-  ]
-  assert counts and all(int(c) == 0 for c in counts)
   step = partitioning.jit_train_step(
     make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
   )
   batches = input_pipeline.build_input(config.data, split="train", start_step=0)
   structure = jax.tree.structure(state)
-  history = []
+  history, losses = [], []
   for _ in range(3):
     history.append(jax.device_get(state))
     state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
     assert bool(metrics["finite"]) and jax.tree.structure(state) == structure
-  # Ranked at step 2 against that step's params (count 2 % 2 == 0), carried at step 1.
-  lists = traverse_util.flatten_dict(jax.device_get(state.model_state[DKM_LISTS]))
-  params = traverse_util.flatten_dict(history[2].params)
-  before = [traverse_util.flatten_dict(h.model_state[DKM_LISTS]) for h in history[1:]]
+    losses.append(float(metrics["loss"]))
+  history.append(jax.device_get(state))
+  return config, history, losses
+
+
+def test_three_steps_with_refresh_two_carry_the_lists(warm_steps):
+  config, history, _ = warm_steps
+  counts = [
+    v
+    for k, v in traverse_util.flatten_dict(history[0].model_state[DKM_LISTS]).items()
+    if k[-1] == "count"
+  ]
+  assert counts and all(int(c) == 0 for c in counts)
+  # Ranked at step 0 (cold: no offset yet) and step 2 (count 2 % 2 == 0) against DKM's starting
+  # centroids, codebook + the carried warm offset; carried at step 1.
+  flat = [traverse_util.flatten_dict(h.model_state[DKM_LISTS]) for h in history]
+  lists = flat[3]
   layers = {key[:-1] for key in lists}
   assert layers
+  top_t = config.quant.dkm_top_t
   for layer in layers:
     assert int(lists[(*layer, "count")]) == 3
-    want = dkm_lib.neighbors(
-      params[(*layer, "z")], params[(*layer, "codebook")], top_t=config.quant.dkm_top_t
-    )
-    np.testing.assert_array_equal(lists[(*layer, "neighbors")], want)
-    np.testing.assert_array_equal(
-      before[0][(*layer, "neighbors")], before[1][(*layer, "neighbors")]
-    )
-    assert not np.array_equal(before[1][(*layer, "neighbors")], want)  # step 2 re-ranked
+    ranked = {}
+    for at in (0, 2):
+      params = traverse_util.flatten_dict(history[at].params)
+      start = params[(*layer, "codebook")] + flat[at][(*layer, "offset")]
+      ranked[at] = dkm_lib.neighbors(params[(*layer, "z")], start, top_t=top_t)
+    assert not np.any(flat[0][(*layer, "offset")])
+    np.testing.assert_array_equal(flat[1][(*layer, "neighbors")], ranked[0])
+    np.testing.assert_array_equal(lists[(*layer, "neighbors")], ranked[2])
+    np.testing.assert_array_equal(flat[1][(*layer, "neighbors")], flat[2][(*layer, "neighbors")])
+    assert not np.array_equal(flat[2][(*layer, "neighbors")], ranked[2])  # step 2 re-ranked
+
+
+def test_two_warm_steps_carry_the_refinement_offset(warm_steps):
+  """`dkm_warm`: each step's DKM starts at codebook + the offset the previous step carried."""
+  config, history, _ = warm_steps
+  flat = [traverse_util.flatten_dict(h.model_state[DKM_LISTS]) for h in history]
+  params = traverse_util.flatten_dict(history[0].params)
+  tau = traverse_util.flatten_dict(history[0].model_state["quant"])
+  layers = [key[:-1] for key in flat[0] if key[-1] == "offset"]
+  assert layers
+  for layer in layers:
+    assert not np.any(flat[0][(*layer, "offset")])  # converted / initial state: a cold start
+    z, c = params[(*layer, "z")], params[(*layer, "codebook")]
+    # Step 0 starts cold: its offset is one top-t update from the codebook.
+    _, refined = dkm_lib.dkm(z, c, tau=tau[(*layer, "tau")], iters=1, top_t=config.quant.dkm_top_t)
+    np.testing.assert_allclose(flat[1][(*layer, "offset")], refined - c, atol=1e-5)
+    assert not np.array_equal(flat[2][(*layer, "offset")], flat[1][(*layer, "offset")])
 
 
 def test_refresh_one_keeps_no_lists_and_converted_variables_get_zeros(tmp_path):
@@ -97,7 +130,7 @@ def test_refresh_below_one_is_a_config_error(tmp_path):
 
 SHARDED = textwrap.dedent(
   """
-  import dataclasses, sys
+  import sys
   import jax, numpy as np
   from flax import traverse_util
   from jax.sharding import PartitionSpec as P
@@ -109,45 +142,51 @@ SHARDED = textwrap.dedent(
 
   config = get_config("quick")
   config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)  # lists and the warm offset
-  base = trainer.build_stage(config, "quantize", sys.argv[1])
-  assert base.mesh.shape["data"] == 8
-  batch = next(input_pipeline.build_input(config.data, split="train", start_step=0))
-  out = {}
-  for devices in (8, 1):
-    stage = dataclasses.replace(base, mesh=partitioning.make_mesh(devices))
-    target = trainer.abstract_state(stage)
-    state = create_train_state(
-      stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
-    )
-    step = partitioning.jit_train_step(
-      make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
-    )
-    losses = []
-    for _ in range(2):  # a ranking step and a carried one
-      state, metrics = step(state, partitioning.global_batch(batch, stage.mesh))
-      losses.append(float(metrics["loss"]))
-    flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
-    lists = {k: v for k, v in flat.items() if k[-1] == "neighbors"}
-    if devices == 8:
-      specs = [v.sharding.spec for v in lists.values()]
-      assert all(s == P("data", None) for s in specs), specs
-    offsets = {k: v for k, v in flat.items() if k[-1] == "offset"}
-    out[devices] = (losses, jax.device_get(lists), jax.device_get(offsets))
-  # The same math in other summation orders: losses and warm offsets to rounding, rankings up to
-  # near-ties.
-  np.testing.assert_allclose(out[8][0], out[1][0], rtol=1e-5)
-  assert out[1][1] and out[1][2]
-  for key, v in out[1][1].items():
-    assert np.mean(out[8][1][key] == v) > 0.999, key
-  for key, v in out[1][2].items():
-    np.testing.assert_allclose(out[8][2][key], v, atol=1e-4)
+  stage = trainer.build_stage(config, "quantize", sys.argv[1])
+  assert stage.mesh.shape["data"] == 8
+  target = trainer.abstract_state(stage)
+  state = create_train_state(
+    stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
+  )
+  step = partitioning.jit_train_step(
+    make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
+  )
+  batches = input_pipeline.build_input(config.data, split="train", start_step=0)
+  losses = []
+  for _ in range(2):  # a ranking step and a carried one
+    state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
+    losses.append(float(metrics["loss"]))
+  flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
+  specs = [v.sharding.spec for k, v in flat.items() if k[-1] == "neighbors"]
+  assert specs and all(s == P("data", None) for s in specs), specs
+  carried = {"/".join(k): np.asarray(v) for k, v in jax.device_get(flat).items()}
+  np.savez(sys.argv[2], losses=np.asarray(losses), **carried)
   print("OK")
   """
 )
 
 
-def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(tmp_path):
-  assert "OK" in run_script(SHARDED, str(tmp_path / "work"), devices=8, tmp=tmp_path)
+def test_sharded_step_with_carried_lists_and_offsets_equals_one_device(warm_steps, tmp_path):
+  """Two steps on 8 devices (rows of Z split over the mesh, in a child process) = the same two
+  steps on one device (`warm_steps`, this process)."""
+  _, history, losses = warm_steps
+  out = tmp_path / "sharded.npz"
+  assert "OK" in run_script(SHARDED, str(tmp_path / "work"), str(out), devices=8, tmp=tmp_path)
+  with np.load(out) as f:
+    sharded = {k: f[k] for k in f.files}
+  one = {
+    "/".join(k): v for k, v in traverse_util.flatten_dict(history[2].model_state[DKM_LISTS]).items()
+  }
+  # The same math in other summation orders: losses and warm offsets to rounding, rankings up to
+  # near-ties.
+  np.testing.assert_allclose(sharded["losses"], losses[:2], rtol=1e-5)
+  lists = [k for k in one if k.endswith("/neighbors")]
+  offsets = [k for k in one if k.endswith("/offset")]
+  assert lists and offsets
+  for key in lists:
+    assert np.mean(sharded[key] == one[key]) > 0.999, key
+  for key in offsets:
+    np.testing.assert_allclose(sharded[key], one[key], atol=1e-4)
 
 
 def test_runs_written_before_dkm_refresh_resume_and_a_change_is_flagged(tmp_path):

@@ -56,9 +56,14 @@ def test_rerun_with_another_config_stops_with_the_fields(quick_run, tmp_path):
   assert "Traceback" not in changed.stderr
   assert "stage 'lowrank'" in lines[-2] and "quant.commitment: 0.0 → 1.0" in lines[-2]
   assert "--allow_config_change" in lines[-1] and "new --workdir" in lines[-1]
+  # Only the changed stage: the float stage (unchanged) would just be evaluated again.
   allowed = train_cli.run(
     train_cli.train_cmd(
-      workdir, stages, "--config.k=8", "--config.quant.commitment=1.0", "--allow_config_change"
+      workdir,
+      "--config.stages=lowrank",
+      "--config.k=8",
+      "--config.quant.commitment=1.0",
+      "--allow_config_change",
     )
   )
   assert allowed.returncode == 0, allowed.stderr[-2000:]
