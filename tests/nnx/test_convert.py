@@ -24,6 +24,15 @@ def setup():
   return x, variables
 
 
+@pytest.fixture(scope="module")
+def linen_modes(setup):
+  """The linen variables in each mode, converted once along the chain (one k-means for all)."""
+  _, variables = setup
+  lowrank = convert.float_to_lowrank(variables, RULES)
+  quantize = convert.lowrank_to_quantize(lowrank, RULES, key=KEY)
+  return {"lowrank": lowrank, "quantize": quantize, "frozen": convert.quantize_to_frozen(quantize)}
+
+
 def _nnx_model(variables) -> ConvNet:
   model = ConvNet(nnx.Rngs(5))
   linen_weights_into(model, variables)
@@ -35,13 +44,9 @@ def _linen_logits(variables, stage, x, rules=RULES):
 
 
 @pytest.mark.parametrize("stage", ["lowrank", "quantize", "frozen"])
-def test_linen_and_nnx_agree_on_the_same_weights(setup, stage):
+def test_linen_and_nnx_agree_on_the_same_weights(setup, linen_modes, stage):
   x, variables = setup
-  v = convert.float_to_lowrank(variables, RULES)
-  if stage != "lowrank":
-    v = convert.lowrank_to_quantize(v, RULES, key=KEY)
-  if stage == "frozen":
-    v = convert.quantize_to_frozen(v)
+  v = linen_modes[stage]
   model = lq.nnx.quantize_model(_nnx_model(variables), RULES, stage, key=KEY)
   model.eval()
   np.testing.assert_array_equal(model(x), _linen_logits(v, stage, x))
