@@ -17,8 +17,8 @@ def test_readme_nnx_snippet_runs(tmp_path, monkeypatch):
     readme = f.read()
   section = readme.split("### With flax NNX", 1)[1]
   code = section.split("```python\n", 1)[1].split("```", 1)[0]
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  y = jax.numpy.arange(2) % 4
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
+  y = jax.numpy.arange(8) % 4
   monkeypatch.chdir(tmp_path)
   namespace = {
     "MyNnxNet": MyNnxNet,
