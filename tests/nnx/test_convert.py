@@ -13,7 +13,13 @@ from lr2vq_jax import convert
 from lr2vq_jax.core.recorded import SettingError, StageError
 from tests.support.nnx_models import ConvNet, LinenConvNet, linen_weights_into
 
-RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
+# conv1 (432 weights / m 9) and conv2 (1152 / 24) both have a 48 × 4 Z with k = 8: one k-means
+# program for the two convolutions.
+RULES = [
+  lq.Rule("conv1", k=8, m=9, d=4),
+  lq.Rule("conv2", k=8, m=24, d=4),
+  lq.Rule("fc", k=4, m=4, d=2),
+]
 KEY = jax.random.key(3)
 
 
@@ -22,6 +28,15 @@ def setup():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   variables = LinenConvNet().init(jax.random.key(0), x)
   return x, variables
+
+
+@pytest.fixture(scope="module")
+def linen_modes(setup):
+  """The linen variables in each mode, converted once along the chain (one k-means for all)."""
+  _, variables = setup
+  lowrank = convert.float_to_lowrank(variables, RULES)
+  quantize = convert.lowrank_to_quantize(lowrank, RULES, key=KEY)
+  return {"lowrank": lowrank, "quantize": quantize, "frozen": convert.quantize_to_frozen(quantize)}
 
 
 def _nnx_model(variables) -> ConvNet:
@@ -35,13 +50,9 @@ def _linen_logits(variables, stage, x, rules=RULES):
 
 
 @pytest.mark.parametrize("stage", ["lowrank", "quantize", "frozen"])
-def test_linen_and_nnx_agree_on_the_same_weights(setup, stage):
+def test_linen_and_nnx_agree_on_the_same_weights(setup, linen_modes, stage):
   x, variables = setup
-  v = convert.float_to_lowrank(variables, RULES)
-  if stage != "lowrank":
-    v = convert.lowrank_to_quantize(v, RULES, key=KEY)
-  if stage == "frozen":
-    v = convert.quantize_to_frozen(v)
+  v = linen_modes[stage]
   model = lq.nnx.quantize_model(_nnx_model(variables), RULES, stage, key=KEY)
   model.eval()
   np.testing.assert_array_equal(model(x), _linen_logits(v, stage, x))

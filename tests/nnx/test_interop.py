@@ -11,7 +11,13 @@ from flax import nnx
 import lr2vq_jax as lq
 from tests.support.nnx_models import ConvNet
 
-RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
+# conv1 (432 weights / m 9) and conv2 (1152 / 24) both have a 48 × 4 Z with k = 8: one k-means
+# program for the two convolutions.
+RULES = [
+  lq.Rule("conv1", k=8, m=9, d=4),
+  lq.Rule("conv2", k=8, m=24, d=4),
+  lq.Rule("fc", k=4, m=4, d=2),
+]
 
 
 class Wider(ConvNet):

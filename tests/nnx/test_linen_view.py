@@ -22,6 +22,15 @@ def models():
   return x, linen, view, linen.init(jax.random.key(0), x, train=False)
 
 
+@pytest.fixture(scope="module")
+def quantized(models):
+  """The float variables converted to the quantize mode under RULES (k-means once for the module)."""
+  variables = models[3]
+  return convert.lowrank_to_quantize(
+    convert.float_to_lowrank(variables, RULES), RULES, key=jax.random.key(1)
+  )
+
+
 def _shapes(tree):
   return jax.tree.map(lambda a: (a.shape, a.dtype), jax.tree.map(np.asarray, dict(tree)))
 
@@ -37,11 +46,9 @@ def test_same_variable_layout_and_float_logits(models):
   jax.tree.map(np.testing.assert_array_equal, new["batch_stats"], dict(new_ref["batch_stats"]))
 
 
-def test_quantize_stage_matches_linen_soft_and_hard(models):
-  x, linen, view, variables = models
-  v = convert.lowrank_to_quantize(
-    convert.float_to_lowrank(variables, RULES), RULES, key=jax.random.key(1)
-  )
+def test_quantize_stage_matches_linen_soft_and_hard(models, quantized):
+  x, linen, view, _ = models
+  v = quantized
   config = lq.QuantConfig(commitment=0.1)
   ql, qn = (lq.nn.quantize_model(m, RULES, "quantize", config) for m in (linen, view))
   assert sorted(lq.nn.plan_model(view, RULES)) == ["conv2", "conv3"]
@@ -67,17 +74,19 @@ def test_train_steps_of_the_training_system_match_linen(models):
 
   x, _, _, variables = models
   config = load_config(QUICK)
-  out = {}
+  out, v = {}, None
   for name in ("digits_cnn", "digits_cnn_nnx"):
     config.model = name
     stage = trainer.build_stage(config, "quantize", "/nonexistent")
-    rules = stage.rules
-    v = convert.lowrank_to_quantize(
-      convert.float_to_lowrank(variables, rules, config=stage.layer_config),
-      rules,
-      key=jax.random.key(1),
-      config=stage.layer_config,
-    )
+    if v is None:  # one conversion (k-means) for both: the same starting variables
+      rules, layer_config = stage.rules, stage.layer_config
+      v = convert.lowrank_to_quantize(
+        convert.float_to_lowrank(variables, rules, config=layer_config),
+        rules,
+        key=jax.random.key(1),
+        config=layer_config,
+      )
+    assert (stage.rules, stage.layer_config) == (rules, layer_config)
     state = state_from_variables(v, stage.tx, jax.random.key(0))
     # On the mesh from the start, as the step leaves it: one compile of the step, not two.
     state = jax.device_put(state, partitioning.replicated(stage.mesh))
@@ -93,13 +102,11 @@ def test_train_steps_of_the_training_system_match_linen(models):
   assert float(m1["loss"]) == float(m2["loss"])
 
 
-def test_carried_dkm_state_is_made_used_and_written_as_linen_does(models):
+def test_carried_dkm_state_is_made_used_and_written_as_linen_does(models, quantized):
   """Converted variables (no `dkm_lists`): a training apply that may write them makes them as
   linen does; one that cannot ranks every call, however stale the carried lists are."""
-  x, linen, view, variables = models
-  v = convert.lowrank_to_quantize(
-    convert.float_to_lowrank(variables, RULES), RULES, key=jax.random.key(1)
-  )
+  x, linen, view, _ = models
+  v = quantized
   config = lq.QuantConfig(dkm_refresh=4, dkm_warm=True)
   ql, qn = (lq.nn.quantize_model(m, RULES, "quantize", config) for m in (linen, view))
   mutable = ["batch_stats", lq.nn.DKM_LISTS]

@@ -12,10 +12,12 @@ from flax import nnx
 import lr2vq_jax as lq
 from tests.support.nnx_models import ViT
 
+# Every layer's Z is 32 × 4 with k = 8 (patch: 768 weights / m 24; attention 256 / 8; MLP 512 / 16):
+# one k-means (and one hard-code assignment) program serves them all, three kinds of layer.
 RULES = [
-  lq.Rule(r"^patch$", k=8, m=4, d=2),
+  lq.Rule(r"^patch$", k=8, m=24, d=4),
   lq.Rule(r"attn/(query|key|value|out)$", k=8, m=8, d=4),
-  lq.Rule(r"mlp/layers/\d+$", k=8, m=8, d=4),
+  lq.Rule(r"mlp/layers/\d+$", k=8, m=16, d=4),
   lq.Rule(r"^head$", skip=True),
 ]
 
