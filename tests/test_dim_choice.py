@@ -29,8 +29,10 @@ def test_select_dim_for_any_model_scores_every_candidate():
     logits = qmodel.apply(qvars, X)  # hard codes: the model's train flag defaults to False
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  sel = lq.select_dim(PlainNet(), variables, RULES, eval_fn, (1, 2, 8), sample=X, kmeans_iters=2)
-  assert sel.candidates == (1, 2, 8) and seen == [1, 2, 8]
+  # d̃ = 1 is below every rule's m; d̃ = 8 is above proj's and head's m = 4, where they use m.
+  # (Each candidate's evaluation compiles its own layer shapes: two candidates cover both cases.)
+  sel = lq.select_dim(PlainNet(), variables, RULES, eval_fn, (1, 8), sample=X, kmeans_iters=2)
+  assert sel.candidates == (1, 8) and seen == [1, 8]
   assert sel.best == sel.candidates[int(np.argmin(sel.scores))]
   assert f"best d = {sel.best}" in str(sel)
   with pytest.raises(ValueError, match="in 1..8"):

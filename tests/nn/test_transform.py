@@ -40,7 +40,9 @@ def test_float_model_converts_to_every_stage_with_the_same_paths():
   float_vars = PlainNet().init(jax.random.key(0), X)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
-  quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=5)
+  # kmeans_iters as the other PlainNet tests (test_recorded, test_export): one compiled k-means per
+  # layer shape for them all (the suite's compilation cache is shared by its processes).
+  quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=3)
   frozen = convert.quantize_to_frozen(quant)
   for stage, variables in [("lowrank", lowrank), ("quantize", quant), ("frozen", frozen)]:
     model = lq.nn.quantize_model(PlainNet(), RULES, mode=stage)
