@@ -205,6 +205,15 @@ def stored_rows(codes, codebook, projection, store) -> jax.Array:
   return jax.lax.switch(store, branches, codebook, projection)
 
 
+def random_rows(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
+  """k distinct rows of x (n, d), a uniformly random subset: the codebook a layer's `init` starts
+  from (trained codebooks come from the conversions' k-means). The indices of the k largest of n
+  uniform draws: one top_k, where `jax.random.choice(replace=False)` sorts all n (slower to compile
+  and to run)."""
+  _, idx = jax.lax.top_k(jax.random.uniform(key, (x.shape[0],)), k)
+  return x[idx]
+
+
 def temperature(z, codebook, alpha: float, chunk_size: int = kmeans_lib.CHUNK_SIZE) -> jax.Array:
   """τ = α · mean squared distance from each row of Z to its nearest centroid."""
   z = z.astype(jnp.float32)

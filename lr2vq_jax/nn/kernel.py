@@ -38,6 +38,7 @@ from lr2vq_jax.core.kernel import (  # noqa: F401  (the linen-side names of the 
   frozen_tables,
   hard_codes,
   projection_as,
+  random_rows,
   refined_codebook,
   stored_rows,
   temperature,
@@ -218,5 +219,4 @@ def _given(value, shape, dtype) -> Callable:
 
 def _random_rows(mdl, x: jax.Array, k: int) -> jax.Array:
   """k distinct rows of x: a cheap codebook for `init` (real codebooks come from convert)."""
-  idx = jax.random.choice(mdl.make_rng("params"), x.shape[0], (k,), replace=False)
-  return x[idx]
+  return random_rows(mdl.make_rng("params"), x, k)

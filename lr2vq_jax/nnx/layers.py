@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lr2vq_jax.core import lowrank
-from lr2vq_jax.core.kernel import QuantConfig, temperature
+from lr2vq_jax.core.kernel import QuantConfig, random_rows, temperature
 from lr2vq_jax.core.mode import Mode, as_mode, deprecated_stage, renamed_stage
 from lr2vq_jax.core.rules import Rule, plan_layer
 from lr2vq_jax.nnx.kernel import QuantizedKernel
@@ -30,7 +30,7 @@ def initial_arrays(rows: jax.Array, plan, mode: Mode, rng: jax.Array, alpha: flo
     z, p = lowrank.svd_init(rows, plan.d)
   if mode == Mode.LOWRANK:
     return {"z": z, "projection": p}
-  codebook = z[jax.random.choice(rng, z.shape[0], (plan.k,), replace=False)]
+  codebook = random_rows(rng, z, plan.k)
   if mode == Mode.FROZEN:
     return {"codebook": codebook, "projection": p, "codes": jnp.zeros((plan.n,), jnp.int32)}
   return {"z": z, "projection": p, "codebook": codebook, "tau": temperature(z, codebook, alpha)}

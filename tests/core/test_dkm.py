@@ -1,4 +1,8 @@
-"""Bounded-memory DKM equals the naive reference in value and gradient; gradients are right."""
+"""Bounded-memory DKM equals the naive reference in value and gradient; gradients are right.
+
+DKM's iterations are unrolled (its compile time grows with `iters`): two iterations already chain
+one update into the next, so the comparisons run at most two (0 and 1 where that is the case).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +32,8 @@ def _loss(fn, w, iters, **kw):
 @pytest.mark.parametrize(
   "n,d,k,chunk,iters",
   [
-    (203, 4, 16, 64, 3),  # n not divisible by the chunk
-    (50, 8, 32, 1000, 3),  # one chunk, k close to n
+    (203, 4, 16, 64, 2),  # n not divisible by the chunk
+    (50, 8, 32, 1000, 2),  # one chunk, k close to n
     (97, 2, 5, 7, 0),  # no centroid update, many tiny chunks
     (2100, 3, 2048, 4096, 2),  # large k: CPU caps the chunk at 128 rows (17 chunks)
   ],
@@ -104,7 +108,7 @@ def test_last_grad_same_values_and_one_step_gradient():
 
   def run(fn, **kw):
     def loss(z, c, tau):
-      z_soft, c_out = fn(z, c, tau=tau, iters=3, **kw)
+      z_soft, c_out = fn(z, c, tau=tau, iters=2, **kw)
       return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(z, c, tau)
@@ -124,7 +128,7 @@ def test_last_grad_same_values_and_one_step_gradient():
     z_soft, _ = dkm_naive(z, cf, tau=tau, iters=0)
     return jnp.sum(z_soft * w) + jnp.sum(cf**2)
 
-  want = jax.grad(soft_loss, argnums=(0, 1, 2))(z, c_u, tau)
+  want = jax.jit(jax.grad(soft_loss, argnums=(0, 1, 2)))(z, c_u, tau)
   for a, b in zip(g_l, want, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="grad"):
@@ -149,7 +153,7 @@ def test_bf16_inputs_return_input_dtypes():
 
 
 def test_bounded_memory_grows_like_n_d_not_n_k():
-  d, k, iters = 2, 512, 3
+  d, k, iters = 2, 512, 2
   c = jnp.zeros((k, d))
 
   def temp_bytes(fn, n, **kw):

@@ -1,4 +1,9 @@
-"""Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded."""
+"""Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded.
+
+DKM's iterations are unrolled (its compile time grows with `iters`): two iterations already chain
+one update into the next, so the comparisons run two or fewer, except the t >= k comparison with
+the naive reference (at two, τ's gradient differs by 2.5e-5 relative, over its 2e-5 tolerance).
+"""
 
 import textwrap
 
@@ -65,7 +70,7 @@ def _masked_reference(z, c, *, tau, iters, top_t, ranked_by=None):
   return attn(c) @ c, c
 
 
-@pytest.mark.parametrize("top_t,iters,chunk", [(3, 3, 64), (1, 2, 7), (5, 0, 4096)])
+@pytest.mark.parametrize("top_t,iters,chunk", [(3, 2, 64), (1, 1, 7), (5, 0, 4096)])
 def test_top_t_equals_masked_softmax_reference(top_t, iters, chunk):
   # The neighbour set is chosen once from the input centroids and kept for every iteration.
   z, c, w = _inputs(1, 150, 3, 12)
@@ -81,8 +86,8 @@ def test_given_neighbors_equal_top_t_value_and_grad(chunk):
   tau = jnp.float32(0.5)
   nb = neighbors(z, c, top_t=3, chunk_size=chunk)
   assert nb.shape == (150, 3) and nb.dtype == jnp.int32
-  want = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=3)
-  _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, neighbors=nb), want)
+  want = _value_and_grad(dkm, z, c, w, tau, 2, chunk_size=chunk, top_t=3)
+  _assert_same(_value_and_grad(dkm, z, c, w, tau, 2, chunk_size=chunk, neighbors=nb), want)
 
 
 def test_stale_neighbors_equal_masked_reference_of_their_centroids():
@@ -111,8 +116,8 @@ def test_neighbors_validation():
 def test_top_t_with_last_grad_keeps_values():
   z, c, w = _inputs(2, 120, 4, 16)
   tau = jnp.float32(0.2)
-  (_, (zs_u, c_u)), _ = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=32, top_t=4)
-  (_, (zs_l, c_l)), g = _value_and_grad(dkm, z, c, w, tau, 3, chunk_size=32, top_t=4, grad="last")
+  (_, (zs_u, c_u)), _ = _value_and_grad(dkm, z, c, w, tau, 2, chunk_size=32, top_t=4)
+  (_, (zs_l, c_l)), g = _value_and_grad(dkm, z, c, w, tau, 2, chunk_size=32, top_t=4, grad="last")
   np.testing.assert_allclose(zs_l, zs_u, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(c_l, c_u, rtol=1e-5, atol=1e-6)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
@@ -160,7 +165,7 @@ SHARDED = textwrap.dedent(
 
   def grads(**kw):
     def loss(z, c):
-      zs, co = dkm(z, c, tau=0.3, iters=3, chunk_size=64, top_t=4, **kw)
+      zs, co = dkm(z, c, tau=0.3, iters=2, chunk_size=64, top_t=4, **kw)
       return jnp.sum(zs * w) + jnp.sum(co**2)
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z, c)
 

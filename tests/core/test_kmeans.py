@@ -88,13 +88,14 @@ def test_empty_clusters_are_repaired():
 
 
 def test_deterministic_for_a_key_and_key_matters():
-  x, _, _ = _mixture(2, k=6, per=30, spread=1.0, noise=1.0)
-  a = kmeans(x, 6, key=jax.random.key(5), iters=5)
-  b = kmeans(x, 6, key=jax.random.key(5), iters=5)
+  # The planted-clusters call's shapes and static arguments: its compiled k-means is reused.
+  x, _, _ = _mixture(0)
+  a = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
+  b = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
   for u, v in zip(a, b, strict=True):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-  p = kmeans_plusplus(x, 6, key=jax.random.key(5))
-  q = kmeans_plusplus(x, 6, key=jax.random.key(6))
+  p = kmeans_plusplus(x, 8, key=jax.random.key(5))
+  q = kmeans_plusplus(x, 8, key=jax.random.key(6))
   assert not np.array_equal(np.asarray(p), np.asarray(q))
 
 
@@ -136,7 +137,9 @@ def test_assign_breaks_ties_at_the_lowest_index():
   np.testing.assert_allclose(np.asarray(mind), want.min(1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rounds", [1, 3, 16])
+# One round (a single D^2 draw) and 16 rounds (the `rounds >= 5` coverage branch); another round
+# count below 5 asserts nothing the first case does not, at the cost of its own compilation.
+@pytest.mark.parametrize("rounds", [1, 16])
 def test_kmeans_parallel_seeds_are_distinct_points_one_per_cluster(rounds):
   x, _, centers = _mixture(7, k=6, per=50)
   c = np.asarray(kmeans_parallel(x, 6, key=jax.random.key(0), rounds=rounds, chunk_size=64))

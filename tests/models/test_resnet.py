@@ -1,5 +1,7 @@
 """ResNet V1.5: torchvision parameter counts and module names, PyTorch geometry, BN semantics."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,22 +10,27 @@ import pytest
 
 from lr2vq_jax.models import ResNet18, ResNet34, ResNet50
 
+MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
 
-def _shapes(model, size=224):
+
+@functools.cache
+def _shapes(name: str, size: int = 224):
+  """The variables' shapes of model `name` at ImageNet size, traced once per module run."""
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  model = MODELS[name]()
   return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
 
 
 @pytest.mark.parametrize(
-  "model, count", [(ResNet18, 11_689_512), (ResNet34, 21_797_672), (ResNet50, 25_557_032)]
+  "name, count", [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)]
 )
-def test_param_counts_equal_torchvision(model, count):
-  params = _shapes(model())["params"]
+def test_param_counts_equal_torchvision(name, count):
+  params = _shapes(name)["params"]
   assert sum(p.size for p in jax.tree.leaves(params)) == count
 
 
 def test_module_names_follow_torchvision():
-  v18 = _shapes(ResNet18())
+  v18 = _shapes("resnet18")
   p = v18["params"]
   assert set(p) == {"conv1", "bn1", "fc", *(f"layer{i}_{j}" for i in range(1, 5) for j in range(2))}
   assert set(p["layer1_0"]) == {"conv1", "bn1", "conv2", "bn2"}
@@ -31,7 +38,7 @@ def test_module_names_follow_torchvision():
   assert p["layer2_0"]["conv1"]["kernel"].shape == (3, 3, 64, 128)
   assert "bias" not in p["conv1"] and set(p["fc"]) == {"kernel", "bias"}
   assert set(v18["batch_stats"]["bn1"]) == {"mean", "var"}
-  p50 = _shapes(ResNet50())["params"]
+  p50 = _shapes("resnet50")["params"]
   assert set(p50["layer1_0"]) == {
     *("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample_conv", "downsample_bn")
   }

@@ -8,6 +8,7 @@ import pytest
 
 import lr2vq_jax as lq
 from lr2vq_jax import convert
+from lr2vq_jax.core.kernel import random_rows
 
 CONV_CASES = [
   dict(features=8, kernel_size=(3, 3)),
@@ -67,10 +68,24 @@ def test_every_stage_runs_and_holds_its_variables(stage):
   }[stage]
   assert {k: v.shape for k, v in params.items() if k != "bias"} == expected
   assert tuple(variables["quant"]["shape"]) == (3, 3, 4, 8)
+  if stage == "quantize":  # init's codebook: k distinct rows of Z
+    rows = {tuple(r) for r in np.asarray(params["z"]).tolist()}
+    book = [tuple(r) for r in np.asarray(params["codebook"]).tolist()]
+    assert len(set(book)) == 8 and set(book) <= rows
   y = layer.apply(variables, x)
   assert y.shape == (2, 6, 6, 8) and bool(jnp.all(jnp.isfinite(y)))
   y_train, state = layer.clone(train=True).apply(variables, x, mutable=["losses"])
   assert y_train.shape == y.shape
+
+
+def test_random_rows_are_a_distinct_random_subset():
+  x = jnp.arange(1000, dtype=jnp.float32)[:, None]  # row i holds i
+  a = np.asarray(random_rows(jax.random.key(0), x, 50))[:, 0]
+  b = np.asarray(random_rows(jax.random.key(1), x, 50))[:, 0]
+  assert len(set(a.tolist())) == 50 and set(a.tolist()) <= set(range(1000))
+  assert set(a.tolist()) != set(b.tolist())
+  assert a.max() - a.min() > 500  # spread over the rows, not a block
+  assert sorted(np.asarray(random_rows(jax.random.key(2), x[:7], 7))[:, 0]) == list(range(7))
 
 
 def test_quantize_stage_soft_vs_hard_and_commitment():

@@ -40,7 +40,9 @@ def test_float_model_converts_to_every_stage_with_the_same_paths():
   float_vars = PlainNet().init(jax.random.key(0), X)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
-  quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=5)
+  # kmeans_iters as the other PlainNet tests (test_recorded, test_export): one compiled k-means per
+  # layer shape for them all (the suite's compilation cache is shared by its processes).
+  quant = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=3)
   frozen = convert.quantize_to_frozen(quant)
   for stage, variables in [("lowrank", lowrank), ("quantize", quant), ("frozen", frozen)]:
     model = lq.nn.quantize_model(PlainNet(), RULES, mode=stage)
@@ -63,12 +65,13 @@ def test_float_model_converts_to_every_stage_with_the_same_paths():
 def test_baseline_conversions():
   float_vars = PlainNet().init(jax.random.key(0), X)
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
-  pq = convert.float_to_pq(float_vars, RULES, key=jax.random.key(1), plan=plan)
+  # kmeans_iters as the other PlainNet tests: their compiled k-means on the same rows is reused.
+  pq = convert.float_to_pq(float_vars, RULES, key=jax.random.key(1), plan=plan, kmeans_iters=3)
   assert pq["params"]["body"]["codebook"].shape == (16, 8)
   assert jnp.array_equal(pq["params"]["body"]["projection"], jnp.eye(8))
   model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), mode="frozen")
   assert model.apply(pq, X).shape == (2, 5)
-  dkm = convert.float_to_dkm(float_vars, RULES, key=jax.random.key(1), plan=plan)
+  dkm = convert.float_to_dkm(float_vars, RULES, key=jax.random.key(1), plan=plan, kmeans_iters=3)
   assert dkm["params"]["body"]["z"].shape == (144, 8)
   model = lq.nn.quantize_model(PlainNet(), convert.vanilla(RULES), mode="quantize")
   assert model.apply(dkm, X).shape == (2, 5)
