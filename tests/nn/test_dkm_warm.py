@@ -58,7 +58,10 @@ def test_warm_calls_continue_the_iterations(refresh):
     start = c + variables[DKM_LISTS]["offset"]
     refined = c + state[DKM_LISTS]["offset"]
     lists = state[DKM_LISTS].get("neighbors")
-    _, cold = dkm_lib.dkm(z, c, tau=tau, iters=s + 1)  # every centroid: top-4 drops ~nothing
+    if refresh == 1:  # ranked every call: against every centroid, top-4 drops ~nothing
+      _, cold = dkm_lib.dkm(z, c, tau=tau, iters=s + 1)
+    else:  # the lists ranked at call 0 serve calls 0-2: s + 1 cold updates over those lists
+      _, cold = dkm_lib.dkm(z, c, tau=tau, iters=s + 1, top_t=TOP_T, neighbors=lists)
     np.testing.assert_allclose(refined, cold, atol=2e-5)
     want = kernel_math.mode_rows(
       "quantize", {**arrays, "codebook": start, "neighbors": lists}, SETTINGS,

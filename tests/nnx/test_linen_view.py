@@ -40,8 +40,9 @@ def test_same_variable_layout_and_float_logits(models):
   assert _shapes(view.init(jax.random.key(1), x, train=False)) == _shapes(variables)
   np.testing.assert_array_equal(view.apply(variables, x), linen.apply(variables, x, train=False))
   mutable = ["batch_stats", "losses"]
+  # Both compiled the same way (jit vs op-by-op may round differently at XLA's -O0).
   y, new = jax.jit(lambda v: view.apply(v, x, train=True, mutable=mutable))(variables)
-  y_ref, new_ref = linen.apply(variables, x, train=True, mutable=mutable)
+  y_ref, new_ref = jax.jit(lambda v: linen.apply(v, x, train=True, mutable=mutable))(variables)
   np.testing.assert_array_equal(y, y_ref)
   jax.tree.map(np.testing.assert_array_equal, new["batch_stats"], dict(new_ref["batch_stats"]))
 
