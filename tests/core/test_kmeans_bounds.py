@@ -59,7 +59,7 @@ def test_bounds_skip_rows_once_centroids_settle():
   np.testing.assert_array_equal(codes, np.argmin(d2, axis=1))
   diff = x - x[codes]
   upper = (diff * diff).sum(1)
-  settled = upper < np.asarray(b1.lower).min(1) ** 2
+  settled = upper < np.asarray(b1.lower).min(0) ** 2
   assert settled.mean() > 0.5  # the rest: near-ties to another group, rechecked
 
 
