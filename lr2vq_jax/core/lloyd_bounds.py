@@ -127,6 +127,9 @@ def _fresh(xb, lhs, perm, cmax, d):
     return jnp.where(tie, jnp.min(idx, axis=0), code)
 
   code = lax.cond(jnp.any(tie), lowest, lambda c: c, code)
+  # A tie's gmin left out the first in group order, maybe not the code: bound every group by the
+  # minimum itself (a tied centroid is that close anyway).
+  gmin = jnp.where(tie, best, gmin)
   xx = jnp.sum(xb * xb, axis=1)
   e = _margin(jnp.sqrt(xx), cmax, d)
   return code, jnp.sqrt(jnp.maximum(gmin + xx - e, 0.0)) * _DOWN
