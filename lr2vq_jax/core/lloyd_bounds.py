@@ -1,16 +1,19 @@
-"""Lloyd steps that skip the rows whose nearest centroid provably has not changed (Yinyang bounds).
+"""Lloyd steps that recompute only the (row, centroid group) pairs whose bounds fail (Yinyang).
 
 The centroids are split once into GROUPS spatial groups of equal size (balanced k-d halving of the
 seeds). Per row: a lower bound on the distance to each group's centroids other than its own, kept
 valid across steps by the group's largest drift (triangle inequality). Each step the exact distance
-to the row's own centroid (O(d)) is compared with the smallest group bound: a row whose bounds are
-apart by more than twice the float32 error bound of a computed squared distance keeps its code, as
-`_scores`' argmin could not pick another centroid, so codes equal the plain pass's bit for bit.
-The rows that fail are compacted into whole chunks (a cumsum and a scatter) and assigned in a
-`lax.while_loop` whose trip count is the number of chunks they fill; when more than
-PLAIN_FRACTION fail every chunk is recomputed. The first WARMUP steps (everything moves) are
-`kmeans._step`'s plain ones. Measured (benchmarks/kmeans_vs_faiss.py, CPU s): ~10% off the whole
-call at k = 2048-4096; a recomputed row costs ~1.4x a plain pass's (group minima, bound outputs).
+to the row's own centroid (O(d)) is compared with each group bound: a group whose bound is above it
+by more than twice the float32 error bound of a computed squared distance cannot hold a centroid
+that `_scores`' argmin would pick. A row with a failing group recomputes those groups and its own
+(a (row, group) pair: the k / GROUPS scores of one small matmul); each group's pairs are found from
+per-word popcounts (no cumsum or scatter over all pairs) and scored PAIR_ROWS at a time in one
+`lax.while_loop`, each row keeping its best so far (ties to the lowest index): the plain pass's
+code bit for bit. When more than PLAIN_FRACTION of the pairs fail every row is recomputed whole.
+The first WARMUP steps (everything moves) are `kmeans._step`'s plain ones. Measured
+(benchmarks/kmeans_vs_faiss.py, CPU s, late steps): 5-8% of the pairs recomputed (50-70% of the
+rows fail, mostly their own group only); a step ~0.6x a plain one at k = 2048 (n = 128k, d = 4),
+the whole `kmeans` call 0.8-0.9x the plain loop's at k = 2048-4096 (same codes).
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ from lr2vq_jax.core.distances import ARGMIN_GROUP, _running_argmin
 
 # Bounds pay from this k up (and need k divisible by GROUPS * ARGMIN_GROUP).
 FILTER_MIN_K = 512
-GROUPS = (
-  16  # Yinyang's k / 10 groups at most; 16 measured best offline (benchmarks/kmeans_bounds.py)
-)
-# The first steps run plain (everything moves; a full pass with bounds costs ~1.3x a plain one).
+# Yinyang's k / 10 groups at most; 16 measured best offline (benchmarks/kmeans_bounds.py).
+GROUPS = 16
+# The first steps run plain (everything moves; a full pass with bounds costs ~1.4x a plain one;
+# 3-5 measured alike at n = 128k, k = 2048).
 WARMUP = 5
-# Above this fraction of failing rows a step recomputes every chunk (compaction would not pay).
-PLAIN_FRACTION = 0.9
+# Above this fraction of failing (row, group) pairs a step recomputes every row whole (a pair costs
+# ~5x its share of a whole row's pass: gathers, scatters, a narrow matmul).
+PLAIN_FRACTION = 0.1
+# (row, group) pairs per recomputed chunk: a (k / GROUPS, PAIR_ROWS) score block (512-4096 alike).
+PAIR_ROWS = 1024
+# Rows per uint32 word of the packed pair masks (`_pair_rows`).
+PAIR_BLOCK = 32
 _EPS = 2.0**-24
 _UP, _DOWN = 1.0 + 1e-6, 1.0 - 1e-6  # directed rounding of the bound arithmetic
 
@@ -43,7 +51,7 @@ def supported(k: int) -> bool:
 
 
 class Bounds(NamedTuple):
-  """Per padded row: candidate code (N,) and lower bounds (N, GROUPS) on the distance (not squared)
+  """Per padded row: candidate code (N,) and lower bounds (GROUPS, N) on the distance (not squared)
   to the centroids of each group other than the code."""
 
   codes: jax.Array
@@ -52,7 +60,7 @@ class Bounds(NamedTuple):
 
 def initial_bounds(num_rows: int) -> Bounds:
   """Bounds that every row fails (lower 0): the first pass is a full one."""
-  return Bounds(jnp.zeros((num_rows,), jnp.int32), jnp.zeros((num_rows, GROUPS), jnp.float32))
+  return Bounds(jnp.zeros((num_rows,), jnp.int32), jnp.zeros((GROUPS, num_rows), jnp.float32))
 
 
 def centroid_groups(c: jax.Array) -> jax.Array:
@@ -78,9 +86,32 @@ def _margin(xn: jax.Array, cmax: jax.Array, d: int) -> jax.Array:
   return 8.0 * (d + 2) * _EPS * (cmax + xn) ** 2
 
 
+def _group_min(scores: jax.Array):
+  """(min, first argmin, min of the others) over axis 0 of scores (kg, b), kg a multiple of
+  ARGMIN_GROUP: minima of runs of ARGMIN_GROUP rows, a running minimum over them that also carries
+  the runner-up and the winning run, then the first minimum and the runner-up inside that run."""
+  kg, b = scores.shape
+  sub = scores.reshape(kg // ARGMIN_GROUP, ARGMIN_GROUP, b)
+  smin = jnp.min(sub, axis=1)
+
+  def better(j, state):
+    best, run, vals, second = state
+    take = smin[j] < best
+    second = jnp.where(take, best, jnp.minimum(second, smin[j]))
+    vals = jnp.where(take[None], sub[j], vals)
+    return jnp.where(take, smin[j], best), jnp.where(take, j, run), vals, second
+
+  init = (smin[0], jnp.zeros((b,), jnp.int32), sub[0], jnp.full((b,), jnp.inf, scores.dtype))
+  best, run, vals, rest = lax.fori_loop(1, kg // ARGMIN_GROUP, better, init, unroll=8)
+  iota = lax.broadcasted_iota(jnp.int32, vals.shape, 0)
+  first = jnp.min(jnp.where(vals == best, iota, ARGMIN_GROUP), axis=0)
+  in_run = jnp.min(jnp.where(iota == first, jnp.inf, vals), axis=0)
+  return best, run * ARGMIN_GROUP + first, jnp.minimum(in_run, rest)
+
+
 def _fresh(xb, lhs, perm, cmax, d):
-  """Codes (as `kmeans._nearest`: argmin, ties to the lowest index) and fresh group bounds for the
-  rows xb (b, d); lhs = `_score_lhs` of the centroids in `perm` order."""
+  """Codes (as `kmeans._nearest`: argmin, ties to the lowest index) and fresh group bounds
+  (GROUPS, b) for the rows xb (b, d); lhs = `_score_lhs` of the centroids in `perm` order."""
   k = perm.shape[0]
   scores = km._scores(xb, lhs)  # (k, b) in group order
   sub = scores.reshape(k // ARGMIN_GROUP, ARGMIN_GROUP, -1)
@@ -100,51 +131,106 @@ def _fresh(xb, lhs, perm, cmax, d):
     return jnp.where(tie, jnp.min(idx, axis=0), code)
 
   code = lax.cond(jnp.any(tie), lowest, lambda c: c, code)
+  # A tie's gmin left out the first in group order, maybe not the code: bound every group by the
+  # minimum itself (a tied centroid is that close anyway).
+  gmin = jnp.where(tie, best, gmin)
   xx = jnp.sum(xb * xb, axis=1)
   e = _margin(jnp.sqrt(xx), cmax, d)
-  lower = jnp.sqrt(jnp.maximum(gmin + xx - e, 0.0)) * _DOWN
-  return code, lower.T
+  return code, jnp.sqrt(jnp.maximum(gmin + xx - e, 0.0)) * _DOWN
+
+
+def _pair_rows(words, totals, ends, p):
+  """Row of the p-th pair (p (R,)) of one group whose pair mask is packed into words (M,) uint32 of
+  PAIR_BLOCK rows, totals / ends (M,) the pairs per word and their running sum: a search for the
+  word, then a select of its t-th set bit by halving (popcounts)."""
+  blk = jnp.minimum(jnp.searchsorted(ends, p, side="right"), ends.shape[0] - 1)
+  t = p - (jnp.take(ends, blk) - jnp.take(totals, blk))
+  w = jnp.take(words, blk)
+  pos = jnp.zeros_like(p)
+  for width in (16, 8, 4, 2, 1):
+    low = (w >> pos.astype(jnp.uint32)) & jnp.uint32((1 << width) - 1)
+    low = lax.population_count(low).astype(jnp.int32)
+    go = low <= t
+    t, pos = jnp.where(go, t - low, t), jnp.where(go, pos + width, pos)
+  return blk * PAIR_BLOCK + pos
+
+
+def _pair_index(pair):
+  """Per group of `pair` (GROUPS, N): its mask packed into uint32 words of PAIR_BLOCK rows, the pairs
+  per word and their running sum, for `_pair_rows`."""
+  groups, num_rows = pair.shape
+  blocks = jnp.pad(pair, ((0, 0), (0, -num_rows % PAIR_BLOCK))).reshape(groups, -1, PAIR_BLOCK)
+  bit = jnp.left_shift(jnp.uint32(1), jnp.arange(PAIR_BLOCK, dtype=jnp.uint32))
+  words = jnp.sum(jnp.where(blocks, bit, jnp.uint32(0)), axis=2, dtype=jnp.uint32)
+  totals = lax.population_count(words).astype(jnp.int32)
+  return words, totals, jnp.cumsum(totals, axis=1)
+
+
+def _filtered(xp, xx, e, lhs_g, perm_g, pair, b: Bounds) -> Bounds:
+  """Bounds after recomputing the (group, row) pairs `pair` (GROUPS, N), PAIR_ROWS of a group at a
+  time by one (k / GROUPS)-row matmul: a row with pairs takes the best of their groups (its own
+  among them; ties to the lowest index), the other groups keep their bounds (they cannot hold it)."""
+  groups, num_rows = pair.shape
+  size = groups * num_rows
+  words, totals, ends = _pair_index(pair)
+  counts = ends[:, -1]
+  chunks = (counts + PAIR_ROWS - 1) // PAIR_ROWS
+  last = jnp.cumsum(chunks)
+
+  def body(state):
+    i, lower, best, code, second, group = state
+    g = jnp.sum(last <= i).astype(jnp.int32)
+    p = (i - last[g] + chunks[g]) * PAIR_ROWS + jnp.arange(PAIR_ROWS, dtype=jnp.int32)
+    rows = jnp.minimum(_pair_rows(words[g], totals[g], ends[g], p), num_rows - 1)
+    live = p < counts[g]
+    gb, ga, gs = _group_min(km._scores(jnp.take(xp, rows, axis=0), lhs_g[g]))
+    ga = jnp.take(perm_g[g], ga)
+    low = jnp.sqrt(jnp.maximum(gb + jnp.take(xx, rows) - jnp.take(e, rows), 0.0)) * _DOWN
+    lower = lower.at[jnp.where(live, g * num_rows + rows, size)].set(low, mode="drop")
+    cb, cc = jnp.take(best, rows), jnp.take(code, rows)
+    dest = jnp.where(live & ((gb < cb) | ((gb == cb) & (ga < cc))), rows, num_rows)
+    best, code = best.at[dest].set(gb, mode="drop"), code.at[dest].set(ga, mode="drop")
+    second = second.at[dest].set(gs, mode="drop")
+    return i + 1, lower, best, code, second, group.at[dest].set(g, mode="drop")
+
+  inf = jnp.full((num_rows,), jnp.inf, jnp.float32)
+  init = (jnp.int32(0), b.lower.reshape(-1), inf, b.codes, inf, jnp.zeros((num_rows,), jnp.int32))
+  _, lower, _, code, second, group = lax.while_loop(lambda s: s[0] < last[-1], body, init)
+  # The winner's own group: the bound on its other centroids is the runner-up there.
+  low = jnp.sqrt(jnp.maximum(second + xx - e, 0.0)) * _DOWN
+  dest = jnp.where(jnp.any(pair, axis=0), group * num_rows + jnp.arange(num_rows), size)
+  return Bounds(code, lower.at[dest].set(low, mode="drop").reshape(groups, num_rows))
 
 
 def assign_bounded(xp, valid, xn, c, perm, b: Bounds, rows: int) -> Bounds:
   """Codes of the padded rows xp (N, d) (valid (N,), norms xn (N,)) under centroids c, by the bounds
-  b (valid for c): the rows the bounds cannot settle are recomputed, `rows` at a time."""
+  b (valid for c): the (row, group) pairs the bounds cannot settle are recomputed."""
   num_rows, d = xp.shape
+  k = c.shape[0]
   lhs = km._score_lhs(jnp.take(c, perm, axis=0))
   cmax = jnp.sqrt(jnp.max(jnp.sum(c * c, axis=1))) * _UP
   e = _margin(xn, cmax, d)
   # The exact distance to the current centroid: a sum of d squares, relative error <= (d + 2) eps.
   diff = xp - jnp.take(c, b.codes, axis=0)
   upper = jnp.sum(diff * diff, axis=1) * (1.0 + (d + 4) * 2 * _EPS)
-  lower = jnp.min(b.lower, axis=1)
-  fail = valid & ~(upper * _UP + 2.0 * e < (lower * lower) * _DOWN)
-  m = jnp.sum(fail, dtype=jnp.int32)
+  fail = ~(upper * _UP + 2.0 * e < (b.lower * b.lower) * _DOWN)  # (GROUPS, N)
+  group_of = (
+    jnp.zeros((k,), jnp.int32).at[perm].set(jnp.arange(k, dtype=jnp.int32) // (k // GROUPS))
+  )
+  own = jnp.arange(GROUPS)[:, None] == jnp.take(group_of, b.codes)
+  pair = (fail | own) & (valid & jnp.any(fail, axis=0))
+  m = jnp.sum(pair, dtype=jnp.int32)
 
   def full(b):
     code, lo = lax.map(lambda xb: _fresh(xb, lhs, perm, cmax, d), xp.reshape(-1, rows, d))
-    return Bounds(code.reshape(-1), lo.reshape(num_rows, GROUPS))
+    return Bounds(code.reshape(-1), jnp.transpose(lo, (1, 0, 2)).reshape(GROUPS, num_rows))
 
   def filtered(b):
-    pos = jnp.cumsum(fail, dtype=jnp.int32) - 1
-    idx = jnp.zeros((num_rows,), jnp.int32)
-    idx = idx.at[jnp.where(fail, pos, num_rows)].set(jnp.arange(num_rows), mode="drop")
+    xx = jnp.sum(xp * xp, axis=1)
+    lhs_g = lhs.reshape(GROUPS, k // GROUPS, d + 1)
+    return _filtered(xp, xx, e, lhs_g, perm.reshape(GROUPS, -1), pair, b)
 
-    def body(state):  # results go to slices of buffers (in place), scattered once after
-      i, codes, lower = state
-      ids = lax.dynamic_slice(idx, (i * rows,), (rows,))
-      code, lo = _fresh(jnp.take(xp, ids, axis=0), lhs, perm, cmax, d)
-      codes = lax.dynamic_update_slice(codes, code, (i * rows,))
-      return i + 1, codes, lax.dynamic_update_slice(lower, lo, (i * rows, 0))
-
-    chunks = (m + rows - 1) // rows
-    init = (jnp.int32(0), jnp.zeros_like(b.codes), jnp.zeros_like(b.lower))
-    _, codes, lower = lax.while_loop(lambda s: s[0] < chunks, body, init)
-    dest = jnp.where(jnp.arange(num_rows) < m, idx, num_rows)
-    return Bounds(
-      b.codes.at[dest].set(codes, mode="drop"), b.lower.at[dest].set(lower, mode="drop")
-    )
-
-  return lax.cond(m > PLAIN_FRACTION * num_rows, full, filtered, b)
+  return lax.cond(m > PLAIN_FRACTION * GROUPS * num_rows, full, filtered, b)
 
 
 def step_bounded(x, xs, valid, xn, perm, c, b: Bounds):
@@ -176,7 +262,7 @@ def step_bounded(x, xs, valid, xn, perm, c, b: Bounds):
   new = lax.cond(jnp.any(empty), repair, lambda m: m, means)
   drift = jnp.sqrt(jnp.sum((new - c) ** 2, axis=1)) * (1.0 + 1e-5)
   group_drift = jnp.max(jnp.take(drift, perm).reshape(GROUPS, -1), axis=1)
-  lower = jnp.maximum(b.lower - group_drift, 0.0) * _DOWN
+  lower = jnp.maximum(b.lower - group_drift[:, None], 0.0) * _DOWN
   return new, Bounds(b.codes, lower), km._exact_sse(x, c, codes)
 
 

@@ -59,7 +59,7 @@ def test_bounds_skip_rows_once_centroids_settle():
   np.testing.assert_array_equal(codes, np.argmin(d2, axis=1))
   diff = x - x[codes]
   upper = (diff * diff).sum(1)
-  settled = upper < np.asarray(b1.lower).min(1) ** 2
+  settled = upper < np.asarray(b1.lower).min(0) ** 2
   assert settled.mean() > 0.5  # the rest: near-ties to another group, rechecked
 
 
@@ -78,3 +78,27 @@ def test_bounds_at_an_unsupported_k_raises():
   with pytest.raises(ValueError, match="bounds=True"):
     kmeans(x, 600, key=jax.random.key(0), bounds=True)
   assert not lloyd_bounds.supported(600) and lloyd_bounds.supported(2048)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_tie_across_groups_keeps_valid_bounds(pairs, monkeypatch):
+  """A row exactly equidistant from two centroids of different groups takes the lower index, and its
+  bound on the other group still holds (it must not leave out the tied centroid there), also when
+  that group comes first in group order. Small integers: every score is exact."""
+  k = 512
+  c = np.stack([np.full(k, 10.0), 511.0 - np.arange(k)], 1).astype(np.float32)
+  c = jax.numpy.asarray(c)  # groups of 32 along the line, in coordinate order
+  perm = lloyd_bounds.centroid_groups(c)
+  group = np.argsort(np.asarray(perm)) // (k // lloyd_bounds.GROUPS)
+  assert group[352] < group[351]  # coordinates 159 and 160: the higher index comes first
+  x = jax.numpy.tile(jax.numpy.asarray([[10.0, 159.5]]), (256, 1))  # 0.5 from both
+  xn = jax.numpy.linalg.norm(x, axis=1)
+  b = lloyd_bounds.initial_bounds(256)
+  if pairs:  # bounds that fail only the two groups, recomputed by the (row, group) pair path
+    monkeypatch.setattr(lloyd_bounds, "PLAIN_FRACTION", 1.0)
+    lower = np.full((lloyd_bounds.GROUPS, 256), 5.0, np.float32)
+    lower[[group[351], group[352]]] = 0.0
+    b = lloyd_bounds.Bounds(jax.numpy.full(256, 352, jax.numpy.int32), jax.numpy.asarray(lower))
+  out = lloyd_bounds.assign_bounded(x, np.ones(256, bool), xn, c, perm, b, 256)
+  assert (np.asarray(out.codes) == 351).all()
+  assert (np.asarray(out.lower)[group[352]] <= 0.5).all()
