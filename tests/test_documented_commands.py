@@ -20,8 +20,7 @@ A train command whose arguments repeat an earlier one but for --workdir reuses t
 `make demo` first waits for the session's quick run (tests/conftest.py), so that the demo, in its
 own empty work dir, loads the programs of the stages they share from the suite's compilation
 cache. A command that needs nothing the others make starts ahead of its turn in the background
-(AHEAD_AT_START with the sandbox, AHEAD_AT_DEMO with `make demo`), its test waiting for it and
-checking it the same way; a training no later command reads (DEFERRED) starts in its turn in the
+(AHEAD, with the sandbox), its test waiting for it and checking it the same way; a training no later command reads (DEFERRED) starts in its turn in the
 background, the commands after it running meanwhile, and its test comes last.
 DRY_RUN commands (the cloud launchers) run with `--dry-run` semantics (DRY_RUN=1) and the
 variables of the README's `export` lines before them; they must print the gcloud commands.
@@ -45,9 +44,9 @@ from tests.support.documented_commands import documented_commands, readme_comman
 def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
   """The sandbox: tiny ImageNet prepared, torchvision-layout weights written; the commands that
   need nothing the others make and nothing from the suite's compilation cache start at once in
-  the background (AHEAD_AT_START)."""
+  the background (AHEAD)."""
   box = make_sandbox(tmp_path_factory.mktemp("sandbox"))
-  for command in AHEAD_AT_START:
+  for command in AHEAD:
     start_documented(box, command)
   yield box
   box.close()
@@ -58,13 +57,10 @@ def box(sandbox, request) -> Sandbox:
   """The sandbox, whose `make demo` first waits for the session's quick run: the demo trains the
   same float, lowrank and quantize stages (same config, flags and environment), so its run, fresh
   as printed, loads their programs from the suite's compilation cache instead of compiling them a
-  second time beside the quick run. The AHEAD_AT_DEMO commands start then, in the background."""
+  second time beside the quick run."""
 
   def before_demo() -> None:
     request.getfixturevalue("quick_run")  # waited for, not read: the demo's work dir starts empty
-    for command in AHEAD_AT_DEMO:
-      if command not in sandbox.started:
-        start_documented(sandbox, command)
 
   sandbox.before_demo = before_demo
   return sandbox
@@ -102,20 +98,16 @@ def _documented(prefix: str, sources: tuple[str, ...] | None = None) -> list[str
   return list(dict.fromkeys(found))
 
 
-# Commands that need nothing the commands before them make start ahead of their turn in the
+# Commands that need nothing the commands before them make start with the sandbox, in the
 # background (their tests then wait for them and check them as if they ran in their turn), so that
 # they overlap the short digits commands instead of adding their whole length to the module's (one
-# xdist worker's) wall time. With the sandbox: the ImageNet smoke run (a 1/8-width ResNet-18
-# compiled three ways), which reads only the sandbox's prepared data and weights, and the README's
-# digits ablation run. When `make demo` starts: the header's ablation run, which then loads the
-# float stage the README's one compiled (same preset, steps and flags) from the compilation cache.
-AHEAD_AT_START = [
+# xdist worker's) wall time: the ImageNet smoke run (a 1/8-width ResNet-18 compiled three ways),
+# which reads only the sandbox's prepared data and weights, and the README's digits ablation run
+# (configs/digits_ablations.py's header prints the same one: its test waits for this run).
+AHEAD = [
   *_documented("lr2vq train --config configs/imagenet_resnet18_large_lr2vq.py ", ("README.md",)),
   *_documented("python -m lr2vq_jax.main --config configs/digits_ablations.py:", ("README.md",)),
 ]
-AHEAD_AT_DEMO = _documented(
-  "python -m lr2vq_jax.main --config configs/digits_ablations.py:", ("configs/digits_ablations.py",)
-)
 # Trainings whose work dirs no later README command reads: they start in their turn, in the
 # background, and the commands after them run meanwhile; their tests come last and wait for them.
 DEFERRED = [
