@@ -1,8 +1,8 @@
 """One-factor ablations of the LR²VQ recipe on the embedded digits task, at both block sizes.
 
 Run all:   python benchmarks/ablations.py --seeds 5     (table: docs/research.md, ~40 min, 2 cores)
-Run one:   python -m lr2vq_jax.main --config configs/digits_ablations.py:distill,m18 \
-             --workdir runs/ablation_distill_m18
+Run one:   python -m lr2vq_jax.main --config configs/digits_ablations.py:orthonormal_p,m18 \
+             --workdir runs/orthonormal_p_m18
 Hardware:  2 CPU cores; one variant at one block size and seed ≈ 30 s after the float model.
 Arg:       "<variant>,m9" or "<variant>,m18" (k = 16; conv2 and conv3 compressed, as configs/default.py),
            optionally ",d<d̃>" to override d̃ (the sweep that chooses it).

@@ -17,10 +17,11 @@ interpreter, and these substitutions (what makes them small, offline and local):
   `lr2vq prepare` from the official tar layout), its tars and a torchvision-layout weight file;
 * `make demo` → the Makefile's demo recipe (so with `:quick` too).
 A train command whose arguments repeat an earlier one but for --workdir reuses that run (a link).
-The sandbox is made once the session's quick run (tests/conftest.py) has finished, so that `make
-demo`, in its own empty work dir, loads the programs of the stages they share from the suite's
-compilation cache; a command that needs nothing the others make (the ImageNet run) may start
-ahead of its turn in the background (AHEAD), its test waiting for it and checking it the same way.
+`make demo` first waits for the session's quick run (tests/conftest.py), so that the demo, in its
+own empty work dir, loads the programs of the stages they share from the suite's compilation
+cache. A command that needs nothing the others make starts ahead of its turn in the background
+(AHEAD, with the sandbox), its test waiting for it and checking it the same way; a training no later command reads (DEFERRED) starts in its turn in the
+background, the commands after it running meanwhile, and its test comes last.
 DRY_RUN commands (the cloud launchers) run with `--dry-run` semantics (DRY_RUN=1) and the
 variables of the README's `export` lines before them; they must print the gcloud commands.
 """
@@ -40,15 +41,29 @@ from tests.support.documented_commands import documented_commands, readme_comman
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, quick_run) -> Iterator[Sandbox]:
-  """The sandbox, made once the session's quick run has finished: `make demo` trains the same
-  float, lowrank and quantize stages (same config, flags and environment), so its run, fresh as
-  printed, loads their programs from the suite's compilation cache instead of compiling them a
-  second time beside the quick run."""
-  del quick_run  # waited for, not read: the demo's work dir starts empty as on a fresh clone
+def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
+  """The sandbox: tiny ImageNet prepared, torchvision-layout weights written; the commands that
+  need nothing the others make and nothing from the suite's compilation cache start at once in
+  the background (AHEAD)."""
   box = make_sandbox(tmp_path_factory.mktemp("sandbox"))
+  for command in AHEAD:
+    start_documented(box, command)
   yield box
   box.close()
+
+
+@pytest.fixture
+def box(sandbox, request) -> Sandbox:
+  """The sandbox, whose `make demo` first waits for the session's quick run: the demo trains the
+  same float, lowrank and quantize stages (same config, flags and environment), so its run, fresh
+  as printed, loads their programs from the suite's compilation cache instead of compiling them a
+  second time beside the quick run."""
+
+  def before_demo() -> None:
+    request.getfixturevalue("quick_run")  # waited for, not read: the demo's work dir starts empty
+
+  sandbox.before_demo = before_demo
+  return sandbox
 
 
 def test_every_documented_command_is_covered():
@@ -68,30 +83,54 @@ def test_extraction_sees_continuations_and_comments(tmp_path):
 
 
 README_COMMANDS = documented_commands()["README.md"]
-# A command that needs nothing the commands before it make, started in the background when the
-# README reaches another (its test then waits for it and checks it as if it ran in its turn): the
-# ImageNet smoke run (~100 CPU-s, mostly XLA compiling a 1/8-width ResNet-18 three ways) reads only
-# the sandbox's prepared data and weights, so it overlaps the short digits commands from `lr2vq
-# plan` on instead of adding its whole length to the module's (one xdist worker's) wall time.
-AHEAD = {"lr2vq train --config configs/imagenet_resnet18_large_lr2vq.py ": "lr2vq plan "}
 
 
-def _start_ahead(box: Sandbox, reached: str) -> None:
-  for prefix, trigger in AHEAD.items():
-    if reached.startswith(trigger):
-      for i, command in enumerate(README_COMMANDS):
-        if command.startswith(prefix) and command not in box.started and i not in box.outputs:
-          start_documented(box, command)
+def _documented(prefix: str, sources: tuple[str, ...] | None = None) -> list[str]:
+  """The documented commands (of `sources`, default all) that start with `prefix`."""
+  found = [
+    c
+    for src, cmds in documented_commands().items()
+    if sources is None or src in sources
+    for c in cmds
+    if c.startswith(prefix)
+  ]
+  assert found, f"no documented command starts with {prefix!r}"
+  return list(dict.fromkeys(found))
+
+
+# Commands that need nothing the commands before them make start with the sandbox, in the
+# background (their tests then wait for them and check them as if they ran in their turn), so that
+# they overlap the short digits commands instead of adding their whole length to the module's (one
+# xdist worker's) wall time: the ImageNet smoke run (a 1/8-width ResNet-18 compiled three ways),
+# which reads only the sandbox's prepared data and weights, and the README's digits ablation run
+# (configs/digits_ablations.py's header prints the same one: its test waits for this run).
+AHEAD = [
+  *_documented("lr2vq train --config configs/imagenet_resnet18_large_lr2vq.py ", ("README.md",)),
+  *_documented("python -m lr2vq_jax.main --config configs/digits_ablations.py:", ("README.md",)),
+]
+# Trainings whose work dirs no later README command reads: they start in their turn, in the
+# background, and the commands after them run meanwhile; their tests come last and wait for them.
+DEFERRED = [
+  i
+  for i, c in enumerate(README_COMMANDS)
+  if re.match(r"lr2vq train .*--workdir runs/(x_d2|planned) ", c)
+]
 
 
 def run_readme_upto(box: Sandbox, index: int) -> str | None:
-  """Runs the README's commands up to `index` in document order, each once; that one's stdout."""
+  """Runs the README's commands up to `index` in document order, each once; that one's stdout.
+  A DEFERRED one before `index` is only started (in the background)."""
   for i in range(index + 1):
-    if i not in box.outputs:
-      _start_ahead(box, README_COMMANDS[i])
-      start = time.monotonic()
-      box.outputs[i] = run_documented(box, README_COMMANDS[i])
-      print(f"{time.monotonic() - start:6.1f} s  {README_COMMANDS[i]}")  # -s: where time goes
+    command = README_COMMANDS[i]
+    if i in box.outputs:
+      continue
+    if i in DEFERRED and i < index:
+      if command not in box.started:
+        start_documented(box, command)
+      continue
+    start = time.monotonic()
+    box.outputs[i] = run_documented(box, command)
+    print(f"{time.monotonic() - start:6.1f} s  {command}")  # -s: where time goes
   return box.outputs[index]
 
 
@@ -100,15 +139,22 @@ def _command_id(index: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(README_COMMANDS)), ids=_command_id)
-def test_readme_command_runs(sandbox, index):
+@pytest.mark.parametrize(
+  "index",
+  [i for i in range(len(README_COMMANDS)) if i not in DEFERRED] + DEFERRED,
+  ids=_command_id,
+)
+def test_readme_command_runs(box, index):
   """One README command as printed (after the ones before it, which it may depend on)."""
-  run_readme_upto(sandbox, index)
+  run_readme_upto(box, index)
 
 
 @pytest.mark.slow
-def test_readme_imagenet_path_ran_every_stage(sandbox):
-  run_readme_upto(sandbox, len(README_COMMANDS) - 1)
+def test_readme_imagenet_path_ran_every_stage(box):
+  sandbox = box
+  run_readme_upto(box, len(README_COMMANDS) - 1)
+  for i in DEFERRED:
+    run_readme_upto(box, i)
   outputs = {README_COMMANDS[i]: out for i, out in sandbox.outputs.items()}
   ran = [c for c, out in outputs.items() if out is not None]
   assert any(c.startswith("lr2vq eval") for c in ran) and any("imagenet" in c for c in ran)
@@ -126,6 +172,6 @@ def test_readme_imagenet_path_ran_every_stage(sandbox):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", [k for k in documented_commands() if k != "README.md"])
-def test_config_header_commands_run(sandbox, source):
+def test_config_header_commands_run(box, source):
   for command in documented_commands()[source]:
-    run_documented(sandbox, command)
+    run_documented(box, command)

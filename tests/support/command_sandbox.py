@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.command_coverage import coverage_row
@@ -41,6 +42,7 @@ class Sandbox:
   outputs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # README index → stdout
   exported: dict[str, str] = dataclasses.field(default_factory=dict)  # README `export` lines
   started: dict[str, Started] = dataclasses.field(default_factory=dict)  # command → its process
+  before_demo: Callable[[], None] = lambda: None  # called before `make demo` runs
 
   def env(self) -> dict[str, str]:
     path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
@@ -114,16 +116,25 @@ def _substitute(box: Sandbox, argv: list[str]) -> list[str]:
   return out + extra
 
 
-def _link_repeated_run(box: Sandbox, argv: list[str]) -> bool:
-  """A train whose arguments repeat an earlier one's but for --workdir: link that workdir."""
-  if argv[:2] != ["lr2vq", "train"] and argv[1:3] != ["-m", "lr2vq_jax.main"]:
-    return False
+def _workdir(argv: list[str]) -> str | None:
   workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
   if workdir is None and "--workdir" in argv:
     workdir = argv[argv.index("--workdir") + 1]
+  return workdir
+
+
+def _link_repeated_run(box: Sandbox, argv: list[str]) -> bool:
+  """A train whose arguments repeat an earlier one's but for --workdir: link that workdir (once
+  that run, if started ahead, has finished)."""
+  if argv[:2] != ["lr2vq", "train"] and argv[1:3] != ["-m", "lr2vq_jax.main"]:
+    return False
+  workdir = _workdir(argv)
   rest = [a for a in argv if a not in (workdir, "--workdir", f"--workdir={workdir}")]
   key = " ".join(rest[2:] if argv[0] == "lr2vq" else rest[3:])
   if key in box.runs and workdir:
+    for started in box.started.values():
+      if _workdir(started.argv) == box.runs[key]:
+        _wait_started(started)
     target = box.root / workdir
     if box.runs[key] == workdir:  # the very same command again: its run is done
       return True
@@ -206,14 +217,20 @@ def _makefile_recipe(target: str) -> str:
   return recipe.replace("$(BIN)/python", "python")
 
 
+def _argv(box: Sandbox, command: str) -> list[str]:
+  """The command's argv with the sandbox's substitutions (`python` = this interpreter)."""
+  argv = _substitute(box, shlex.split(command))
+  return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
 def start_documented(box: Sandbox, command: str) -> None:
   """Starts a RUN command ahead of its turn, in the background; `run_documented` waits for it and
   checks it as if it ran then. Only for a command that needs nothing later commands make."""
   row = coverage_row(command)
   assert row is not None and not (row.skip or row.env or row.dry or row.validate), command
   assert not command.startswith("make ") and command not in box.started, command
-  argv = _substitute(box, shlex.split(command))
-  assert argv[0] != "python" and not _link_repeated_run(box, argv), command
+  argv = _argv(box, command)
+  assert not _link_repeated_run(box, argv), command
   logs = box.root / "logs"
   logs.mkdir(exist_ok=True)
   out, err = logs / f"{len(box.started)}.out", logs / f"{len(box.started)}.err"
@@ -249,10 +266,10 @@ def run_documented(box: Sandbox, command: str) -> str | None:
   if row.validate:
     return _validate(box, _substitute(box, shlex.split(command)))
   if command.startswith("make "):
+    if command == "make demo":
+      box.before_demo()
     command = _makefile_recipe(command.split()[1])
-  argv = _substitute(box, shlex.split(command))
-  if argv[0] == "python":
-    argv[0] = sys.executable
+  argv = _argv(box, command)
   if _link_repeated_run(box, argv):
     return ""
   return _run(box, argv)
