@@ -145,21 +145,6 @@ def _link_repeated_run(box: Sandbox, argv: list[str]) -> bool:
   return False
 
 
-# The ImageNet smoke run compiles a ResNet-18 (width 8) for three stages: its time is XLA:CPU's
-# compiler, not the 2 steps per stage. What it checks is the path (prepared TFRecords, torchvision
-# weights, every stage, the artifact), so its commands compile at backend optimization level 0:
-# 15% less CPU (measured: 107 vs 126 CPU-s on 2 cores); the digits runs keep the default flags,
-# which they share with the rest of the suite's compilation cache.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-
-
-def _env(box: Sandbox, argv: list[str]) -> dict[str, str]:
-  env = box.env()
-  if any("imagenet" in a for a in argv):
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-  return env
-
-
 def _checked(argv: list[str], returncode: int, stdout: str, stderr: str) -> str:
   text = stdout + stderr
   assert returncode == 0, f"`{shlex.join(argv)}` exited {returncode}:\n{text[-4000:]}"
@@ -168,7 +153,7 @@ def _checked(argv: list[str], returncode: int, stdout: str, stderr: str) -> str:
 
 
 def _run(box: Sandbox, argv: list[str]) -> str:
-  proc = subprocess.run(argv, cwd=box.root, env=_env(box, argv), capture_output=True, text=True,
+  proc = subprocess.run(argv, cwd=box.root, env=box.env(), capture_output=True, text=True,
                         timeout=TIMEOUT)  # fmt: skip
   return _checked(argv, proc.returncode, proc.stdout, proc.stderr)
 
@@ -235,7 +220,7 @@ def start_documented(box: Sandbox, command: str) -> None:
   logs.mkdir(exist_ok=True)
   out, err = logs / f"{len(box.started)}.out", logs / f"{len(box.started)}.err"
   with open(out, "w") as stdout, open(err, "w") as stderr:
-    proc = subprocess.Popen(argv, cwd=box.root, env=_env(box, argv), stdout=stdout, stderr=stderr)
+    proc = subprocess.Popen(argv, cwd=box.root, env=box.env(), stdout=stdout, stderr=stderr)
   box.started[command] = Started(argv, proc, out, err)
 
 
