@@ -14,13 +14,13 @@ from flax import traverse_util
 
 from lr2vq_jax.core import dkm as dkm_lib
 from lr2vq_jax.nn import DKM_LISTS
-from lr2vq_jax.train import checkpointing, input_pipeline, partitioning, run_config, trainer
+from lr2vq_jax.train import checkpointing, run_config, trainer
 from lr2vq_jax.train.config import load_config
-from lr2vq_jax.train.state import create_train_state, with_model_lists
-from lr2vq_jax.train.step import make_train_step
+from lr2vq_jax.train.state import with_model_lists
 from lr2vq_jax.train.validate import ConfigError, validate_config
 from tests.support.devices import run_script
 from tests.support.paths import QUICK
+from tests.support.warm_steps import run_steps, warm_config
 
 
 def _stage(tmp_path, refresh: int, warm: bool = False):
@@ -35,25 +35,15 @@ def warm_steps(tmp_path_factory):
   """Three train steps of the quick quantize stage with `dkm_refresh=2` and warm-started DKM
   (`dkm_warm`, one iteration) on one device: (config, the states before each step and after the
   last, the losses). One compiled step for the lists', the offsets' and the sharded tests."""
-  config = load_config(QUICK)
-  config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)
-  stage = trainer.build_stage(config, "quantize", str(tmp_path_factory.mktemp("warm")))
-  target = trainer.abstract_state(stage)
-  state = create_train_state(
-    stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
-  )
-  step = partitioning.jit_train_step(
-    make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
-  )
-  batches = input_pipeline.build_input(config.data, split="train", start_step=0)
-  structure = jax.tree.structure(state)
-  history, losses = [], []
-  for _ in range(3):
+  config = warm_config(load_config(QUICK))
+  structure, history, losses = None, [], []
+  for _, state, metrics in run_steps(config, str(tmp_path_factory.mktemp("warm")), 3):
+    structure = structure or jax.tree.structure(state)
+    assert jax.tree.structure(state) == structure
     history.append(jax.device_get(state))
-    state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
-    assert bool(metrics["finite"]) and jax.tree.structure(state) == structure
-    losses.append(float(metrics["loss"]))
-  history.append(jax.device_get(state))
+    if metrics is not None:
+      assert bool(metrics["finite"])
+      losses.append(float(metrics["loss"]))
   return config, history, losses
 
 
@@ -136,26 +126,13 @@ SHARDED = textwrap.dedent(
   from jax.sharding import PartitionSpec as P
   from configs.default import get_config
   from lr2vq_jax.nn import DKM_LISTS
-  from lr2vq_jax.train import input_pipeline, partitioning, trainer
-  from lr2vq_jax.train.state import create_train_state
-  from lr2vq_jax.train.step import make_train_step
+  from tests.support.warm_steps import run_steps, warm_config
 
-  config = get_config("quick")
-  config.quant.update(dkm_refresh=2, dkm_warm=True, dkm_iters=1)  # lists and the warm offset
-  stage = trainer.build_stage(config, "quantize", sys.argv[1])
-  assert stage.mesh.shape["data"] == 8
-  target = trainer.abstract_state(stage)
-  state = create_train_state(
-    stage.model, stage.tx, stage.sample_input, stage.mesh, jax.random.key(0)
-  )
-  step = partitioning.jit_train_step(
-    make_train_step(stage.model, stage.cfg, stage.tx), target, stage.mesh
-  )
-  batches = input_pipeline.build_input(config.data, split="train", start_step=0)
-  losses = []
-  for _ in range(2):  # a ranking step and a carried one
-    state, metrics = step(state, partitioning.global_batch(next(batches), stage.mesh))
-    losses.append(float(metrics["loss"]))
+  losses = []  # a ranking step and a carried one
+  for stage, state, metrics in run_steps(warm_config(get_config("quick")), sys.argv[1], 2):
+    assert stage.mesh.shape["data"] == 8
+    if metrics is not None:
+      losses.append(float(metrics["loss"]))
   flat = traverse_util.flatten_dict(state.model_state[DKM_LISTS])
   specs = [v.sharding.spec for k, v in flat.items() if k[-1] == "neighbors"]
   assert specs and all(s == P("data", None) for s in specs), specs
