@@ -17,9 +17,9 @@ interpreter, and these substitutions (what makes them small, offline and local):
   `lr2vq prepare` from the official tar layout), its tars and a torchvision-layout weight file;
 * `make demo` → the Makefile's demo recipe (so with `:quick` too).
 A train command whose arguments repeat an earlier one but for --workdir reuses that run (a link).
-`make demo` first waits for the session's quick run (tests/conftest.py), so that the demo, in its
-own empty work dir, loads the programs of the stages they share from the suite's compilation
-cache. A command that needs nothing the others make starts ahead of its turn in the background
+The sandbox, once made, waits for the session's quick run (tests/conftest.py), so that `make
+demo`, in its own empty work dir, loads the programs of the stages they share from the suite's
+compilation cache. A command that needs nothing the others make starts ahead of its turn in the background
 (AHEAD, with the sandbox), its test waiting for it and checking it the same way; a training no later command reads (DEFERRED) starts in its turn in the
 background, the commands after it running meanwhile, and its test comes last.
 DRY_RUN commands (the cloud launchers) run with `--dry-run` semantics (DRY_RUN=1) and the
@@ -41,29 +41,19 @@ from tests.support.documented_commands import documented_commands, readme_comman
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
+def box(tmp_path_factory, request) -> Iterator[Sandbox]:
   """The sandbox: tiny ImageNet prepared, torchvision-layout weights written; the commands that
   need nothing the others make and nothing from the suite's compilation cache start at once in
-  the background (AHEAD)."""
+  the background (AHEAD). Then it waits for the session's quick run: `make demo` trains the same
+  float, lowrank and quantize stages (same config, flags and environment), so its run, fresh as
+  printed, loads their programs from the suite's compilation cache instead of compiling them a
+  second time beside the quick run."""
   box = make_sandbox(tmp_path_factory.mktemp("sandbox"))
   for command in AHEAD:
     start_documented(box, command)
+  request.getfixturevalue("quick_run")  # waited for, not read: the demo's work dir starts empty
   yield box
   box.close()
-
-
-@pytest.fixture
-def box(sandbox, request) -> Sandbox:
-  """The sandbox, whose `make demo` first waits for the session's quick run: the demo trains the
-  same float, lowrank and quantize stages (same config, flags and environment), so its run, fresh
-  as printed, loads their programs from the suite's compilation cache instead of compiling them a
-  second time beside the quick run."""
-
-  def before_demo() -> None:
-    request.getfixturevalue("quick_run")  # waited for, not read: the demo's work dir starts empty
-
-  sandbox.before_demo = before_demo
-  return sandbox
 
 
 def test_every_documented_command_is_covered():

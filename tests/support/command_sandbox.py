@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.command_coverage import coverage_row
@@ -42,7 +41,6 @@ class Sandbox:
   outputs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # README index → stdout
   exported: dict[str, str] = dataclasses.field(default_factory=dict)  # README `export` lines
   started: dict[str, Started] = dataclasses.field(default_factory=dict)  # command → its process
-  before_demo: Callable[[], None] = lambda: None  # called before `make demo` runs
 
   def env(self) -> dict[str, str]:
     path = os.path.dirname(sys.executable)  # this environment's `lr2vq` console script
@@ -251,8 +249,6 @@ def run_documented(box: Sandbox, command: str) -> str | None:
   if row.validate:
     return _validate(box, _substitute(box, shlex.split(command)))
   if command.startswith("make "):
-    if command == "make demo":
-      box.before_demo()
     command = _makefile_recipe(command.split()[1])
   argv = _argv(box, command)
   if _link_repeated_run(box, argv):
