@@ -35,10 +35,18 @@ def abstract_variables(model, sample_input: jax.Array) -> dict:
   the next stage's start all ask for the same shapes.
   """
   shape, dtype = tuple(sample_input.shape), jnp.dtype(sample_input.dtype)
+  trace = _abstract_variables if _hashable(model) else _abstract_variables.__wrapped__
+  return dict(trace(model, shape, dtype))
+
+
+def _hashable(model) -> bool:
+  """Whether `model` can key the cache (a module with an unhashable field is traced every time);
+  asked up front so that a TypeError raised inside `model.init` is never mistaken for it."""
   try:
-    return dict(_abstract_variables(model, shape, dtype))
-  except TypeError:  # a model that cannot be hashed: traced every time
-    return dict(_abstract_variables.__wrapped__(model, shape, dtype))
+    hash(model)
+  except TypeError:
+    return False
+  return True
 
 
 @functools.lru_cache(maxsize=16)
