@@ -48,6 +48,24 @@ def _two_processes(cmd: list[str], tmp_path, name: str, while_running=None) -> l
         p.kill()
 
 
+def _one_device_top1(artifact) -> float:
+  """Top-1 of an artifact on its test split, evaluated by this process (one device), as `lr2vq
+  eval` does."""
+  import ml_collections
+
+  import lr2vq_jax as lq
+  from lr2vq_jax.models import create_model
+  from lr2vq_jax.train import input_pipeline, partitioning
+  from lr2vq_jax.train.trainer import evaluate
+
+  loaded = lq.load(str(artifact))
+  meta = loaded.manifest["metadata"]
+  data = ml_collections.ConfigDict(meta["data"])
+  model = create_model(meta["model"], num_classes=input_pipeline.dataset_info(data).num_classes)
+  batches = lambda: input_pipeline.eval_batches(data, "test")  # noqa: E731
+  return evaluate(model, loaded.decode(), batches, partitioning.make_mesh())["top1"]
+
+
 def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):
   workdir = copy_workdir(prepared, tmp_path / "run")
   out = workdir / "cli_artifact"
@@ -73,12 +91,13 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   train = [p["train"] for p in phases]
   assert "[quantize] top-1" in train[0] and "[quantize] top-1" not in train[1]
   results = json.loads((workdir / "results.json").read_text())
-  ref_results = json.loads((reference / "results.json").read_text())
   assert [r["method"] for r in results] == ["LR²VQ"]
-  # Hard-code evaluation of a 6-step model: a rounding-level difference in Z can move a subvector
-  # to the neighbouring centroid and flip a few of the 450 test images; the losses and params
-  # below are the tight checks.
-  assert abs(results[0]["top1"] - ref_results[0]["top1"]) <= 1.0
+  # The runs' own top-1s are not compared: in a 6-step, near-chance model a rounding-level
+  # difference in Z moves subvectors to neighbouring centroids and flips test images (1.8 points
+  # apart on an AVX2 CPU); the losses and params below are the training checks. What the two
+  # processes report is checked against one device evaluating their artifact: the whole test split,
+  # the same hard codes, so at most one near-tied image apart (summation order of the batch).
+  assert abs(_one_device_top1(out) - results[0]["top1"]) <= 100 / 450 + 1e-9
   assert (workdir / "quantize" / "artifact" / "manifest.json").exists()
   losses, rows = _losses(workdir)
   ref_losses, ref_rows = _losses(reference)
