@@ -109,6 +109,14 @@ def effective_projection(p: jax.Array, mode: str) -> jax.Array:
   p = p.astype(jnp.float32)
   if mode == "learned":
     return p
+  return _orthonormal_rows(p)
+
+
+@jax.jit
+def _orthonormal_rows(p: jax.Array) -> jax.Array:
+  """Modified Gram-Schmidt on the rows of p (float32). Jitted so that the d(d-1)/2 unrolled
+  projections are traced, linearized and transposed once per shape of P, not once per layer
+  (ResNet-18's layers share a few shapes); XLA inlines the call, so the math is unchanged."""
   rows: list[jax.Array] = []
   for i in range(p.shape[0]):
     v = p[i]
