@@ -169,7 +169,9 @@ def make_train_step(
     for collection in ("batch_stats", DKM_LISTS):
       if collection in new_state:
         model_state[collection] = new_state[collection]
-    finite = jnp.isfinite(loss) & all_finite(params)
+    finite = jnp.isfinite(loss) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+    )
     metrics = {
       "loss": loss,
       "cross_entropy": ce,
@@ -184,13 +186,6 @@ def make_train_step(
     return new, metrics
 
   return train_step
-
-
-def all_finite(tree: Any) -> jax.Array:
-  """Whether every element of every leaf is finite: one check over the raveled leaves (one kernel
-  to compile, not one or two per leaf)."""
-  leaves = [jnp.ravel(p) for p in jax.tree.leaves(tree)]
-  return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.array(True)
 
 
 def make_eval_step(model: nn.Module) -> Callable:
