@@ -1,13 +1,14 @@
 """The embedded pipeline with `--workdir gs://bucket/run`, offline, against a local GCS emulator.
 
-One module fixture starts the emulator (and the TLS proxy TensorFlow's client needs) on
-127.0.0.1, and runs, as a user would, from a scratch folder (the reference, the same stages
+Module fixtures start the emulator (and the TLS proxy TensorFlow's client needs) on 127.0.0.1,
+and run, as a user would, from a scratch folder (the reference, the same stages
 uninterrupted on a local work dir, is the session's `quick_run`):
 * the victim: `lr2vq train ... --workdir gs://bucket/run`, SIGKILLed mid-`lowrank` once orbax has
   committed a checkpoint there;
 * in one new process, one after another: the same train command again, which resumes and
   finishes, `lr2vq export --out gs://bucket/artifact`, `lr2vq eval --artifact gs://bucket/artifact`
   and the TensorBoard events read through TensorFlow's GCS client.
+The two are fixtures of their own, each set up by the first test that reads it: two test phases.
 Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints: local_gcs.py) and
 every subprocess has a timeout.
 """
@@ -58,53 +59,66 @@ def _wait_committed(gcs, proc, prefix: str, step: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def gcs_run(quick_run, tmp_path_factory):
+def gcs(tmp_path_factory):
+  """The emulator (and TLS proxy), up for the whole module, and a scratch folder to run from."""
   base = tmp_path_factory.mktemp("gcs")
   cwd = base / "cwd"  # where a stray local folder `gs:/bucket/run` would appear
   cwd.mkdir()
-  out = {"cwd": cwd, "logs": {}, "base": base, "ref": quick_run}
-  with local_gcs(str(base)) as gcs:
-    env = gcs.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
-    out["gcs"] = gcs
+  with local_gcs(str(base)) as server:
+    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+    yield {"cwd": cwd, "base": base, "gcs": server, "env": env}
 
-    def start(cmd, name, environ):
-      log = open(base / f"{name}.log", "wb")  # noqa: SIM115 -- closed when the process ends
-      return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
 
-    t0 = time.monotonic()
-    victim = start(_train(WORKDIR), "killed", env)
-    prefix = f"{RUN}/lowrank/checkpoints"
-    out["seen"] = _wait_committed(gcs, victim, prefix, 3)
-    victim.send_signal(signal.SIGKILL)
-    out["killed_rc"] = victim.wait(timeout=60)
-    out["after_kill"] = objects.committed_steps(gcs.url, BUCKET, prefix)
-    # A step dir as an interrupted save leaves it on GCS: files, but no commit_success.txt.
-    meta = json.dumps({"stage": "lowrank", "model": "digits_cnn", "step": 5, "num_steps": 6})
-    objects.write(gcs.url, BUCKET, f"{prefix}/5/meta/metadata", meta.encode())
-    objects.write(gcs.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
-    # The same command again, then export, eval and the TensorBoard read: one process, one after
-    # another (tests/support/cli_chain), the train command exactly as `lr2vq train` runs it.
-    chain = cli_chain.command([
-      ("resumed", ["train", f"--config={QUICK}", f"--workdir={WORKDIR}", *OVERRIDES]),
-      ("export", ["export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
-                  f"--out=gs://{BUCKET}/artifact"]),
-      ("eval", ["eval", f"--artifact=gs://{BUCKET}/artifact"]),
-      ("tensorboard", ["-c", _READ_EVENTS, f"{WORKDIR}/float"]),
-    ])  # fmt: skip
-    p = subprocess.run(
-      chain, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      timeout=TIMEOUT,
-    )  # fmt: skip
-    out["pipeline_s"] = time.monotonic() - t0
-    ran = cli_chain.split(p.stdout)
-    for name in ("resumed", "export", "eval", "tensorboard"):
-      out[f"{name}_rc"], out["logs"][name] = ran.get(name, (None, p.stdout))
-    out["names"] = objects.list_names(gcs.url, BUCKET)
-    out["results"] = json.loads(objects.read(gcs.url, BUCKET, f"{RUN}/results.json"))
-    out["metrics"] = {
-      s: objects.read(gcs.url, BUCKET, f"{RUN}/{s}/metrics.jsonl").decode() for s in STAGES
-    }
+@pytest.fixture(scope="module")
+def killed(gcs, quick_run):
+  """The victim, SIGKILLed mid-`lowrank` once orbax committed a step there, and a step dir as an
+  interrupted save leaves it on GCS: files, but no commit_success.txt. (Its own fixture, set up
+  by the module's first test, so the victim and the resumed pipeline are two test phases.)"""
+  base, server = gcs["base"], gcs["gcs"]
+  out = {**gcs, "logs": {}, "ref": quick_run}
+  t0 = time.monotonic()
+  with open(base / "killed.log", "wb") as log:
+    victim = subprocess.Popen(_train(WORKDIR), cwd=gcs["cwd"], env=gcs["env"], stdout=log,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+  prefix = f"{RUN}/lowrank/checkpoints"
+  out["seen"] = _wait_committed(server, victim, prefix, 3)
+  victim.send_signal(signal.SIGKILL)
+  out["killed_rc"] = victim.wait(timeout=60)
+  out["after_kill"] = objects.committed_steps(server.url, BUCKET, prefix)
+  meta = json.dumps({"stage": "lowrank", "model": "digits_cnn", "step": 5, "num_steps": 6})
+  objects.write(server.url, BUCKET, f"{prefix}/5/meta/metadata", meta.encode())
+  objects.write(server.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
   out["logs"]["killed"] = (base / "killed.log").read_text(errors="replace")
+  out["victim_s"] = time.monotonic() - t0
+  return out
+
+
+@pytest.fixture(scope="module")
+def gcs_run(killed):
+  """The same command again, then export, eval and the TensorBoard read: one process, one after
+  another (tests/support/cli_chain), the train command exactly as `lr2vq train` runs it."""
+  out, server = killed, killed["gcs"]
+  t0 = time.monotonic()
+  chain = cli_chain.command([
+    ("resumed", ["train", f"--config={QUICK}", f"--workdir={WORKDIR}", *OVERRIDES]),
+    ("export", ["export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
+                f"--out=gs://{BUCKET}/artifact"]),
+    ("eval", ["eval", f"--artifact=gs://{BUCKET}/artifact"]),
+    ("tensorboard", ["-c", _READ_EVENTS, f"{WORKDIR}/float"]),
+  ])  # fmt: skip
+  p = subprocess.run(
+    chain, cwd=out["cwd"], env=out["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    text=True, timeout=TIMEOUT,
+  )  # fmt: skip
+  out["pipeline_s"] = time.monotonic() - t0
+  ran = cli_chain.split(p.stdout)
+  for name in ("resumed", "export", "eval", "tensorboard"):
+    out[f"{name}_rc"], out["logs"][name] = ran.get(name, (None, p.stdout))
+  out["names"] = objects.list_names(server.url, BUCKET)
+  out["results"] = json.loads(objects.read(server.url, BUCKET, f"{RUN}/results.json"))
+  out["metrics"] = {
+    s: objects.read(server.url, BUCKET, f"{RUN}/{s}/metrics.jsonl").decode() for s in STAGES
+  }
   timings = {k: round(v, 1) for k, v in out.items() if k.endswith("_s")}
   print(f"gs:// pipeline timings (s): {timings}")  # shown with -s
   return out
@@ -121,6 +135,12 @@ print("TAGS", sorted(tags))
 
 def _without_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+def test_victim_is_killed_mid_lowrank_after_a_commit(killed):
+  assert killed["killed_rc"] == -signal.SIGKILL, killed["logs"]["killed"][-3000:]
+  assert 3 <= killed["after_kill"][-1] < 6, killed["after_kill"]  # quick stages have 6 steps
+  assert 5 not in killed["after_kill"]
 
 
 def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):

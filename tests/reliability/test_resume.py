@@ -1,10 +1,11 @@
 """SIGTERM, then kill -9, mid-stage; rerun the same command: same params and metrics.jsonl, bit for bit.
 
-One module fixture runs a victim (float stage, checkpoint every 2 steps, log rows every 3, so log
-windows straddle checkpoints): it gets SIGTERM (it must checkpoint and exit 0), its rerun gets
-SIGKILL at some later step, and a third run of the same command, past a half-written checkpoint
-left in the way, finishes the stage; then, in that third process, the same command runs
-uninterrupted in a fresh workdir: the reference.
+Three module fixtures, one after another, run a victim (float stage, checkpoint every 2 steps,
+log rows every 3, so log windows straddle checkpoints): it gets SIGTERM (it must checkpoint and
+exit 0), its rerun gets SIGKILL at some later step, and a third run of the same command, past a
+half-written checkpoint left in the way, finishes the stage; then, in that third process, the same
+command runs uninterrupted in a fresh workdir: the reference. Each fixture is set up by the first
+test that reads it (the tests are in that order): no test phase waits for all three processes.
 """
 
 from __future__ import annotations
@@ -37,32 +38,50 @@ OVERRIDES = (
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def terminated(tmp_path_factory):
+  """1. SIGTERM mid-stage: the victim must checkpoint at the current step and exit 0."""
   base = tmp_path_factory.mktemp("resume")
   ref, victim = base / "ref", base / "victim"
+  out = {"base": base, "dirs": {"ref": ref, "victim": victim}, "logs": {}}
   stage_dir = victim / "float"
-  out = {"dirs": {"ref": ref, "victim": victim}}
-  # 1. SIGTERM: checkpoint at the current step, exit 0.
   proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "term.log"))
   out["term_seen"] = train_cli.wait_for_checkpoint(proc, stage_dir, 4)
   proc.send_signal(signal.SIGTERM)
   out["term_rc"] = proc.wait(timeout=300)
   out["term_ckpts"] = train_cli.checkpoint_steps(stage_dir)
   out["term_rows"] = train_cli.metrics_rows(stage_dir)
-  # 2. Rerun, then SIGKILL a few checkpoints later.
-  proc = train_cli.start(train_cli.train_cmd(victim, *OVERRIDES), str(base / "kill.log"))
+  out["logs"]["term"] = (base / "term.log").read_text()
+  return out
+
+
+@pytest.fixture(scope="module")
+def killed(terminated):
+  """2. The same command again, SIGKILLed a few checkpoints later; then a half-written checkpoint
+  left in the way, as a process killed mid-save leaves it (Orbax's tmp dir must be ignored)."""
+  out, base = terminated, terminated["base"]
+  stage_dir = out["dirs"]["victim"] / "float"
+  proc = train_cli.start(
+    train_cli.train_cmd(out["dirs"]["victim"], *OVERRIDES), str(base / "kill.log")
+  )
   train_cli.wait_for_checkpoint(proc, stage_dir, out["term_ckpts"][-1] + 4)
   proc.send_signal(signal.SIGKILL)
   out["kill_rc"] = proc.wait(timeout=300)
   out["kill_ckpts"] = train_cli.checkpoint_steps(stage_dir)
-  # A checkpoint half-written when the process died: Orbax's tmp dir must be ignored.
   junk = stage_dir / "checkpoints" / f"{STEPS - 1}.orbax-checkpoint-tmp-123"
   (junk / "state").mkdir(parents=True)
   (junk / "state" / "garbage").write_bytes(b"\0" * 10)
-  out["logs"] = {p.stem: p.read_text() for p in base.glob("*.log")}
-  # 3. Rerun to the end; then, in the same process (tests/support/cli_chain), the reference: the
-  # same command uninterrupted in a fresh workdir (one start-up and import for both).
-  steps = [("final", _train_argv(victim)), ("ref", _train_argv(ref))]
+  out["logs"]["kill"] = (base / "kill.log").read_text()
+  return out
+
+
+@pytest.fixture(scope="module")
+def runs(killed):
+  """3. The same command to the end; then, in the same process (tests/support/cli_chain), the
+  reference: the same command uninterrupted in a fresh workdir (one start-up and import for both).
+  Each step is its own fixture, so each is set up by the first test that needs it (three test
+  phases of ~1/3 the whole, not one)."""
+  out, base = killed, killed["base"]
+  steps = [("final", _train_argv(out["dirs"]["victim"])), ("ref", _train_argv(out["dirs"]["ref"]))]
   proc = train_cli.start(cli_chain.command(steps, keep_going=True), str(base / "chain.txt"))
   proc.wait(timeout=300)
   text = (base / "chain.txt").read_text()
@@ -100,29 +119,32 @@ def _assert_identical(runs, name):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
+def test_sigterm_checkpoints_current_step_and_exits_0(terminated):
+  log = terminated["logs"]["term"]
+  assert terminated["term_rc"] == 0, log[-3000:]
+  stopped = re.search(r"stage float: stopping at step (\d+)", log)
+  assert stopped, log[-3000:]
+  step = int(stopped.group(1))
+  assert step >= terminated["term_seen"] and terminated["term_ckpts"][-1] == step < STEPS
+  assert all(r["step"] <= step for r in terminated["term_rows"])
+
+
+def test_kill9_rerun_resumes_from_last_checkpoint(killed):
+  assert killed["kill_rc"] == -signal.SIGKILL
+  first = re.search(r"\[float\] step (\d+)/", killed["logs"]["kill"])
+  assert first and int(first.group(1)) > killed["term_ckpts"][-1]  # resumed, not restarted
+  assert killed["term_ckpts"][-1] < killed["kill_ckpts"][-1] < STEPS, killed["kill_ckpts"]
+
+
+def test_final_rerun_resumes_from_the_kill9_checkpoint(runs):
+  first = re.search(r"\[float\] step (\d+)/", runs["logs"]["final"])
+  assert first and int(first.group(1)) > runs["kill_ckpts"][-1]
+
+
 def test_reference_run_completes(runs):
   assert runs["ref_rc"] == 0, runs["logs"]["ref"][-3000:]
   rows = train_cli.metrics_rows(runs["dirs"]["ref"] / "float")
   assert [r["step"] for r in rows] == [*range(3, STEPS + 1, 3), STEPS]  # train rows, then eval
-
-
-def test_sigterm_checkpoints_current_step_and_exits_0(runs):
-  log = runs["logs"]["term"]
-  assert runs["term_rc"] == 0, log[-3000:]
-  stopped = re.search(r"stage float: stopping at step (\d+)", log)
-  assert stopped, log[-3000:]
-  step = int(stopped.group(1))
-  assert step >= runs["term_seen"] and runs["term_ckpts"][-1] == step < STEPS
-  assert all(r["step"] <= step for r in runs["term_rows"])
-
-
-def test_kill9_rerun_resumes_from_last_checkpoint(runs):
-  assert runs["kill_rc"] == -signal.SIGKILL
-  first = re.search(r"\[float\] step (\d+)/", runs["logs"]["kill"])
-  assert first and int(first.group(1)) > runs["term_ckpts"][-1]  # resumed, not restarted
-  assert runs["term_ckpts"][-1] < runs["kill_ckpts"][-1] < STEPS, runs["kill_ckpts"]
-  first = re.search(r"\[float\] step (\d+)/", runs["logs"]["final"])
-  assert first and int(first.group(1)) > runs["kill_ckpts"][-1]
 
 
 def test_interrupted_run_ends_bit_identical(runs):

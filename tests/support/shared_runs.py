@@ -55,14 +55,23 @@ class BackgroundRun:
   the process ends and `.done` records its return code), the others find `.done` and return.
   `result()` joins this worker's thread and checks the run succeeded."""
 
-  def __init__(self, name: str, command: Callable[[Path], tuple[list[str], dict[str, str]]]):
-    self.name, self.command = name, command
+  def __init__(
+    self,
+    name: str,
+    command: Callable[[Path], tuple[list[str], dict[str, str]]],
+    after: BackgroundRun | None = None,
+  ):
+    """`command(folder)` is called once `after` (a run this one builds on) finished; a failed
+    `after` fails this run too, without starting it."""
+    self.name, self.command, self.after = name, command, after
     self.folder: Path | None = None
     self.proc = None
     self.thread: threading.Thread | None = None
 
   def start(self, config: pytest.Config) -> None:
     if self.thread is None:
+      if self.after is not None:
+        self.after.start(config)
       self.folder = shared_root(config) / self.name
       self.thread = threading.Thread(target=self._train_once, name=self.name, daemon=True)
       self.thread.start()
@@ -73,6 +82,13 @@ class BackgroundRun:
 
   def _train(self, folder: Path) -> int:
     """The training process's return code (killed after `devices.TIMEOUT`)."""
+    if self.after is not None:
+      assert self.after.thread is not None and self.after.folder is not None
+      self.after.thread.join(timeout=2 * devices.TIMEOUT)
+      done = self.after.folder / DONE
+      if not done.exists() or done.read_text() != "0":
+        (folder / "log.txt").write_text(f"not started: {self.after.name} did not succeed\n")
+        return 1
     cmd, env = self.command(folder)
     self.proc = devices.start(cmd, env, folder / "log.txt")
     try:
@@ -99,6 +115,8 @@ class BackgroundRun:
   def stop(self, *, wait: bool) -> None:
     """At session end: a run this worker trains is waited for (other workers may still need it),
     or killed when the session was interrupted."""
+    if self.thread is not None and self.proc is None and self.after is not None and wait:
+      self.thread.join(timeout=2 * devices.TIMEOUT)  # may still be waiting to start
     if self.proc is not None and self.proc.poll() is None:
       if not wait:
         self.proc.kill()
