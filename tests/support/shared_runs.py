@@ -30,14 +30,6 @@ def shared_root(config: pytest.Config) -> Path:
   return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def once_per_run(config: pytest.Config, name: str, produce: Callable[[Path], None]) -> Path:
-  """`shared_root/name`, filled by `produce(folder)` in exactly one worker (the first to ask).
-  A producer that failed leaves no `.done`: the next worker to ask tries again from scratch."""
-  folder = shared_root(config) / name
-  _fill_once(folder, lambda f: produce(f) or 0)
-  return folder
-
-
 def _fill_once(folder: Path, produce: Callable[[Path], int]) -> None:
   """Under the folder's FileLock: unless `.done` is there, `produce(folder)` into a fresh folder,
   then `.done` records its return code (an exception leaves none)."""
