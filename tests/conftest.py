@@ -55,21 +55,8 @@ def _quick_run_cmd(base: Path) -> tuple[list[str], dict[str, str]]:
   return cmd, env
 
 
-def _ref4_cmd(base: Path) -> tuple[list[str], dict[str, str]]:
-  """The quantize stage on the quick run's float and lowrank stages, one process, 4 devices."""
-  workdir = devices.copy_workdir(_QUICK_RUN.folder / "run", base / "run")
-  shutil.rmtree(workdir / "quantize")
-  return devices.main_cmd(workdir, "--config.stages=quantize"), devices.child_env(4, base)
-
-
 # The background quick run: trained once per run of the suite, by one pytest-xdist worker for all.
 _QUICK_RUN = shared_runs.BackgroundRun("quick_run", _quick_run_cmd)
-# The multi-host reference (tests/scale): trained in the background as soon as the quick run is
-# done, not inside the test that first needs it, beside that test's own processes.
-_REF4 = shared_runs.BackgroundRun("ref4", _ref4_cmd, after=_QUICK_RUN)
-# Which background runs a selected test's fixture starts at collection (tests/scale's `prepared`
-# is what its tests that compare with `reference_4dev` train from).
-_BACKGROUND = {"quick_run": (_QUICK_RUN,), "prepared": (_QUICK_RUN, _REF4)}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -79,15 +66,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-  """When a selected test needs `quick_run` (or `reference_4dev`), it starts training now, in the
-  background, beside the tests that run first (under pytest-xdist, one worker trains it for all)."""
+  """When a selected test needs `quick_run`, it starts training now, in the background, beside
+  the tests that run first (under pytest-xdist, one worker trains it for all)."""
+  if not any("quick_run" in getattr(item, "fixturenames", ()) for item in session.items):
+    return
   if session.config.getoption("collectonly"):
     return
-  names = {n for item in session.items for n in getattr(item, "fixturenames", ())}
-  for name, runs in _BACKGROUND.items():
-    if name in names:
-      for run in runs:
-        run.start(session.config)
+  _QUICK_RUN.start(session.config)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -97,9 +82,6 @@ def pytest_sessionfinish(session, exitstatus):
   interrupted = (
     exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
   )
-  if interrupted:
-    _QUICK_RUN.stop(wait=False)  # first: a reference_4dev waiting for it then gives up
-  _REF4.stop(wait=not interrupted)
   _QUICK_RUN.stop(wait=not interrupted)
   if not os.environ.get("PYTEST_XDIST_WORKER"):
     shutil.rmtree(_CACHE, ignore_errors=True)
@@ -112,11 +94,3 @@ def quick_run(request) -> Path:
   (started at collection when a selected test needs it). Read-only: tests that train on from it
   copy it first (`devices.copy_workdir`)."""
   return _QUICK_RUN.result(request.config) / "run"
-
-
-@pytest.fixture(scope="session")
-def reference_4dev(request) -> Path:
-  """The quick pipeline's quantize stage trained by one process with 4 devices on the quick run's
-  float and lowrank stages (the multi-host reference, tests/scale); started in the background
-  when the quick run is done (by one pytest-xdist worker for all). Read-only."""
-  return _REF4.result(request.config) / "run"

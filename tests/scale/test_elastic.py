@@ -24,7 +24,7 @@ def test_checkpoint_from_8_devices_resumes_on_4(prepared, request, tmp_path):
   cmd = main_cmd(workdir, *flags, "--config.quantize.max_steps_this_run=3")
   proc = start(cmd, child_env(8, tmp_path / "a"), log)
   try:
-    reference = request.getfixturevalue("reference_4dev")  # in the background since quick_run
+    reference = request.getfixturevalue("reference_4dev")  # trains meanwhile, if not done yet
     finish(proc, log)
   finally:
     if proc.poll() is None:

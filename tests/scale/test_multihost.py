@@ -79,7 +79,7 @@ def test_two_processes_match_one_process_with_four_devices(prepared, request, tm
   ]
   found = {}
 
-  def reference():  # trained in the background since quick_run; waited for meanwhile
+  def reference():  # trains meanwhile, if not done yet
     found["reference"] = request.getfixturevalue("reference_4dev")
 
   outs = _two_processes(cli_chain.command(commands), tmp_path, "p", reference)

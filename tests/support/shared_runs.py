@@ -30,6 +30,14 @@ def shared_root(config: pytest.Config) -> Path:
   return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def once_per_run(config: pytest.Config, name: str, produce: Callable[[Path], None]) -> Path:
+  """`shared_root/name`, filled by `produce(folder)` in exactly one worker (the first to ask).
+  A producer that failed leaves no `.done`: the next worker to ask tries again from scratch."""
+  folder = shared_root(config) / name
+  _fill_once(folder, lambda f: produce(f) or 0)
+  return folder
+
+
 def _fill_once(folder: Path, produce: Callable[[Path], int]) -> None:
   """Under the folder's FileLock: unless `.done` is there, `produce(folder)` into a fresh folder,
   then `.done` records its return code (an exception leaves none)."""
@@ -47,23 +55,14 @@ class BackgroundRun:
   the process ends and `.done` records its return code), the others find `.done` and return.
   `result()` joins this worker's thread and checks the run succeeded."""
 
-  def __init__(
-    self,
-    name: str,
-    command: Callable[[Path], tuple[list[str], dict[str, str]]],
-    after: BackgroundRun | None = None,
-  ):
-    """`command(folder)` is called once `after` (a run this one builds on) finished; a failed
-    `after` fails this run too, without starting it."""
-    self.name, self.command, self.after = name, command, after
+  def __init__(self, name: str, command: Callable[[Path], tuple[list[str], dict[str, str]]]):
+    self.name, self.command = name, command
     self.folder: Path | None = None
     self.proc = None
     self.thread: threading.Thread | None = None
 
   def start(self, config: pytest.Config) -> None:
     if self.thread is None:
-      if self.after is not None:
-        self.after.start(config)
       self.folder = shared_root(config) / self.name
       self.thread = threading.Thread(target=self._train_once, name=self.name, daemon=True)
       self.thread.start()
@@ -74,13 +73,6 @@ class BackgroundRun:
 
   def _train(self, folder: Path) -> int:
     """The training process's return code (killed after `devices.TIMEOUT`)."""
-    if self.after is not None:
-      assert self.after.thread is not None and self.after.folder is not None
-      self.after.thread.join(timeout=2 * devices.TIMEOUT)
-      done = self.after.folder / DONE
-      if not done.exists() or done.read_text() != "0":
-        (folder / "log.txt").write_text(f"not started: {self.after.name} did not succeed\n")
-        return 1
     cmd, env = self.command(folder)
     self.proc = devices.start(cmd, env, folder / "log.txt")
     try:
@@ -107,8 +99,6 @@ class BackgroundRun:
   def stop(self, *, wait: bool) -> None:
     """At session end: a run this worker trains is waited for (other workers may still need it),
     or killed when the session was interrupted."""
-    if self.thread is not None and self.proc is None and self.after is not None and wait:
-      self.thread.join(timeout=2 * devices.TIMEOUT)  # may still be waiting to start
     if self.proc is not None and self.proc.poll() is None:
       if not wait:
         self.proc.kill()
