@@ -87,10 +87,9 @@ def evaluate(args: argparse.Namespace) -> int:
   import ml_collections
 
   import lr2vq_jax as lq
-  from lr2vq_jax.models import create_model
-  from lr2vq_jax.train import distributed, input_pipeline, partitioning
+  from lr2vq_jax.train import distributed
   from lr2vq_jax.train.config import load_config
-  from lr2vq_jax.train.trainer import evaluate as run_eval
+  from lr2vq_jax.train.evaluation import evaluate_artifact
 
   distributed.initialize()
   artifact = lq.load(args.artifact)
@@ -102,14 +101,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if "model" not in meta or "data" not in meta:
       raise CLIError(f"{args.artifact} does not name its model and data", "pass --config FILE")
     model_name, data = meta["model"], ml_collections.ConfigDict(meta["data"])
-  info = input_pipeline.dataset_info(data)
-  model = create_model(model_name, num_classes=info.num_classes)
-  result = run_eval(
-    model,
-    artifact.decode(),
-    lambda: input_pipeline.eval_batches(data, args.split),
-    partitioning.make_mesh(),
-  )
+  result = evaluate_artifact(artifact, model_name, data, args.split)
   print(
     f"{args.artifact}: {model_name} on {data.name}/{args.split}: top-1 {result['top1']:.2f}%, "
     f"top-5 {result['top5']:.2f}%, payload {artifact.num_bytes} bytes"

@@ -1,4 +1,5 @@
-"""Evaluation: top-1/top-5 and loss of a model over one pass of a split, on the mesh."""
+"""Evaluation: top-1/top-5 and loss of a model (or an exported artifact) over one pass of a split,
+on the mesh."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import jax
 import numpy as np
 
 from lr2vq_jax.core.mode import Mode
+from lr2vq_jax.models import create_model
 from lr2vq_jax.nn import QuantizedModel
-from lr2vq_jax.train import hard_codes, partitioning
+from lr2vq_jax.train import hard_codes, input_pipeline, partitioning
 from lr2vq_jax.train.step import make_eval_step
 
 
@@ -36,6 +38,14 @@ def evaluate(model, variables, make_iter: Callable[[], Iterable], mesh) -> dict[
     "top5": 100 * totals["top5"] / count,
     "loss": totals["loss"] / count,
   }
+
+
+def evaluate_artifact(artifact, model_name: str, data, split: str = "test") -> dict[str, float]:
+  """`evaluate` of an exported artifact (`lq.load`) decoded into `model_name`'s float model, on
+  `split` ("eval" or "test") of the data config `data`: what `lr2vq eval` reports."""
+  model = create_model(model_name, num_classes=input_pipeline.dataset_info(data).num_classes)
+  batches = lambda: input_pipeline.eval_batches(data, split)  # noqa: E731
+  return evaluate(model, artifact.decode(), batches, partitioning.make_mesh())
 
 
 @functools.lru_cache(maxsize=8)

@@ -54,16 +54,11 @@ def _one_device_top1(artifact) -> float:
   import ml_collections
 
   import lr2vq_jax as lq
-  from lr2vq_jax.models import create_model
-  from lr2vq_jax.train import input_pipeline, partitioning
-  from lr2vq_jax.train.trainer import evaluate
+  from lr2vq_jax.train.evaluation import evaluate_artifact
 
   loaded = lq.load(str(artifact))
   meta = loaded.manifest["metadata"]
-  data = ml_collections.ConfigDict(meta["data"])
-  model = create_model(meta["model"], num_classes=input_pipeline.dataset_info(data).num_classes)
-  batches = lambda: input_pipeline.eval_batches(data, "test")  # noqa: E731
-  return evaluate(model, loaded.decode(), batches, partitioning.make_mesh())["top1"]
+  return evaluate_artifact(loaded, meta["model"], ml_collections.ConfigDict(meta["data"]))["top1"]
 
 
 def test_two_processes_match_one_process_with_four_devices(prepared, request, tmp_path):

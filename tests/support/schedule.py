@@ -12,8 +12,7 @@ together instead of one running a long end-to-end test alone at the end.
 * Modules are sorted by their estimated seconds (COST below, else the sum of their tests'),
   longest first; a module keeps its tests' order.
 * The session's background quick run (tests/conftest.py) trains meanwhile: the first unit of each
-  worker is one that does not wait for it, where there is one (then the 4-device reference of
-  tests/scale trains in the background too).
+  worker is one that does not wait for it, where there is one.
 """
 
 from __future__ import annotations
