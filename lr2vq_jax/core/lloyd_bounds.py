@@ -6,10 +6,11 @@ valid across steps by the group's largest drift (triangle inequality). Each step
 to the row's own centroid (O(d)) is compared with each group bound: a group whose bound is above it
 by more than twice the float32 error bound of a computed squared distance cannot hold a centroid
 that `_scores`' argmin would pick. A row with a failing group recomputes those groups and its own
-(a (row, group) pair: the k / GROUPS scores of one small matmul); each group's pairs are found from
-per-word popcounts (no cumsum or scatter over all pairs) and scored PAIR_ROWS at a time in one
-`lax.while_loop`, each row keeping its best so far (ties to the lowest index): the plain pass's
-code bit for bit. When more than PLAIN_FRACTION of the pairs fail every row is recomputed whole.
+(a (row, group) pair: the k / GROUPS scores of one small matmul); the rows of all the pairs are
+listed once per step from per-word popcounts (a scatter over the words, a running max over at most
+PLAIN_FRACTION of the pairs: a search per pair and chunk cost a third of a step) and scored
+PAIR_ROWS of a group at a time in one `lax.while_loop`, each row keeping its best so far (ties to
+the lowest index): the plain pass's code bit for bit. When more than PLAIN_FRACTION of the pairs fail every row is recomputed whole.
 The first WARMUP steps (everything moves) are `kmeans._step`'s plain ones. Measured
 (benchmarks/kmeans_vs_faiss.py, CPU s, late steps): 5-8% of the pairs recomputed (50-70% of the
 rows fail, mostly their own group only); a step ~0.6x a plain one at k = 2048 (n = 128k, d = 4),
@@ -139,20 +140,30 @@ def _fresh(xb, lhs, perm, cmax, d):
   return code, jnp.sqrt(jnp.maximum(gmin + xx - e, 0.0)) * _DOWN
 
 
-def _pair_rows(words, totals, ends, p):
-  """Row of the p-th pair (p (R,)) of one group whose pair mask is packed into words (M,) uint32 of
-  PAIR_BLOCK rows, totals / ends (M,) the pairs per word and their running sum: a search for the
-  word, then a select of its t-th set bit by halving (popcounts)."""
-  blk = jnp.minimum(jnp.searchsorted(ends, p, side="right"), ends.shape[0] - 1)
-  t = p - (jnp.take(ends, blk) - jnp.take(totals, blk))
-  w = jnp.take(words, blk)
-  pos = jnp.zeros_like(p)
+def _bit_select(w, t):
+  """Position of the t-th (from 0) set bit of the uint32 words w, by halving (popcounts)."""
+  pos = jnp.zeros_like(t)
   for width in (16, 8, 4, 2, 1):
     low = (w >> pos.astype(jnp.uint32)) & jnp.uint32((1 << width) - 1)
     low = lax.population_count(low).astype(jnp.int32)
     go = low <= t
     t, pos = jnp.where(go, t - low, t), jnp.where(go, pos + width, pos)
-  return blk * PAIR_BLOCK + pos
+  return pos
+
+
+def _pair_rows(words, totals, ends, size: int):
+  """Rows (size,) of all the pairs, group after group (group g's from the sum of the counts before
+  it), their masks packed into words (GROUPS, M) uint32 of PAIR_BLOCK rows, totals / ends (GROUPS, M)
+  the pairs per word and their running sum. Each word's id is scattered (max) at its first pair, a
+  running max spreads it over its pairs (a word whose start it shares with later ones is empty),
+  then the pair's bit is selected: one pass over at most `size` pairs, no per-pair search."""
+  groups, m = words.shape
+  counts = ends[:, -1]
+  start = ((jnp.cumsum(counts) - counts)[:, None] + ends - totals).reshape(-1)
+  ids = jnp.arange(groups * m, dtype=jnp.int32)
+  wid = lax.cummax(jnp.zeros((size,), jnp.int32).at[start].max(ids, mode="drop"))
+  pos = _bit_select(jnp.take(words.reshape(-1), wid), jnp.arange(size) - jnp.take(start, wid))
+  return (wid % m) * PAIR_BLOCK + pos
 
 
 def _pair_index(pair):
@@ -166,6 +177,11 @@ def _pair_index(pair):
   return words, totals, jnp.cumsum(totals, axis=1)
 
 
+def _max_pairs(num_rows: int) -> int:
+  """Most (row, group) pairs a step recomputes by pairs (above: every row whole)."""
+  return int(PLAIN_FRACTION * GROUPS * num_rows)
+
+
 def _filtered(xp, xx, e, lhs_g, perm_g, pair, b: Bounds) -> Bounds:
   """Bounds after recomputing the (group, row) pairs `pair` (GROUPS, N), PAIR_ROWS of a group at a
   time by one (k / GROUPS)-row matmul: a row with pairs takes the best of their groups (its own
@@ -176,13 +192,17 @@ def _filtered(xp, xx, e, lhs_g, perm_g, pair, b: Bounds) -> Bounds:
   counts = ends[:, -1]
   chunks = (counts + PAIR_ROWS - 1) // PAIR_ROWS
   last = jnp.cumsum(chunks)
+  # `assign_bounded` calls this at <= _max_pairs of them; PAIR_ROWS more for the last chunk's slice.
+  pair_rows = _pair_rows(words, totals, ends, _max_pairs(num_rows) + PAIR_ROWS)
+  offset = jnp.cumsum(counts) - counts
 
   def body(state):
     i, lower, best, code, second, group = state
     g = jnp.sum(last <= i).astype(jnp.int32)
-    p = (i - last[g] + chunks[g]) * PAIR_ROWS + jnp.arange(PAIR_ROWS, dtype=jnp.int32)
-    rows = jnp.minimum(_pair_rows(words[g], totals[g], ends[g], p), num_rows - 1)
-    live = p < counts[g]
+    first = (i - last[g] + chunks[g]) * PAIR_ROWS
+    rows = lax.dynamic_slice(pair_rows, (offset[g] + first,), (PAIR_ROWS,))
+    rows = jnp.minimum(rows, num_rows - 1)
+    live = first + jnp.arange(PAIR_ROWS, dtype=jnp.int32) < counts[g]
     gb, ga, gs = _group_min(km._scores(jnp.take(xp, rows, axis=0), lhs_g[g]))
     ga = jnp.take(perm_g[g], ga)
     low = jnp.sqrt(jnp.maximum(gb + jnp.take(xx, rows) - jnp.take(e, rows), 0.0)) * _DOWN
@@ -230,7 +250,7 @@ def assign_bounded(xp, valid, xn, c, perm, b: Bounds, rows: int) -> Bounds:
     lhs_g = lhs.reshape(GROUPS, k // GROUPS, d + 1)
     return _filtered(xp, xx, e, lhs_g, perm.reshape(GROUPS, -1), pair, b)
 
-  return lax.cond(m > PLAIN_FRACTION * GROUPS * num_rows, full, filtered, b)
+  return lax.cond(m > _max_pairs(num_rows), full, filtered, b)
 
 
 def step_bounded(x, xs, valid, xn, perm, c, b: Bounds):
