@@ -114,26 +114,16 @@ def effective_projection(p: jax.Array, mode: str) -> jax.Array:
 
 @jax.jit
 def _orthonormal_rows(p: jax.Array) -> jax.Array:
-  """Modified Gram-Schmidt on the rows of p (float32), as two loops: the compiled step holds one
-  projection (and its transpose) per layer instead of d(d-1)/2 unrolled ones.
-
-  Row i projects out the finished rows j < i (the steps j >= i leave it unchanged, exactly), so
-  the values are the unrolled algorithm's bit for bit, gradients too: the inner loop carries the
-  finished rows (`q * one`, not forwarded as a loop invariant, whose cotangents JAX would sum per
-  step before adding them), so each row's cotangent adds up in the unrolled order.
-  """
-  d = p.shape[0]
-  one = jnp.ones((), p.dtype)
-
-  def row(i, q):
-    def project(j, carry):  # modified Gram-Schmidt: project out the finished row j
-      v, q = carry
-      return jnp.where(j < i, v - jnp.sum(q[j] * v) * q[j], v), q * one
-
-    v, q = jax.lax.fori_loop(0, d, project, (p[i], q))
-    return q.at[i].set(v / jnp.sqrt(jnp.sum(v * v)))  # exact for unit rows: P = I stays I
-
-  return jax.lax.fori_loop(0, d, row, jnp.zeros_like(p))
+  """Modified Gram-Schmidt on the rows of p (float32). Jitted so that the d(d-1)/2 unrolled
+  projections are traced, linearized and transposed once per shape of P, not once per layer
+  (ResNet-18's layers share a few shapes); XLA inlines the call, so the math is unchanged."""
+  rows: list[jax.Array] = []
+  for i in range(p.shape[0]):
+    v = p[i]
+    for q in rows:
+      v = v - jnp.sum(q * v) * q  # modified Gram-Schmidt: project out the finished rows
+    rows.append(v / jnp.sqrt(jnp.sum(v * v)))  # exact for unit rows: P = I stays I
+  return jnp.stack(rows)
 
 
 def projection_as(p: jax.Array, mode) -> jax.Array:
