@@ -327,7 +327,8 @@ def kmeans(
   the last step's SSE); the last is `sse`.
 
   bounds: skip the rows whose code provably holds (`lloyd_bounds`: same codes, centroids and SSE);
-  None turns it on from k = lloyd_bounds.FILTER_MIN_K, where it pays.
+  None turns it on from k = lloyd_bounds.FILTER_MIN_K, where it pays, when `iters` exceeds its
+  lloyd_bounds.WARMUP plain steps (else the plain loop is the same steps, compiled alone).
   """
   from lr2vq_jax.core import lloyd_bounds  # noqa: PLC0415 (it builds on this module)
 
@@ -342,8 +343,8 @@ def kmeans(
   else:
     c0 = jnp.asarray(init, jnp.float32) - mean
   xs, valid = chunk_rows(xc, _rows(chunk_size, k))
-  if bounds is None:
-    bounds = lloyd_bounds.supported(k)
+  if bounds is None:  # its first WARMUP steps are plain ones: fewer steps need no bounded step
+    bounds = lloyd_bounds.supported(k) and iters > lloyd_bounds.WARMUP
   if bounds and not lloyd_bounds.supported(k):
     raise ValueError(f"bounds=True needs lloyd_bounds.supported(k), got k={k}")
   if bounds:
