@@ -15,6 +15,10 @@ pytestmark = pytest.mark.slow  # two-process training on the session quick run
 
 # Same global batches, same initial state: the runs differ only in the order in which the
 # all-reduces add up; how far that can carry, and the bounds, are in tests/support/drift.py.
+# The persistent compilation cache cannot serve this test's three processes from one another
+# (jax 0.10.2, measured): a key hashes the device assignment (ids 0-3 here, 0, 1, 2048, 2049 for
+# 2 × 2) and the local topology's fingerprint, which differs between processes 0 and 1; and only
+# process 0 writes entries. So the reference, process 0 and process 1 each compile everything.
 
 
 def _losses(workdir):
