@@ -8,8 +8,12 @@ processes (pytest-xdist workers too), turns every repeat into a load of the same
 What is left is mostly XLA:CPU compiling programs that then run for milliseconds, so the suite
 compiles at XLA's backend optimization level 0 (LLVM's code generation effort; the programs'
 semantics are the same): ~15-20% less CPU on the training tests, e.g. tests/train/test_pipeline.py
-with tests/nnx/test_readme.py 73 -> 57 CPU-s. Tests compare runs of the suite with each other,
-all under the same flags, never with numbers recorded at another optimization level.
+with tests/nnx/test_readme.py 73 -> 57 CPU-s. It also turns off XLA:CPU's MLIR fusion emitters
+(XLA:CPU's older LLVM IR emitters generate the same fusions): compile CPU of the digits CNN's six steps
+16.3 -> 5.1 s (benchmarks/results/test_compile_flags.txt), whole modules (CPU s incl. children,
+2-core EPYC) tests/core/test_kmeans.py 44.5 -> 31.7, test_dkm.py 37.7 -> 28.2,
+tests/nnx/test_linen_view.py 54.4 -> 36.8. Tests compare runs of the suite with each other, all
+under the same flags, never with numbers recorded under other flags.
 Subprocesses inherit all four settings through the environment.
 """
 
@@ -19,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # One cache per run of the suite: xdist workers share their controller's run id.
