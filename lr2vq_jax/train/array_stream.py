@@ -10,6 +10,7 @@ are those `tf_datasets` yields (tests/train/test_array_stream.py compares them).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -25,13 +26,21 @@ _INT32_MAX = 2**31 - 1
 _SHIFT = 1  # digits augmentation: +-1 px shifts (pad 1, crop back)
 
 
-def _shuffled(within: np.ndarray, epoch: np.ndarray, seed: int, n: int) -> np.ndarray:
-  """Per-epoch permutation of [0, n): a batch spans at most a few epochs, one call per epoch."""
-  idx = np.empty_like(within)
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """Epoch `epoch`'s order of the n examples, computed once for the ~n / batch steps reading it."""
   shuffle_seed = seed * 1_000_003 + _SHUFFLE_SALT
+  perm = stateless_random.index_shuffle(np.arange(n, dtype=np.int64), (shuffle_seed, epoch), n - 1)
+  perm.setflags(write=False)  # shared by the cache
+  return perm
+
+
+def _shuffled(within: np.ndarray, epoch: np.ndarray, seed: int, n: int) -> np.ndarray:
+  """The examples at (epoch, index within it): a batch may span epochs."""
+  idx = np.empty_like(within)
   for e in np.unique(epoch):
     sel = epoch == e
-    idx[sel] = stateless_random.index_shuffle(within[sel], (shuffle_seed, int(e)), n - 1)
+    idx[sel] = _permutation(seed, int(e), n)[within[sel]]
   return idx
 
 
@@ -81,4 +90,9 @@ def batches(
     stream = _train_batches(images, labels, seed=seed, start_step=start_step, **kw)
   else:
     stream = _eval_batches(images, labels, **kw)
-  return itertools.islice(stream, num_batches)
+  return _generator(itertools.islice(stream, num_batches))
+
+
+def _generator(stream: Iterator) -> Iterator:
+  """A generator (with `close`, which the trainer calls), like the tf.data stream's iterator."""
+  yield from stream

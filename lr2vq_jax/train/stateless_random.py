@@ -18,6 +18,7 @@ _MUL = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
 _WEYL = (np.uint32(0x9E3779B9), np.uint32(0xBB67AE85))
 _SCRAMBLE_KEY = (0x3EC8F720, 0x02461E29)  # TF's fixed key for turning a seed into key + counter
 _INDEX_SHUFFLE_PAD = 498247692  # the first of the three key words TF's python wrapper prepends
+_TABLE_BITS = 20  # index_shuffle tabulates blocks up to 2**20 values (8 MiB)
 
 
 def philox(counter: tuple, key: tuple) -> tuple[np.ndarray, ...]:
@@ -110,9 +111,17 @@ def index_shuffle(index: np.ndarray, seed: tuple[int, int], max_index: int) -> n
   bits = max(bits + bits % 2, 16)
   key = (_INDEX_SHUFFLE_PAD, seed[0] & 0xFFFFFFFF, seed[1] & 0xFFFFFFFF)
   round_keys = _simon_round_keys(key, bits // 2, 4)
-  out = _simon_encrypt(index, round_keys, bits // 2)
+  if bits <= _TABLE_BITS:  # encrypt the whole block once: the walk is then table look-ups
+    table = _simon_encrypt(np.arange(1 << bits, dtype=np.uint64), round_keys, bits // 2)
+    step = table.__getitem__
+  else:
+
+    def step(v: np.ndarray) -> np.ndarray:
+      return _simon_encrypt(v, round_keys, bits // 2)
+
+  out = step(index)
   over = out > np.uint64(max_index)
-  while over.any():
-    out[over] = _simon_encrypt(out[over], round_keys, bits // 2)
+  while over.any():  # cycle-walk the values outside [0, max_index] back into it
+    out[over] = step(out[over])
     over = out > np.uint64(max_index)
   return out.astype(np.int64)
