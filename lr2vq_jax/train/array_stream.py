@@ -4,8 +4,8 @@ Training position `pos` reads example `index_shuffle(pos % N, [seed * 1_000_003 
 N - 1)`, padded by 1 px and cropped back to 8x8 at the offset `stateless_random_crop` draws from
 `stateless_fold_in([seed, 0xA06], pos)`, then /16; evaluation is one pass with zero-padded, masked
 tail. `stateless_random` reproduces TensorFlow's ops bit for bit, so reading digits neither imports
-TensorFlow nor runs a tf.data pipeline (a training run still loads TensorFlow for clu's TensorBoard
-writer), and its batches, hence its numbers, are those `tf_datasets` yields
+TensorFlow nor runs a tf.data pipeline (nor does a digits training run: `event_writer` writes the
+TensorBoard events without it), and its batches, hence its numbers, are those `tf_datasets` yields
 (tests/train/test_array_stream.py compares them).
 """
 

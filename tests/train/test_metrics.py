@@ -1,10 +1,15 @@
 """MetricsLogger: JSONL rows, truncate_after for resumes, silent non-primary processes."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.support import devices
 
 metrics = pytest.importorskip("lr2vq_jax.train.metrics")
 
@@ -137,3 +142,29 @@ def test_progress_reports_when_due_and_at_the_end(tmp_path, monkeypatch):
     (10, "steps_per_sec", 1.0),
     (10, "uptime", 63.0),
   ]
+
+
+# Runs the training entry point and reports, at exit, the TensorFlow and clu modules it loaded.
+_RUN_MAIN = """
+import atexit, runpy, sys
+atexit.register(lambda: print("HEAVY", sorted(
+  m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu", "tensorflow_datasets"))))
+sys.argv = sys.argv[1:]
+runpy.run_module("lr2vq_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_digits_training_run_imports_neither_tensorflow_nor_clu(tmp_path):
+  """The quick float stage (the suite's cached compilations): digits, metrics, TensorBoard events,
+  checkpoints and evaluation, all without TensorFlow or clu."""
+  env = devices.child_env(1, tmp_path)
+  env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # the quick run's: its compilation cache
+  cmd = devices.main_cmd(tmp_path / "run", "--config.stages=float")
+  p = subprocess.run(
+    [sys.executable, "-c", _RUN_MAIN, *cmd[2:]], cwd=devices.ROOT, env=env, capture_output=True,
+    text=True, timeout=devices.TIMEOUT,
+  )  # fmt: skip
+  assert p.returncode == 0, p.stderr[-4000:]
+  assert "HEAVY []" in p.stdout.splitlines(), p.stdout[-2000:]
+  assert (tmp_path / "run" / "float" / "metrics.jsonl").exists()
+  assert list((tmp_path / "run" / "float").glob("events.out.tfevents.*.v2"))
