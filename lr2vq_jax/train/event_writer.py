@@ -92,12 +92,10 @@ class SummaryWriter:
     ]
     logging.info("[%d] %s", step, ", ".join(text))
     if self._records is not None:
-      self._write([
-        event_pb2.Event(
-          wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[_scalar_value(k, v)])
-        )
-        for k, v in scalars.items()
-      ])  # fmt: skip
+      summaries = [summary_pb2.Summary(value=[_scalar_value(k, v)]) for k, v in scalars.items()]
+      self._write(
+        [event_pb2.Event(wall_time=time.time(), step=int(step), summary=s) for s in summaries]
+      )
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """Logs `hparams` and writes TensorBoard's HParams record (nested keys dotted)."""
