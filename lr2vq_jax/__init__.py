@@ -1,7 +1,7 @@
 """LR²VQ: low-rank representation vector quantization for model compression, in JAX/Flax.
 
-Importing the library never imports TensorFlow or clu (only `lr2vq_jax.train` and the training
-entry point do).
+Importing the library never imports TensorFlow or clu (the training system loads TensorFlow only to
+read CIFAR-10 or ImageNet).
 """
 
 from lr2vq_jax import convert, nn, nnx, presets

@@ -51,8 +51,8 @@ print(stage.num_steps > 0)
 
 
 def test_commands_that_read_no_data_load_no_tensorflow():
-  """export / report / plan set up stages without reading data: TensorFlow and clu load only
-  where batches are read or metrics written (the trainer, evaluation)."""
+  """export / report / plan set up stages without reading data: TensorFlow loads only where
+  CIFAR-10/ImageNet batches are read (clu never: the metrics are written without it)."""
   result = subprocess.run(
     [sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, timeout=120
   )

@@ -1,1 +1,1 @@
-"""Training system: input, state, steps, checkpoints, metrics (imports TensorFlow and clu)."""
+"""Training system: input, state, steps, checkpoints, metrics (TensorFlow only in tf.data input)."""

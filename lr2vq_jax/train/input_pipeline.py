@@ -17,6 +17,7 @@ The pieces: dataset tables and the data config (`datasets`), the in-memory sourc
 (`array_sources`), the ImageNet source (`imagenet_source`), per-example preprocessing
 (`preprocessing`) and the tf.data pipelines (`tf_datasets`). Their public names are re-exported
 here. TensorFlow loads on the first `build_input`, not on import: what reads no data stays light.
+The embedded digits never load it: `array_stream` yields the tf.data stream's batches in NumPy.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def build_input(
     start_step=start_step,
   )
   name = {"train": cfg.train_split, "eval": cfg.eval_split, "test": cfg.test_split}[split]
+  if cfg.name == "digits":  # the same batches in NumPy: no TensorFlow import
+    from lr2vq_jax.train import array_stream
+
+    return array_stream.batches(cfg, name, num_batches=num_batches, **kw)
   from lr2vq_jax.train import tf_datasets  # TensorFlow loads here, when data is first read
 
   return tf_datasets.batches(cfg, name, pc=pc, num_batches=num_batches, **kw)

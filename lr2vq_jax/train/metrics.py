@@ -1,27 +1,27 @@
-"""Metric logging: clu writers (TensorBoard + console) and a resumable `metrics.jsonl`.
+"""Metric logging: TensorBoard events + console (`event_writer`) and a resumable `metrics.jsonl`.
 
 Each JSONL row is `{"step": int, "stage": str | null, "scalars": {name: number}}`. Only the primary
 process writes files. After a resume, `truncate_after(step)` drops rows the interrupted run wrote
 past the restored step, so the file matches an uninterrupted run. The work dir may be `gs://`:
 object stores cannot append, so there each row rewrites the whole (small) file in one upload.
-clu (and through it TensorFlow) loads when the first logger or hook is made, not on import.
+Neither TensorFlow nor clu is imported. The hooks run after every train step: `Progress` (steps/s,
+ETA) and `StepTrace` (a profile).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
 from lr2vq_jax import paths
-
-if TYPE_CHECKING:
-  from clu import metric_writers
+from lr2vq_jax.train.event_writer import SummaryWriter
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -37,7 +37,7 @@ def _to_json_number(value: Any) -> int | float:
 
 
 class MetricsLogger:
-  """Writes scalars to clu's default writer and appends them to `<workdir>/metrics.jsonl`."""
+  """Writes scalars to TensorBoard events and the log, and appends them to `metrics.jsonl`."""
 
   def __init__(
     self,
@@ -45,7 +45,6 @@ class MetricsLogger:
     *,
     is_primary: bool | None = None,
     stage: str | None = None,
-    asynchronous: bool = True,
   ):
     self.workdir = paths.as_str(workdir)
     self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
@@ -55,13 +54,7 @@ class MetricsLogger:
     if self.is_primary:
       paths.makedirs(self.workdir)
     self._rows_text = self._read_text() if self._remote and self.is_primary else ""
-    from clu import metric_writers  # TensorBoard's writer: TensorFlow loads here
-
-    self.writer = metric_writers.create_default_writer(
-      self.workdir if self.is_primary else None,
-      just_logging=not self.is_primary,
-      asynchronous=asynchronous,
-    )
+    self.writer = SummaryWriter(self.workdir if self.is_primary else None)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs `scalars` (numbers or 0-d/1-element arrays) at `step`."""
@@ -78,7 +71,7 @@ class MetricsLogger:
           f.flush()
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    """Records hyperparameters with the clu writer (TensorBoard HParams)."""
+    """Records hyperparameters (TensorBoard HParams, nested keys dotted) and logs them."""
     self.writer.write_hparams(dict(hparams))
 
   def _read_text(self) -> str:
@@ -156,6 +149,42 @@ class StepTrace:
       self.running = False
 
 
+class Progress:
+  """Logs steps/s, % done and ETA when `every_secs` have passed since the last report (and at the
+  last step), and writes `steps_per_sec` and `uptime` scalars to `writer` if given."""
+
+  def __init__(
+    self, num_train_steps: int, writer: SummaryWriter | None = None, every_secs: float = 60.0
+  ):
+    self.num_train_steps = int(num_train_steps)
+    self.writer = writer
+    self.every_secs = float(every_secs)
+    self.t0 = time.monotonic()
+    self.last: tuple[int, float] | None = None  # (step, time) of the last report
+
+  def __call__(self, step: int) -> bool:
+    """Reports if due; the first call only starts the clock. Returns whether it reported."""
+    now = time.monotonic()
+    if self.last is None:
+      self.last = (step, now)
+      return False
+    last_step, last_time = self.last
+    due = now - last_time > self.every_secs or step == self.num_train_steps
+    if not due or step == last_step:
+      return False
+    rate = (step - last_step) / max(now - last_time, 1e-9)
+    eta = (self.num_train_steps - step) / rate
+    hours, mins = divmod(round(eta / 60), 60)
+    logging.info(
+      "%.1f steps/s, %.1f%% (%d/%d), ETA: %dh%02dm",
+      rate, 100 * step / self.num_train_steps, step, self.num_train_steps, hours, mins,
+    )  # fmt: skip
+    if self.writer is not None:
+      self.writer.write_scalars(step, {"steps_per_sec": rate, "uptime": now - self.t0})
+    self.last = (step, now)
+    return True
+
+
 class Hooks(list):
   """Hooks to call as `hook(step)` after every train step; `close()` ends what one left running
   (a trace cut short by the end of the run)."""
@@ -170,27 +199,19 @@ def periodic_hooks(
   workdir: str | os.PathLike,
   *,
   num_train_steps: int,
-  writer: metric_writers.MetricWriter | None = None,
+  writer: SummaryWriter | None = None,
   is_primary: bool | None = None,
   progress_every_secs: float = 60.0,
   profile_steps: int = 0,
   first_step: int = 0,
 ) -> Hooks:
-  """ReportProgress (steps/s, ETA) and, on the primary process with `profile_steps` > 0, a
+  """`Progress` (steps/s, ETA) and, on the primary process with `profile_steps` > 0, a
   `StepTrace` of that many steps after the first step past `first_step` (a resumed run's start).
 
   Call each hook as `hook(step)` after every train step and `hooks.close()` at the end.
   """
-  from clu import periodic_actions
-
   primary = jax.process_index() == 0 if is_primary is None else is_primary
-  hooks = Hooks(
-    [
-      periodic_actions.ReportProgress(
-        num_train_steps=num_train_steps, writer=writer, every_secs=progress_every_secs
-      )
-    ]
-  )
+  hooks = Hooks([Progress(num_train_steps, writer=writer, every_secs=progress_every_secs)])
   if primary and profile_steps > 0:
     hooks.append(StepTrace(workdir, profile_steps, after_step=first_step + 1))
   return hooks

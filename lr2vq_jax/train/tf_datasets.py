@@ -1,7 +1,9 @@
 """The tf.data pipelines behind `input_pipeline.build_input`: the in-memory and ImageNet streams.
 
 TensorFlow is imported here and only here (with `preprocessing`), when a run first reads data:
-commands that read none (export, report, plan without data) never load it.
+commands that read none (export, report, plan without data) never load it. Digits runs read
+`array_stream` instead, the same batches in NumPy; `_array_dataset` still defines them (CIFAR-10's
+stream, and the digits reference that tests/train/test_array_stream.py compares with).
 """
 
 from __future__ import annotations

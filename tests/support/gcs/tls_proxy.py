@@ -1,4 +1,4 @@
-"""Lets TensorFlow's GCS client (tf.io.gfile: clu's TensorBoard writer, tfds, epath with TF)
+"""Lets TensorFlow's GCS client (tf.io.gfile: tfds, epath with TF, reading TensorBoard events)
 reach the local emulator. Test-only; dials nothing but 127.0.0.1:EMULATOR_PORT.
 
 Run: python tests/support/gcs/tls_proxy.py PORT EMULATOR_PORT CERTDIR
