@@ -1,9 +1,9 @@
 """The embedded digits stream in NumPy: exactly the batches of the tf.data stream, without TensorFlow.
 
-Training position `pos` reads example `index_shuffle(pos % N, [seed * 1_000_003 + 0x5EED, pos // N],
-N - 1)`, padded by 1 px and cropped back to 8x8 at the offset `stateless_random_crop` draws from
-`stateless_fold_in([seed, 0xA06], pos)`, then /16; evaluation is one pass with zero-padded, masked
-tail. `stateless_random` reproduces TensorFlow's ops bit for bit, so reading digits neither imports
+Training position `pos` reads example `index_shuffle(pos % N, [shuffle_seed(seed), pos // N], N - 1)`
+(`datasets`), padded by 1 px and cropped back to 8x8 at the offset `stateless_random_crop` draws
+from `stateless_fold_in([seed, AUGMENT_SALT], pos)`, then /16; evaluation is one pass with a
+zero-padded, masked tail. `stateless_random` reproduces TensorFlow's ops bit for bit, so reading digits neither imports
 TensorFlow nor runs a tf.data pipeline (nor does a digits training run: `event_writer` writes the
 TensorBoard events without it), and its batches, hence its numbers, are those `tf_datasets` yields
 (tests/train/test_array_stream.py compares them).
@@ -20,9 +20,8 @@ import numpy as np
 
 from lr2vq_jax.train import stateless_random
 from lr2vq_jax.train.array_sources import digits_split
+from lr2vq_jax.train.datasets import AUGMENT_SALT, shuffle_seed
 
-_SHUFFLE_SALT = 0x5EED  # the salts of tf_datasets / preprocessing: the same streams
-_AUGMENT_SALT = 0xA06
 _INT32_MAX = 2**31 - 1
 _SHIFT = 1  # digits augmentation: +-1 px shifts (pad 1, crop back)
 
@@ -30,8 +29,8 @@ _SHIFT = 1  # digits augmentation: +-1 px shifts (pad 1, crop back)
 @functools.lru_cache(maxsize=4)
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   """Epoch `epoch`'s order of the n examples, computed once for the ~n / batch steps reading it."""
-  shuffle_seed = seed * 1_000_003 + _SHUFFLE_SALT
-  perm = stateless_random.index_shuffle(np.arange(n, dtype=np.int64), (shuffle_seed, epoch), n - 1)
+  key = (shuffle_seed(seed), epoch)
+  perm = stateless_random.index_shuffle(np.arange(n, dtype=np.int64), key, n - 1)
   perm.setflags(write=False)  # shared by the cache
   return perm
 
@@ -47,7 +46,7 @@ def _shuffled(within: np.ndarray, epoch: np.ndarray, seed: int, n: int) -> np.nd
 
 def _shifted(padded: np.ndarray, idx: np.ndarray, pos: np.ndarray, seed: int) -> np.ndarray:
   """Crops of `padded[idx]` back to the unpadded size, at `stateless_random_crop`'s offsets."""
-  fold = stateless_random.fold_in_first(np.int64(seed), np.int64(_AUGMENT_SALT))
+  fold = stateless_random.fold_in_first(np.int64(seed), np.int64(AUGMENT_SALT))
   limit = 2 * _SHIFT + 1
   dy, dx = stateless_random.uniform_int32(fold, pos, 2, _INT32_MAX)
   h, w = padded.shape[1] - 2 * _SHIFT, padded.shape[2] - 2 * _SHIFT

@@ -13,6 +13,14 @@ from ml_collections import config_dict
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet2012": 1000}  # also the dataset names
 NATIVE_IMAGE_SIZE = {"digits": 8, "cifar10": 32}  # fixed sizes; imagenet2012 resizes
 CHANNELS = {"digits": 1, "cifar10": 3, "imagenet2012": 3}
+# Every stream's per-example augmentation seed is stateless_fold_in([seed, AUGMENT_SALT], position);
+# one source for the tf.data streams (preprocessing) and the NumPy digits stream (array_stream).
+AUGMENT_SALT = 0xA06
+
+
+def shuffle_seed(seed: int) -> int:
+  """First word of a training stream's shuffle seed for run seed `seed` (the second: the epoch)."""
+  return seed * 1_000_003 + 0x5EED
 
 
 def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 import tensorflow as tf
 
+from lr2vq_jax.train.datasets import AUGMENT_SALT
+
 try:  # keep TensorFlow off the accelerators: JAX owns them
   tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TF already initialised its devices (someone imported it first)
@@ -19,7 +21,6 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
 CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
-_AUGMENT_SALT = 0xA06
 
 
 def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
@@ -83,5 +84,5 @@ def imagenet_eval(jpeg: tf.Tensor, size: int) -> tf.Tensor:
 
 def augment_seed(seed: int, pos: tf.Tensor) -> tf.Tensor:
   """The stateless seed of the example at global stream position `pos`."""
-  base = tf.constant([seed, _AUGMENT_SALT], tf.int64)
+  base = tf.constant([seed, AUGMENT_SALT], tf.int64)
   return tf.random.experimental.stateless_fold_in(base, tf.cast(pos, tf.int64))

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lr2vq_jax.train.array_sources import arrays
+from lr2vq_jax.train.datasets import shuffle_seed
 from lr2vq_jax.train.imagenet_source import imagenet_builder, num_examples
 from lr2vq_jax.train.preprocessing import (
   augment_seed,
@@ -23,8 +24,6 @@ from lr2vq_jax.train.preprocessing import (
   imagenet_train,
   preprocess_array,
 )
-
-_SHUFFLE_SALT = 0x5EED
 
 
 def _global_positions(step: tf.Tensor, global_batch: int, local_batch: int, p: int) -> tf.Tensor:
@@ -46,8 +45,8 @@ def _array_dataset(cfg, split, *, training, global_batch, local_batch, p, seed, 
   def example(pos):
     if training:
       epoch, within = pos // n, pos % n
-      shuffle_seed = tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + _SHUFFLE_SALT, epoch])
-      idx = tf.random.experimental.index_shuffle(within, shuffle_seed, tf.constant(n - 1, tf.int64))
+      key = tf.stack([tf.constant(shuffle_seed(seed), tf.int64), epoch])
+      idx = tf.random.experimental.index_shuffle(within, key, tf.constant(n - 1, tf.int64))
       image = preprocess_array(cfg, tf.gather(images, idx), augment_seed(seed, pos))
       return {"image": image, "label": tf.gather(labels, idx)}
     valid = pos < n
@@ -91,7 +90,7 @@ def _imagenet_dataset(cfg, split, *, training, global_batch, local_batch, p, pc,
   if n_local < local_batch:
     raise ValueError(f"{split!r} has {n_local} examples on this process, < batch {local_batch}")
   first = start_step * local_batch
-  epoch_seed = seed * 1_000_003 + _SHUFFLE_SALT
+  epoch_seed = shuffle_seed(seed)
   epochs = tf.data.Dataset.counter(first // n_local).flat_map(
     lambda e: base.shuffle(
       cfg.shuffle_buffer, seed=epoch_seed + e * 7919, reshuffle_each_iteration=False
