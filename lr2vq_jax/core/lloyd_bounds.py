@@ -10,7 +10,8 @@ that `_scores`' argmin would pick. A row with a failing group recomputes those g
 listed once per step from per-word popcounts (a scatter over the words, a running max over at most
 PLAIN_FRACTION of the pairs: a search per pair and chunk cost a third of a step) and scored
 PAIR_ROWS of a group at a time in one `lax.while_loop`, each row keeping its best so far (ties to
-the lowest index): the plain pass's code bit for bit. When more than PLAIN_FRACTION of the pairs fail every row is recomputed whole.
+the lowest index): the plain pass's code bit for bit. When more than PLAIN_FRACTION of the pairs
+fail, every row is recomputed whole.
 The first WARMUP steps (everything moves) are `kmeans._step`'s plain ones. Measured
 (benchmarks/kmeans_vs_faiss.py, CPU s, late steps): 5-8% of the pairs recomputed (50-70% of the
 rows fail, mostly their own group only); a step ~0.6x a plain one at k = 2048 (n = 128k, d = 4),
