@@ -1,16 +1,21 @@
 """The embedded pipeline with `--workdir gs://bucket/run`, offline, against a local GCS emulator.
 
 Module fixtures start the emulator (and the TLS proxy TensorFlow's client needs) on 127.0.0.1,
-and run, as a user would, from a scratch folder (the reference, the same stages
-uninterrupted on a local work dir, is the session's `quick_run`):
-* the victim: `lr2vq train ... --workdir gs://bucket/run`, SIGKILLed mid-`lowrank` once orbax has
-  committed a checkpoint there;
+upload the session's `quick_run` float and lowrank stages to gs://bucket/run (the stages it
+starts from: what a finished local run leaves, orbax's commit files included), and run, as a user
+would, from a scratch folder (the reference, the same stages uninterrupted on a local work dir, is
+`quick_run` itself):
+* the victim: `lr2vq train ... --workdir gs://bucket/run`, which restores and evaluates the two
+  finished stages from gs:// and is SIGKILLed mid-`quantize` once orbax has committed a
+  checkpoint there;
 * in one new process, one after another: the same train command again, which resumes and
   finishes, `lr2vq export --out gs://bucket/artifact`, `lr2vq eval --artifact gs://bucket/artifact`
-  and the TensorBoard events read through TensorFlow's GCS client.
+  and the TensorBoard events (quantize's, written to gs:// by both processes) read through
+  TensorFlow's GCS client.
 The two are fixtures of their own, each set up by the first test that reads it: two test phases.
-Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints: local_gcs.py) and
-every subprocess has a timeout.
+Every process whose programs equal `quick_run`'s loads them from the suite's compilation cache
+(same XLA flags). Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints:
+local_gcs.py) and every subprocess has a timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ pytest.importorskip("google.cloud.storage")
 BUCKET, RUN = "bucket", "run"
 WORKDIR = f"gs://{BUCKET}/{RUN}"
 STAGES = ("float", "lowrank", "quantize")  # those of `quick_run`, the reference
+UPLOADED = ("float", "lowrank")  # copied from `quick_run`; only quantize is trained on gs://
+KILLED = "quantize"
 OVERRIDES = (f"--config.stages={','.join(STAGES)}",)  # :quick: 6 steps, checkpoints at 3 and 6
 TIMEOUT = 300
 
@@ -44,6 +51,16 @@ TIMEOUT = 300
 def _train(workdir: str) -> list[str]:
   return [sys.executable, "-m", "lr2vq_jax", "train", f"--config={QUICK}", f"--workdir={workdir}",
           *OVERRIDES]  # fmt: skip
+
+
+def _upload_stages(gcs, run_dir) -> None:
+  """`quick_run`'s finished stages, file by file, to gs://bucket/run (their TensorBoard events
+  stay behind: the events read back below are those written to gs:// by this module's runs)."""
+  for stage in UPLOADED:
+    for path in sorted((run_dir / stage).rglob("*")):
+      if path.is_file() and not path.name.startswith("events.out.tfevents"):
+        name = f"{RUN}/{path.relative_to(run_dir).as_posix()}"
+        objects.write(gcs.url, BUCKET, name, path.read_bytes())
 
 
 def _wait_committed(gcs, proc, prefix: str, step: int) -> list[int]:
@@ -65,27 +82,31 @@ def gcs(tmp_path_factory):
   cwd = base / "cwd"  # where a stray local folder `gs:/bucket/run` would appear
   cwd.mkdir()
   with local_gcs(str(base)) as server:
-    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath})
     yield {"cwd": cwd, "base": base, "gcs": server, "env": env}
 
 
 @pytest.fixture(scope="module")
 def killed(gcs, quick_run):
-  """The victim, SIGKILLed mid-`lowrank` once orbax committed a step there, and a step dir as an
-  interrupted save leaves it on GCS: files, but no commit_success.txt. (Its own fixture, set up
-  by the module's first test, so the victim and the resumed pipeline are two test phases.)"""
+  """`quick_run`'s float and lowrank stages uploaded; the victim, SIGKILLed mid-`quantize` once
+  orbax committed a step there; and a step dir as an interrupted save leaves it on GCS: files,
+  but no commit_success.txt. (Its own fixture, set up by the module's first test, so the victim
+  and the resumed pipeline are two test phases.)"""
   base, server = gcs["base"], gcs["gcs"]
   out = {**gcs, "logs": {}, "ref": quick_run}
   t0 = time.monotonic()
+  _upload_stages(server, quick_run)
+  out["uploaded"] = objects.list_names(server.url, BUCKET, f"{RUN}/")
   with open(base / "killed.log", "wb") as log:
     victim = subprocess.Popen(_train(WORKDIR), cwd=gcs["cwd"], env=gcs["env"], stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
-  prefix = f"{RUN}/lowrank/checkpoints"
+  prefix = f"{RUN}/{KILLED}/checkpoints"
   out["seen"] = _wait_committed(server, victim, prefix, 3)
   victim.send_signal(signal.SIGKILL)
   out["killed_rc"] = victim.wait(timeout=60)
   out["after_kill"] = objects.committed_steps(server.url, BUCKET, prefix)
-  meta = json.dumps({"stage": "lowrank", "model": "digits_cnn", "step": 5, "num_steps": 6})
+  meta = json.dumps({"stage": KILLED, "model": "digits_cnn", "step": 5, "num_steps": 6})
   objects.write(server.url, BUCKET, f"{prefix}/5/meta/metadata", meta.encode())
   objects.write(server.url, BUCKET, f"{prefix}/5/state/_METADATA", b"{}")
   out["logs"]["killed"] = (base / "killed.log").read_text(errors="replace")
@@ -104,7 +125,7 @@ def gcs_run(killed):
     ("export", ["export", f"--config={QUICK}", f"--workdir={WORKDIR}", "--stage=quantize",
                 f"--out=gs://{BUCKET}/artifact"]),
     ("eval", ["eval", f"--artifact=gs://{BUCKET}/artifact"]),
-    ("tensorboard", ["-c", _READ_EVENTS, f"{WORKDIR}/float"]),
+    ("tensorboard", ["-c", _READ_EVENTS, f"{WORKDIR}/{KILLED}"]),
   ])  # fmt: skip
   p = subprocess.run(
     chain, cwd=out["cwd"], env=out["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -137,10 +158,14 @@ def _without_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
-def test_victim_is_killed_mid_lowrank_after_a_commit(killed):
+def test_victim_is_killed_mid_stage_after_a_commit(killed):
   assert killed["killed_rc"] == -signal.SIGKILL, killed["logs"]["killed"][-3000:]
   assert 3 <= killed["after_kill"][-1] < 6, killed["after_kill"]  # quick stages have 6 steps
   assert 5 not in killed["after_kill"]
+  # what it trained on gs:// was quantize alone: the uploaded stages held nothing of it
+  assert not [n for n in killed["uploaded"] if n.startswith(f"{RUN}/{KILLED}/")]
+  for stage in UPLOADED:  # finished stages, restored from gs://: not retrained
+    assert f"[{stage}] step" not in killed["logs"]["killed"], stage
 
 
 def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
@@ -150,12 +175,16 @@ def test_killed_run_resumes_on_gs_to_the_uninterrupted_results(gcs_run):
   killed_at = gcs_run["after_kill"][-1]
   assert 3 <= killed_at < 6, gcs_run["after_kill"]  # mid-stage: quick stages have 6 steps
   # Progress rows come every 3 steps: a rerun from step 0 would print step 3 again.
-  assert "[lowrank] step 3/6" not in logs["resumed"] and "[lowrank] step 6/6" in logs["resumed"]
-  assert "[float] step" not in logs["resumed"]  # float was finished: not retrained
+  assert f"[{KILLED}] step 3/6" not in logs["resumed"], logs["resumed"][-3000:]
+  assert f"[{KILLED}] step 6/6" in logs["resumed"], logs["resumed"][-3000:]
+  for stage in UPLOADED:  # finished: not retrained
+    assert f"[{stage}] step" not in logs["resumed"], stage
   reference = json.loads((gcs_run["ref"] / "results.json").read_text())
   assert [r["method"] for r in gcs_run["results"]] == ["float", "LR²VQ"]
   assert _without_timing(gcs_run["results"]) == _without_timing(reference)
-  for stage in STAGES:
+  for (
+    stage
+  ) in STAGES:  # quantize's written on gs:// by the two processes; no rows added to the others
     local = (gcs_run["ref"] / stage / "metrics.jsonl").read_text()
     assert gcs_run["metrics"][stage] == local, stage
 
@@ -164,7 +193,7 @@ def test_uncommitted_step_dir_is_ignored_and_removed(gcs_run):
   """Step 5 without commit_success.txt was not resumed from (the results match), and is gone."""
   assert gcs_run["resumed_rc"] == 0
   assert 5 not in gcs_run["after_kill"]
-  assert not [n for n in gcs_run["names"] if n.startswith(f"{RUN}/lowrank/checkpoints/5/")]
+  assert not [n for n in gcs_run["names"] if n.startswith(f"{RUN}/{KILLED}/checkpoints/5/")]
 
 
 def test_orbax_commits_every_step_dir_on_gs(gcs_run):
@@ -173,6 +202,8 @@ def test_orbax_commits_every_step_dir_on_gs(gcs_run):
   assert {d.split("/")[1] for d in step_dirs} == set(STAGES), sorted(step_dirs)
   for step_dir in step_dirs:
     assert f"{step_dir}/commit_success.txt" in names, step_dir
+  written = {d for d in step_dirs if d.startswith(f"{RUN}/{KILLED}/")}  # by orbax, on gs://
+  assert written == {f"{RUN}/{KILLED}/checkpoints/{s}" for s in (3, 6)}, sorted(step_dirs)
   for stage in STAGES:
     assert f"{RUN}/{stage}/config.json" in names
 
