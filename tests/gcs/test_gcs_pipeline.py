@@ -5,14 +5,15 @@ upload the session's `quick_run` float and lowrank stages to gs://bucket/run (th
 starts from: what a finished local run leaves, orbax's commit files included), and run, as a user
 would, from a scratch folder (the reference, the same stages uninterrupted on a local work dir, is
 `quick_run` itself):
-* the victim: `lr2vq train ... --workdir gs://bucket/run`, which restores and evaluates the two
+* the victim: `lr2vq train ... --workdir gs://bucket/run`, which restores the two
   finished stages from gs:// and is SIGKILLed mid-`quantize` once orbax has committed a
   checkpoint there;
 * in one new process, one after another: the same train command again, which resumes and
   finishes, `lr2vq export --out gs://bucket/artifact`, `lr2vq eval --artifact gs://bucket/artifact`
   and the TensorBoard events (quantize's, written to gs:// by both processes) read through
   TensorFlow's GCS client.
-The two are fixtures of their own, each set up by the first test that reads it: two test phases.
+The upload (which waits for `quick_run`), the victim and the resumed process are fixtures of their
+own, each set up by the first test that reads it: three test phases.
 Every process whose programs equal `quick_run`'s loads them from the suite's compilation cache
 (same XLA flags). Every client is pointed at 127.0.0.1 (metadata server, credentials, endpoints:
 local_gcs.py) and every subprocess has a timeout.
@@ -88,18 +89,25 @@ def gcs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed(gcs, quick_run):
-  """`quick_run`'s float and lowrank stages uploaded; the victim, SIGKILLed mid-`quantize` once
-  orbax committed a step there; and a step dir as an interrupted save leaves it on GCS: files,
-  but no commit_success.txt. (Its own fixture, set up by the module's first test, so the victim
-  and the resumed pipeline are two test phases.)"""
-  base, server = gcs["base"], gcs["gcs"]
-  out = {**gcs, "logs": {}, "ref": quick_run}
+def uploaded(gcs, quick_run):
+  """`quick_run`'s float and lowrank stages on gs://bucket/run (its own fixture: the wait for the
+  session's quick run is a test phase of its own, not the victim's)."""
   t0 = time.monotonic()
-  _upload_stages(server, quick_run)
-  out["uploaded"] = objects.list_names(server.url, BUCKET, f"{RUN}/")
+  _upload_stages(gcs["gcs"], quick_run)
+  names = objects.list_names(gcs["gcs"].url, BUCKET, f"{RUN}/")
+  return {**gcs, "logs": {}, "ref": quick_run, "uploaded": names, "upload_s": time.monotonic() - t0}
+
+
+@pytest.fixture(scope="module")
+def killed(uploaded):
+  """The victim, SIGKILLed mid-`quantize` once orbax committed a step there, and a step dir as an
+  interrupted save leaves it on GCS: files, but no commit_success.txt. (Its own fixture, set up
+  by the module's second test, so the victim and the resumed pipeline are two test phases.)"""
+  out = uploaded
+  base, server = out["base"], out["gcs"]
+  t0 = time.monotonic()
   with open(base / "killed.log", "wb") as log:
-    victim = subprocess.Popen(_train(WORKDIR), cwd=gcs["cwd"], env=gcs["env"], stdout=log,
+    victim = subprocess.Popen(_train(WORKDIR), cwd=out["cwd"], env=out["env"], stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
   prefix = f"{RUN}/{KILLED}/checkpoints"
   out["seen"] = _wait_committed(server, victim, prefix, 3)
@@ -158,12 +166,21 @@ def _without_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
+def test_uploaded_stages_are_committed_steps_on_gs(uploaded):
+  """The stages the victim starts from are finished runs orbax on gs:// recognizes, and nothing
+  of the stage it trains is there yet."""
+  url = uploaded["gcs"].url
+  for stage in UPLOADED:
+    steps = objects.committed_steps(url, BUCKET, f"{RUN}/{stage}/checkpoints")
+    assert steps == [3, 6], (stage, steps)
+    assert f"{RUN}/{stage}/config.json" in uploaded["uploaded"]
+  assert not [n for n in uploaded["uploaded"] if n.startswith(f"{RUN}/{KILLED}/")]
+
+
 def test_victim_is_killed_mid_stage_after_a_commit(killed):
   assert killed["killed_rc"] == -signal.SIGKILL, killed["logs"]["killed"][-3000:]
   assert 3 <= killed["after_kill"][-1] < 6, killed["after_kill"]  # quick stages have 6 steps
   assert 5 not in killed["after_kill"]
-  # what it trained on gs:// was quantize alone: the uploaded stages held nothing of it
-  assert not [n for n in killed["uploaded"] if n.startswith(f"{RUN}/{KILLED}/")]
   for stage in UPLOADED:  # finished stages, restored from gs://: not retrained
     assert f"[{stage}] step" not in killed["logs"]["killed"], stage
 
