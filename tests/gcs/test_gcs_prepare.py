@@ -35,7 +35,8 @@ def ran(tmp_path_factory):
       objects.write(server.url, "bucket", f"imagenet/{tar}", (local / tar).read_bytes())
     cwd = base / "cwd"
     cwd.mkdir()
-    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+    pythonpath = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath})
     steps = [
       ("prepare", ["prepare", "imagenet2012", "--manual_dir", "gs://bucket/imagenet",
                    "--data_dir", "gs://bucket/tensorflow_datasets"]),
