@@ -108,17 +108,6 @@ def _final_state(workdir):
   return jax.device_get(state)
 
 
-def _assert_identical(runs, name):
-  ref, other = runs["dirs"]["ref"] / "float", runs["dirs"][name] / "float"
-  assert train_cli.metrics_text(other) == train_cli.metrics_text(ref)
-  a, b = _final_state(ref.parent), _final_state(other.parent)
-  paths_a = jax.tree_util.tree_leaves_with_path(a)
-  for (path, x), y in zip(paths_a, jax.tree_util.tree_leaves(b), strict=True):
-    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
-
-
 def test_sigterm_checkpoints_current_step_and_exits_0(terminated):
   log = terminated["logs"]["term"]
   assert terminated["term_rc"] == 0, log[-3000:]
