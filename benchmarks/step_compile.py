@@ -6,8 +6,8 @@ synthetic batch, then times `jitted.trace(...)`, `.lower()` and `.compile()` wit
 `time.process_time()` (best of --repeat, each from a cleared JAX cache) and prints the StableHLO
 size of the lowered step and the optimized HLO size of the compiled one. Models: the digits CNN
 of configs/default.py:quick and the 1/8-width ResNet-18 of
-configs/imagenet_resnet18_large_lr2vq.py:runlocal (32 px, batch 8; no ImageNet needed: the data
-info is synthetic). Run with the test suite's settings (without XLA_FLAGS: XLA's defaults):
+configs/imagenet_resnet18_large_lr2vq.py:runlocal (32 px, batch 8, d̃ = 4; no ImageNet needed:
+the data info is synthetic). Run with the test suite's settings (without XLA_FLAGS: XLA's defaults):
 
   JAX_PLATFORMS=cpu XLA_FLAGS=--xla_backend_optimization_level=0 JAX_DEFAULT_PRNG_IMPL=rbg \
     python benchmarks/step_compile.py
