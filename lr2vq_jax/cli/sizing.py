@@ -105,23 +105,21 @@ def random_kernels(target: Target, layers: str | None, seed: int) -> dict:
 
   model, (h, w, c) = target.model, target.input_shape
   shape = (1, min(h, 32), min(w, 32), c)  # kernel shapes do not depend on the image size
+  shapes = {}
 
-  def init(key):
-    return model.init(key, jnp.zeros(shape), train=False)
-
-  # An "rbg" key for init: XLA:CPU compiles a threefry ResNet init ~4× slower (20+ s).
-  key = jax.random.key(seed, impl="rbg")
-  shapes = jax.eval_shape(init, key)
-  paths = {p for p in plan_layers(shapes, target.rules) if not layers or re.search(layers, p)}
-
-  def kernels(key):
-    leaves = iter_leaves(params_collection(init(key)))
+  def kernels(key):  # traced once: records every leaf's shape, returns the selected kernels only
+    params = params_collection(model.init(key, jnp.zeros(shape), train=False))
+    # as the jitted init returned them: sorted keys, the layer order of the tables and errors
+    shapes.update(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+    paths = {p for p in plan_layers(shapes, target.rules) if not layers or re.search(layers, p)}
+    leaves = iter_leaves(params)
     return {
       "/".join(k[:-1]): v for k, v in leaves if k[-1] == "kernel" and "/".join(k[:-1]) in paths
     }
 
-  values = jax.jit(kernels)(key) if paths else {}
-  return _with_kernels(params_collection(shapes), values)
+  # An "rbg" key for init: XLA:CPU compiles a threefry ResNet init ~4× slower (20+ s).
+  values = jax.jit(kernels)(jax.random.key(seed, impl="rbg"))
+  return _with_kernels(shapes, values)
 
 
 def _with_kernels(tree: Mapping, kernels: Mapping, prefix: tuple[str, ...] = ()) -> dict:
