@@ -20,6 +20,7 @@ cluster as many rows with the same k to their widest m, so that they share it to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -124,29 +125,25 @@ def estimate_dim(
   compiled k-means shared with other kernels of that width, rows and k).
   """
   key = jax.random.key(0) if key is None else key
-  x = subvectors.to_subvectors(jnp.asarray(w, jnp.float32), m)
-  n = int(x.shape[0])
+  w = jnp.asarray(w, jnp.float32)
+  n = subvectors.num_subvectors(w.shape, m)
   cands = sorted({int(c) for c in (default_candidates(m) if candidates is None else candidates)})
   if not cands or cands[0] < 1 or cands[-1] > m:
     raise ValueError(f"candidates {cands} must lie in 1..m={m}")
-  err = np.asarray(lowrank.lowrank_error(x), np.float64)
-  z, _ = lowrank.svd_init(x, m)  # all m coordinates in the right-singular basis: Z_d = first d
   width = m if width is None else int(width)
   if width < m:
     raise ValueError(f"width={width} must be at least m={m}")
-  z = jnp.pad(z, ((0, 0), (0, width - m)))
-  scale = 1.0
-  if max_rows is not None and n > max_rows:
-    key, sub = jax.random.split(key)
-    z = z[jax.random.choice(sub, n, (max_rows,), replace=False)]
-    scale = n / max_rows
-  if k > z.shape[0]:
-    raise ValueError(f"k={k} centroids for only {z.shape[0]} subvectors")
+  rows = max_rows if max_rows is not None and n > max_rows else None
+  if k > (n if rows is None else rows):
+    raise ValueError(f"k={k} centroids for only {n if rows is None else rows} subvectors")
+  err, z, key = _project(w, key, m=m, width=width, rows=rows)
+  err = np.asarray(err, np.float64)
+  scale = 1.0 if rows is None else n / rows
 
   cluster = {}
   prev = None
   for d in reversed(cands):  # same (rows, width) shape for every d: zero columns, one compilation
-    mask = (jnp.arange(width) < d).astype(jnp.float32)
+    mask = jnp.asarray(np.arange(width) < d, jnp.float32)
     zd = z * mask
     # Seeding outside `kmeans` keeps one compiled `kmeans` (init given) for both starts.
     seed = kmeans_plusplus(zd, k, key=jax.random.fold_in(key, d))
@@ -164,6 +161,21 @@ def estimate_dim(
   denom = float(raw @ raw)
   c = float(raw @ measured) / denom if denom > 0 else 0.0
   return DimEstimate(cand, err[cand], measured, c * raw, c, int(k), int(m), n, energy)
+
+
+@functools.partial(jax.jit, static_argnames=("m", "width", "rows"))
+def _project(w: jax.Array, key: jax.Array, *, m: int, width: int, rows: int | None):
+  """(err (m+1,), Z (rows, width), key) of kernel `w`: the Eckart–Young curve, all m coordinates in
+  the right-singular basis (Z_d = first d) zero-padded to `width`, `rows` of them sampled without
+  replacement (all when None). One program, instead of a compiled one per step."""
+  x = subvectors.to_subvectors(w, m)
+  err = lowrank.lowrank_error(x)
+  z, _ = lowrank.svd_init(x, m)
+  z = jnp.pad(z, ((0, 0), (0, width - m)))
+  if rows is not None:
+    key, sub = jax.random.split(key)
+    z = z[jax.random.choice(sub, x.shape[0], (rows,), replace=False)]
+  return err, z, key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ def load_weights(config, float_dir: str | None, seed: int):
   from lr2vq_jax.train.config import config_model
 
   if float_dir:
-    from lr2vq_jax.train.trainer import build_stage, restore_final
+    from lr2vq_jax.train.stage_setup import build_stage, restore_final
 
     stage = build_stage(config, "float", "")  # its model and state layout: nothing is written
     variables = jax.device_get(restore_final(stage, float_dir).variables())
