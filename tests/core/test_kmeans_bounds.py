@@ -14,27 +14,21 @@ def _mixture(n, d, seed):
   return (centers[rng.integers(0, 64, n)] + rng.normal(size=(n, d))).astype(np.float32)
 
 
-def _ties(n, d, seed):
-  """Half the rows duplicate the other half, on a coarse grid: exact duplicates and equidistant
-  centroids (ties to the lowest index), and clusters that stay put."""
-  x = np.round(_mixture(n, d, seed) * 2.0) / 2.0
+def _ties(n, d, seed, scale):
+  """Half the rows duplicate the other half, on a grid of step 1 / scale: exact duplicates and
+  equidistant centroids (ties to the lowest index), and clusters that stay put."""
+  x = np.round(_mixture(n, d, seed) * scale) / scale
   x[n // 2 :] = x[: n - n // 2]
   return x
 
 
-@pytest.mark.parametrize(
-  "data,n,d,k,chunk,tol",
-  [
-    (_mixture, 6000, 4, 512, 65536, 0.0),
-    (_mixture, 5000, 8, 1024, 1000, 5e-4),
-    (_ties, 4000, 2, 768, 700, 0.0),
-  ],
-)
-def test_bounded_loop_equals_plain_loop(data, n, d, k, chunk, tol):
-  x = data(n, d, k)
-  key = jax.random.key(3)
+def _same_runs(x, k, chunk, tol, init):
+  """kmeans without and with the bounds from the same initial centroids: codes, centroids, SSE
+  history and SSE all equal (both loops start from the same seeds: `init` leaves the seeding out)."""
   runs = [
-    kmeans(x, k, key=key, iters=10, tol=tol, chunk_size=chunk, return_history=True, bounds=b)
+    kmeans(
+      x, k, key=KEY, iters=10, tol=tol, chunk_size=chunk, init=init, return_history=True, bounds=b
+    )
     for b in (False, True)
   ]
   (plain, h_plain), (bounded, h_bounded) = runs
@@ -42,6 +36,39 @@ def test_bounded_loop_equals_plain_loop(data, n, d, k, chunk, tol):
   np.testing.assert_array_equal(np.asarray(bounded.centroids), np.asarray(plain.centroids))
   np.testing.assert_array_equal(np.asarray(h_bounded), np.asarray(h_plain))
   assert float(bounded.sse) == float(plain.sse)
+  return plain
+
+
+KEY = jax.random.key(3)
+
+
+# One shape for the three (two programs): n = 4000 in 6 chunks of 667 rows (2 padding rows, kept
+# out of the pairs), d = 2, k = 512, tol = 0: 5 plain then 5 bounded steps. The paths of
+# lloyd_bounds each takes (counted by instrumenting it): "mixture": the first bounded step full
+# (`_fresh`), then the (row, group) pair path (`_filtered`), whose recomputed pairs change codes,
+# also to other groups. "ties_coarse" (fewer distinct points than centroids): every bounded step
+# repairs empty clusters (`step_bounded`'s repair), so every pass is a full one, and `_fresh` moves
+# cross-group ties to the lowest index. "ties_fine": full and pair steps mixed, repairs in some,
+# cross-group ties. A tie inside the pair path: test_tie_across_groups_keeps_valid_bounds[True].
+@pytest.mark.parametrize(
+  "data",
+  [lambda: _mixture(4000, 2, 0), lambda: _ties(4000, 2, 1, 2.0), lambda: _ties(4000, 2, 1, 4.0)],
+  ids=["mixture", "ties_coarse", "ties_fine"],
+)
+def test_bounded_loop_equals_plain_loop(data):
+  x = data()
+  _same_runs(x, 512, 700, 0.0, x[:512])
+
+
+def test_bounded_loop_equals_plain_loop_early_stop_and_pair_chunks(monkeypatch):
+  """tol > 0 (5000 rows in 5 chunks of 1000, d = 8, k = 1024): the loop stops after a few bounded
+  steps, the final codes from the bounds; PAIR_ROWS = 64 splits a group's pairs over several chunks
+  (at 1024 a group's pairs need ~50k rows). From converged centroids it stops within the plain
+  warm-up steps: the final codes from a plain pass."""
+  monkeypatch.setattr(lloyd_bounds, "PAIR_ROWS", 64)  # traced anew: no other call has tol > 0 here
+  x = _mixture(5000, 8, 1024)
+  plain = _same_runs(x, 1024, 1000, 5e-4, x[:1024])
+  _same_runs(x, 1024, 1000, 5e-4, np.asarray(plain.centroids))
 
 
 def test_bounds_skip_rows_once_centroids_settle():
