@@ -27,6 +27,12 @@ def _mixture(seed, k=8, d=4, per=60, spread=10.0, noise=0.1):
   return x[perm].astype(np.float32), truth[perm], centers.astype(np.float32)
 
 
+def _d2(a, b):
+  """Squared distances (len(a), len(b)) in NumPy float64: the tests' reference, no compilation."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return ((a[:, None, :] - b[None]) ** 2).sum(-1)
+
+
 def test_sq_distances_matches_direct_and_is_fp32():
   rng = np.random.default_rng(0)
   x, c = rng.normal(size=(37, 5)), rng.normal(size=(11, 5))
@@ -47,12 +53,15 @@ def test_kmeans_recovers_planted_clusters(chunk_size):
     res.centroids.shape == (8, 4) and res.codes.shape == (480,) and res.codes.dtype == jnp.int32
   )
   # Each true center has a found centroid close by, and codes agree with truth up to permutation.
-  dist = np.asarray(sq_distances(centers, res.centroids))
+  dist = _d2(centers, res.centroids)
   match = dist.argmin(1)
   assert sorted(match.tolist()) == list(range(8))
   assert np.sqrt(dist.min(1)).max() < 0.05
   np.testing.assert_array_equal(match[truth], np.asarray(res.codes))
-  assert abs(float(res.sse) - float(((x - res.centroids[res.codes]) ** 2).sum())) < 1e-3
+  assert (
+    abs(float(res.sse) - float(((x - np.asarray(res.centroids)[np.asarray(res.codes)]) ** 2).sum()))
+    < 1e-3
+  )
 
 
 def test_sse_never_rises_and_history_ends_with_sse():
@@ -103,7 +112,7 @@ def test_chunked_assignment_equals_unchunked():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(1001, 6)).astype(np.float32)
   c = rng.normal(size=(33, 6)).astype(np.float32)
-  want = np.asarray(sq_distances(x, c))
+  want = np.asarray(sq_distances(x, c))  # the same fp32 formula: the same near-ties
   ref_codes, ref_min = want.argmin(1), want.min(1)
   for chunk in (1, 333, 5000):
     codes, mind = assign(x, c, chunk_size=chunk)
@@ -121,7 +130,7 @@ def test_kmeans_plusplus_picks_distinct_data_points():
   assert c.shape == (5, 4)
   assert all(np.any(np.all(x == r, axis=1)) for r in c)
   # Well-separated clusters: greedy D^2 seeding puts one seed in each cluster.
-  assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 5
+  assert len(set(_d2(c, centers).argmin(1).tolist())) == 5
   for a, b in itertools.combinations(range(5), 2):
     assert not np.array_equal(c[a], c[b])
 
@@ -147,11 +156,11 @@ def test_kmeans_parallel_seeds_are_distinct_points_one_per_cluster(rounds):
   assert all(np.any(np.all(x == r, axis=1)) for r in c)
   assert len({tuple(r) for r in c.tolist()}) == 6
   if rounds >= 5:  # one centre per round: plain D^2 sampling covers well-separated clusters
-    assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 6
+    assert len(set(_d2(c, centers).argmin(1).tolist())) == 6
   one = np.asarray(kmeans_parallel(x, 1, key=jax.random.key(0), rounds=rounds))
   assert one.shape == (1, 4) and np.any(np.all(x == one[0], axis=1))
-  p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
-  q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
+  p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds, chunk_size=64)  # same program
+  q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds, chunk_size=64)
   np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
 
 
