@@ -47,8 +47,11 @@ def test_sq_distances_matches_direct_and_is_fp32():
 @pytest.mark.parametrize("chunk_size", [7, 65536])
 def test_kmeans_recovers_planted_clusters(chunk_size):
   x, truth, centers = _mixture(0)
-  res = kmeans(x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size)
-  assert isinstance(res, KMeansResult)
+  # return_history: the program of test_sse_never_rises_... (chunk 7) and test_deterministic_... .
+  res, hist = kmeans(
+    x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size, return_history=True
+  )
+  assert isinstance(res, KMeansResult) and float(hist[-1]) == float(res.sse)
   assert (
     res.centroids.shape == (8, 4) and res.codes.shape == (480,) and res.codes.dtype == jnp.int32
   )
@@ -66,14 +69,15 @@ def test_kmeans_recovers_planted_clusters(chunk_size):
 
 def test_sse_never_rises_and_history_ends_with_sse():
   rng = np.random.default_rng(3)
-  x = rng.normal(size=(500, 3)).astype(np.float32)  # no structure: many Lloyd moves
-  res, hist = kmeans(x, 16, key=jax.random.key(0), iters=15, chunk_size=128, return_history=True)
+  x = rng.normal(size=(480, 4)).astype(np.float32)  # no structure: many Lloyd moves
+  # The shapes and static arguments of test_kmeans_recovers_planted_clusters[7]: one program.
+  res, hist = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=7, return_history=True)
   hist = np.asarray(hist)
-  assert hist.shape == (16,)
+  assert hist.shape == (11,)
   assert np.all(np.diff(hist) <= 1e-5 * hist[0])
   assert hist[-1] == pytest.approx(float(res.sse))
   # Same with a bad init that forces repairs, stepping lloyd_step by hand.
-  c = jnp.asarray(np.vstack([x[:4], np.full((12, 3), 100.0, np.float32)]))
+  c = jnp.asarray(np.vstack([x[:4], np.full((4, 4), 100.0, np.float32)]))
   prev = np.inf
   for _ in range(6):
     c, _, sse = lloyd_step(x, c, chunk_size=100)
@@ -99,9 +103,9 @@ def test_empty_clusters_are_repaired():
 def test_deterministic_for_a_key_and_key_matters():
   # The planted-clusters call's shapes and static arguments: its compiled k-means is reused.
   x, _, _ = _mixture(0)
-  a = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
-  b = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
-  for u, v in zip(a, b, strict=True):
+  a = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536, return_history=True)
+  b = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536, return_history=True)
+  for u, v in zip((*a[0], a[1]), (*b[0], b[1]), strict=True):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
   p = kmeans_plusplus(x, 8, key=jax.random.key(5))
   q = kmeans_plusplus(x, 8, key=jax.random.key(6))
