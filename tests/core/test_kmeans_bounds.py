@@ -46,7 +46,7 @@ KEY = jax.random.key(3)
 # out of the pairs), d = 2, k = 512, tol = 0: 5 plain then 5 bounded steps. The paths of
 # lloyd_bounds each takes (counted by instrumenting it): "mixture": the first bounded step full
 # (`_fresh`), then the (row, group) pair path (`_filtered`), whose recomputed pairs change codes,
-# also to other groups. "ties_coarse" (fewer distinct points than centroids): every bounded step
+# also to other groups. "ties_coarse" (567 distinct points for 512 centroids): every bounded step
 # repairs empty clusters (`step_bounded`'s repair), so every pass is a full one, and `_fresh` moves
 # cross-group ties to the lowest index. "ties_fine": full and pair steps mixed, repairs in some,
 # cross-group ties. A tie inside the pair path: test_tie_across_groups_keeps_valid_bounds[True].
