@@ -27,6 +27,12 @@ def _mixture(seed, k=8, d=4, per=60, spread=10.0, noise=0.1):
   return x[perm].astype(np.float32), truth[perm], centers.astype(np.float32)
 
 
+def _d2(a, b):
+  """Squared distances (len(a), len(b)) in NumPy float64: the tests' reference, no compilation."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return ((a[:, None, :] - b[None]) ** 2).sum(-1)
+
+
 def test_sq_distances_matches_direct_and_is_fp32():
   rng = np.random.default_rng(0)
   x, c = rng.normal(size=(37, 5)), rng.normal(size=(11, 5))
@@ -41,30 +47,37 @@ def test_sq_distances_matches_direct_and_is_fp32():
 @pytest.mark.parametrize("chunk_size", [7, 65536])
 def test_kmeans_recovers_planted_clusters(chunk_size):
   x, truth, centers = _mixture(0)
-  res = kmeans(x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size)
-  assert isinstance(res, KMeansResult)
+  # return_history: the program of test_sse_never_rises_... (chunk 7) and test_deterministic_... .
+  res, hist = kmeans(
+    x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size, return_history=True
+  )
+  assert isinstance(res, KMeansResult) and float(hist[-1]) == float(res.sse)
   assert (
     res.centroids.shape == (8, 4) and res.codes.shape == (480,) and res.codes.dtype == jnp.int32
   )
   # Each true center has a found centroid close by, and codes agree with truth up to permutation.
-  dist = np.asarray(sq_distances(centers, res.centroids))
+  dist = _d2(centers, res.centroids)
   match = dist.argmin(1)
   assert sorted(match.tolist()) == list(range(8))
   assert np.sqrt(dist.min(1)).max() < 0.05
   np.testing.assert_array_equal(match[truth], np.asarray(res.codes))
-  assert abs(float(res.sse) - float(((x - res.centroids[res.codes]) ** 2).sum())) < 1e-3
+  assert (
+    abs(float(res.sse) - float(((x - np.asarray(res.centroids)[np.asarray(res.codes)]) ** 2).sum()))
+    < 1e-3
+  )
 
 
 def test_sse_never_rises_and_history_ends_with_sse():
   rng = np.random.default_rng(3)
-  x = rng.normal(size=(500, 3)).astype(np.float32)  # no structure: many Lloyd moves
-  res, hist = kmeans(x, 16, key=jax.random.key(0), iters=15, chunk_size=128, return_history=True)
+  x = rng.normal(size=(480, 4)).astype(np.float32)  # no structure: many Lloyd moves
+  # The shapes and static arguments of test_kmeans_recovers_planted_clusters[7]: one program.
+  res, hist = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=7, return_history=True)
   hist = np.asarray(hist)
-  assert hist.shape == (16,)
+  assert hist.shape == (11,)
   assert np.all(np.diff(hist) <= 1e-5 * hist[0])
   assert hist[-1] == pytest.approx(float(res.sse))
   # Same with a bad init that forces repairs, stepping lloyd_step by hand.
-  c = jnp.asarray(np.vstack([x[:4], np.full((12, 3), 100.0, np.float32)]))
+  c = jnp.asarray(np.vstack([x[:4], np.full((4, 4), 100.0, np.float32)]))
   prev = np.inf
   for _ in range(6):
     c, _, sse = lloyd_step(x, c, chunk_size=100)
@@ -90,9 +103,9 @@ def test_empty_clusters_are_repaired():
 def test_deterministic_for_a_key_and_key_matters():
   # The planted-clusters call's shapes and static arguments: its compiled k-means is reused.
   x, _, _ = _mixture(0)
-  a = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
-  b = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536)
-  for u, v in zip(a, b, strict=True):
+  a = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536, return_history=True)
+  b = kmeans(x, 8, key=jax.random.key(5), iters=10, chunk_size=65536, return_history=True)
+  for u, v in zip((*a[0], a[1]), (*b[0], b[1]), strict=True):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
   p = kmeans_plusplus(x, 8, key=jax.random.key(5))
   q = kmeans_plusplus(x, 8, key=jax.random.key(6))
@@ -103,7 +116,7 @@ def test_chunked_assignment_equals_unchunked():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(1001, 6)).astype(np.float32)
   c = rng.normal(size=(33, 6)).astype(np.float32)
-  want = np.asarray(sq_distances(x, c))
+  want = np.asarray(sq_distances(x, c))  # the same fp32 formula: the same near-ties
   ref_codes, ref_min = want.argmin(1), want.min(1)
   for chunk in (1, 333, 5000):
     codes, mind = assign(x, c, chunk_size=chunk)
@@ -121,7 +134,7 @@ def test_kmeans_plusplus_picks_distinct_data_points():
   assert c.shape == (5, 4)
   assert all(np.any(np.all(x == r, axis=1)) for r in c)
   # Well-separated clusters: greedy D^2 seeding puts one seed in each cluster.
-  assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 5
+  assert len(set(_d2(c, centers).argmin(1).tolist())) == 5
   for a, b in itertools.combinations(range(5), 2):
     assert not np.array_equal(c[a], c[b])
 
@@ -147,11 +160,11 @@ def test_kmeans_parallel_seeds_are_distinct_points_one_per_cluster(rounds):
   assert all(np.any(np.all(x == r, axis=1)) for r in c)
   assert len({tuple(r) for r in c.tolist()}) == 6
   if rounds >= 5:  # one centre per round: plain D^2 sampling covers well-separated clusters
-    assert len(set(np.asarray(sq_distances(c, centers)).argmin(1).tolist())) == 6
+    assert len(set(_d2(c, centers).argmin(1).tolist())) == 6
   one = np.asarray(kmeans_parallel(x, 1, key=jax.random.key(0), rounds=rounds))
   assert one.shape == (1, 4) and np.any(np.all(x == one[0], axis=1))
-  p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
-  q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds)
+  p = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds, chunk_size=64)  # same program
+  q = kmeans_parallel(x, 6, key=jax.random.key(1), rounds=rounds, chunk_size=64)
   np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
 
 

@@ -8,20 +8,27 @@ import pytest
 from lr2vq_jax.core.distances import ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K, argmin_rows
 from lr2vq_jax.core.kmeans import assign, lloyd_step
 
+# (group, min_k): the default grouping, and groups of 8 and of 16 at every k they divide (k >= 4 group).
+CONFIGS = ((ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K), (8, 0), (16, 0))
+
+
+@jax.jit
+def _argmin_all(scores):
+  """argmin_rows of scores under every CONFIGS entry: one program per k, not one per (k, config)."""
+  return [argmin_rows(scores, group=g, min_k=m) for g, m in CONFIGS]
+
 
 @pytest.mark.parametrize("k", [1, 3, 64, 127, 128, 160, ARGMIN_GROUPED_MIN_K + 1, 1024])
-@pytest.mark.parametrize("group,min_k", [(ARGMIN_GROUP, ARGMIN_GROUPED_MIN_K), (8, 0), (16, 0)])
-def test_argmin_rows_equals_jnp_argmin_with_ties(k, group, min_k):
+def test_argmin_rows_equals_jnp_argmin_with_ties(k):
   rng = np.random.default_rng(k)
   # Small integers: most columns hold their minimum several times, across and within groups.
-  scores = jnp.asarray(rng.integers(0, 4, size=(k, 257)).astype(np.float32))
-  scores = scores.at[:, 0].set(7.0).at[-1, 1].set(-1.0)  # all tied; the minimum in the last row
-  fn = jax.jit(argmin_rows, static_argnames=("group", "min_k"))
-  code, best = fn(scores, group=group, min_k=min_k)
-  assert code.dtype == jnp.int32 and code.shape == (257,)
-  np.testing.assert_array_equal(np.asarray(code), np.asarray(jnp.argmin(scores, axis=0)))
-  np.testing.assert_array_equal(np.asarray(best), np.asarray(jnp.min(scores, axis=0)))
-  assert int(code[0]) == 0 and int(code[1]) == k - 1
+  scores = rng.integers(0, 4, size=(k, 257)).astype(np.float32)
+  scores[:, 0], scores[-1, 1] = 7.0, -1.0  # all tied; the minimum in the last row
+  for config, (code, best) in zip(CONFIGS, _argmin_all(scores), strict=True):
+    assert code.dtype == jnp.int32 and code.shape == (257,), config
+    np.testing.assert_array_equal(np.asarray(code), scores.argmin(0), err_msg=str(config))
+    np.testing.assert_array_equal(np.asarray(best), scores.min(0), err_msg=str(config))
+    assert int(code[0]) == 0 and int(code[1]) == k - 1, config
 
 
 @pytest.mark.parametrize("k", [130, ARGMIN_GROUPED_MIN_K + 2])
