@@ -11,7 +11,7 @@ import pytest
 
 import lr2vq_jax as lq
 from lr2vq_jax import convert
-from lr2vq_jax.models import ResNet18
+from lr2vq_jax.models.resnet import BasicBlock, ResNet
 from tests.support.plain_net import RULES, PlainNet, X
 
 
@@ -21,7 +21,8 @@ def _rel_err(a, b):
 
 # Decoded artifact vs the quantize stage's hard-code evaluation: the same codes and fp16 tables,
 # so only the rebuilt kernels (C[a]·P, BatchNorm folded and unfolded) can differ, by an ulp or two.
-# Measured (default ISA and --xla_cpu_max_isa=AVX2): ResNet-18 bitwise equal, PlainNet ≤ 7.8e-8.
+# Measured (default ISA and --xla_cpu_max_isa=AVX2): ResNet-18 bitwise equal, PlainNet ≤ 7.8e-8;
+# the test's first two stages of ResNet-18: bitwise equal (AVX2-only EPYC).
 ROUNDTRIP_TOL = 1e-6
 
 
@@ -86,17 +87,21 @@ def _numpy_variables(quantized, x):
 
 @pytest.mark.slow
 def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
-  """Every ResNet-18 layer kind, at the paper's large-block preset. The quantize-stage variables
-  have the quantized model's shapes and recorded settings and random values (no SVD, no k-means):
-  roundtrip and byte counts do not depend on how the numbers were trained. 100 classes: fc keeps
-  its k = 2048 (12,800 rows) at a tenth of ImageNet's fc, the layer whose n × k DKM refinement and
-  assignment dominated the run time."""
+  """Every ResNet-18 layer kind (the float stem; identity and downsampling BasicBlocks: 3×3,
+  strided 3×3, 1×1 shortcut, BatchNorm; fc) at the paper's large-block preset, on ResNet-18's
+  first two stages, one block each: five quantized kernel shapes instead of ResNet-18's eleven
+  (a compiled code assignment each), every layer at its preset k (none clamped to n / 4). The
+  quantize-stage variables have the quantized model's shapes and recorded settings and random
+  values (no SVD, no k-means): roundtrip and byte counts do not depend on how the numbers were
+  trained. ImageNet's 1000 classes: fc keeps its k = 2048 (128 × 1000 / 4 = 32,000 rows), the
+  layer whose n × k assignment dominates the run time, and the payload stays large next to the
+  container's per-array overhead (4.3% here)."""
   rules = tuple(
     dataclasses.replace(r, d=max(1, r.m // 2)) if not r.skip else r
     for r in lq.presets.resnet18_large_blocks
   )
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-  model = ResNet18(num_classes=100)
+  model = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_classes=1000)
   quantized = lq.nn.quantize_model(model, rules, "quantize")
   variables = _numpy_variables(quantized, x)
   float_vars = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
@@ -107,6 +112,10 @@ def test_resnet18_roundtrip_and_bytes_equal_accounting(tmp_path):
   artifact = lq.load(tmp_path)
   logits = model.apply(artifact.decode(), x, train=False)
   assert _rel_err(logits, evaluated) <= ROUNDTRIP_TOL
+  layers = manifest["layers"]
+  assert {"layer1_0/conv2", "layer2_0/conv1", "layer2_0/downsample_conv", "fc"} <= set(layers)
+  preset_k = {r.pattern: r.k for r in rules}
+  assert all(e["k"] == preset_k[e["rule"]] for e in layers.values())  # no k capped at n
 
   report = lq.size_report(float_vars["params"], rules)
   payload = manifest["payload_bytes"]

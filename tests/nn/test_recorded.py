@@ -15,6 +15,27 @@ from tests.support.plain_net import RULES, PlainNet, X
 LABELS = jnp.array([1, 3])
 
 
+# No config: everything from the variables (inside jit the recorded settings are traced, so
+# every parametrization below trains and evaluates with the same two compiled programs).
+MODEL = lq.quantize_model(PlainNet(), RULES)
+TX = optax.adam(1e-2)
+EVALUATE = jax.jit(MODEL.apply)
+
+
+@jax.jit
+def _step(params, rest, opt):
+  def loss_fn(params):
+    logits, upd = MODEL.apply(
+      {"params": params, **rest}, X, train=True, mutable=["batch_stats", "losses"]
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
+    return ce + lq.nn.sum_losses(upd), upd
+
+  (_, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt = TX.update(grads, opt, params)
+  return optax.apply_updates(params, updates), {**rest, "batch_stats": upd["batch_stats"]}, opt
+
+
 def _trained(config, steps=4):
   """PlainNet through float → lowrank → quantize (made with `config`), then `steps` of soft DKM."""
   float_vars = PlainNet().init(jax.random.key(0), X)
@@ -23,26 +44,10 @@ def _trained(config, steps=4):
   variables = convert.lowrank_to_quantize(
     lowrank, RULES, key=jax.random.key(1), kmeans_iters=3, config=config
   )
-  model = lq.quantize_model(PlainNet(), RULES)  # no config: everything from the variables
   params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-  tx = optax.adam(1e-2)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, rest, opt):
-    def loss_fn(params):
-      logits, upd = model.apply(
-        {"params": params, **rest}, X, train=True, mutable=["batch_stats", "losses"]
-      )
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
-      return ce + lq.nn.sum_losses(upd), upd
-
-    (_, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), {**rest, "batch_stats": upd["batch_stats"]}, opt
-
+  opt = TX.init(params)
   for _ in range(steps):
-    params, rest, opt = step(params, rest, opt)
+    params, rest, opt = _step(params, rest, opt)
   return {"params": params, **rest}
 
 
@@ -55,7 +60,7 @@ def test_artifact_decodes_to_the_evaluated_model_with_or_without_config(
   config = lq.QuantConfig(projection=projection, store=store, dkm_iters=2, commitment=0.1)
   variables = _trained(config)
   # Evaluated as the training loop would: jitted, no config (read from the variables).
-  evaluated = jax.jit(lq.quantize_model(PlainNet(), RULES).apply)(variables, X)
+  evaluated = EVALUATE(variables, X)
   for name, given in (("none", None), ("same", config)):
     manifest = lq.export(variables, RULES, tmp_path / name, config=given)
     assert {e["store"] for e in manifest["layers"].values()} == {store}

@@ -151,9 +151,10 @@ def test_user_subclasses_keep_their_call_code():
   lq.nnx.quantize_model(model, lq.Rule("", k=4, m=8, d=8), "lowrank")  # exact at d̃ = m
   assert type(model) is Scaled
   np.testing.assert_allclose(model(x), y, atol=1e-5)
-  lora = nnx.LoRALinear(8, 8, lora_rank=2, rngs=nnx.Rngs(0))
-  lq.nnx.quantize_model(lora, lq.Rule("", k=4, m=8, d=4), "quantize", key=KEY)
-  assert lora(x).shape == (2, 8)
+  # ConvNet's fc shape and rule: its k-means program (a 40 × 2 Z, k = 4) is compiled already.
+  lora = nnx.LoRALinear(16, 10, lora_rank=2, rngs=nnx.Rngs(0))
+  lq.nnx.quantize_model(lora, lq.Rule("", k=4, m=4, d=2), "quantize", key=KEY)
+  assert lora(jnp.ones((2, 16))).shape == (2, 10)
 
 
 def test_explicit_setting_that_contradicts_the_recorded_one(setup):

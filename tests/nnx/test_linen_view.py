@@ -70,7 +70,7 @@ def test_train_steps_of_the_training_system_match_linen(models):
   """Two steps of the trainer's own jitted quantize step: the same state for both front ends."""
   from lr2vq_jax.train import partitioning, trainer
   from lr2vq_jax.train.config import load_config
-  from lr2vq_jax.train.state import state_from_variables
+  from lr2vq_jax.train.state import state_from_variables, with_model_lists
   from lr2vq_jax.train.step import make_train_step
 
   x, _, _, variables = models
@@ -88,8 +88,10 @@ def test_train_steps_of_the_training_system_match_linen(models):
         config=layer_config,
       )
     assert (stage.rules, stage.layer_config) == (rules, layer_config)
-    state = state_from_variables(v, stage.tx, jax.random.key(0))
-    # On the mesh from the start, as the step leaves it: one compile of the step, not two.
+    # With the zero DKM lists the trainer gives converted variables (ranked at the first step)
+    # and on the mesh from the start: the state the step returns, so one compile of it, not two.
+    with_lists = with_model_lists(dict(v), trainer.abstract_state(stage))
+    state = state_from_variables(with_lists, stage.tx, jax.random.key(0))
     state = jax.device_put(state, partitioning.replicated(stage.mesh))
     step = jax.jit(make_train_step(stage.model, stage.cfg, stage.tx, stage.num_steps))
     batch = {"image": x, "label": jax.numpy.arange(4) % 10}

@@ -24,7 +24,10 @@ CHILD = textwrap.dedent(
   import lr2vq_jax as lq
   from tests.support.nnx_models import ConvNet
 
-  RULES = [lq.Rule("conv", k=8, m=9, d=4), lq.Rule("fc", k=4, m=4, d=2)]
+  # conv1 (432 weights / m 9) and conv2 (1152 / 24): both a 48 × 4 Z (6 rows a device), one
+  # k-means program for the two.
+  RULES = [lq.Rule("conv1", k=8, m=9, d=4), lq.Rule("conv2", k=8, m=24, d=4),
+           lq.Rule("fc", k=4, m=4, d=2)]
   x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
   y = jnp.arange(16) % 10
 
@@ -64,10 +67,12 @@ CHILD = textwrap.dedent(
     jitted = jax.jit(step, in_shardings=(shardings, batch, batch),
                      out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
     with jax.set_mesh(mesh):
-      text = str(jax.make_jaxpr(step)(state, x, y))
+      xb, yb = jax.device_put(x, batch), jax.device_put(y, batch)
+      traced = jitted.trace(state, xb, yb)  # one trace: read for shard_map, then compiled
+      text, compiled = str(traced.jaxpr), traced.lower().compile()
       losses = []
       for _ in range(3):
-        state, loss = jitted(state, jax.device_put(x, batch), jax.device_put(y, batch))
+        state, loss = compiled(state, xb, yb)
         losses.append(float(loss))
     model, _ = nnx.merge(graphdef, state)
     z = model.conv2.kernel.z[...]
