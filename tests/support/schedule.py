@@ -21,48 +21,46 @@ import os
 
 import pytest
 
-# Seconds per test (setup + call) on 2 busy cores (a loaded run), from `pytest --durations`, of the
-# tests over ~10 s; parametrized tests by their function (seconds per parametrization), a module's
-# path for the whole module. Only the order matters: refresh from a `make test` run's durations
-# when a test gets much faster/slower. (Last refresh: a `-n 2 --dist loadfile --durations=0` run on
-# a 2-core AMD EPYC shared with other jobs, 57 min: its seconds / 5.5, the ratio of that run's wall
-# time to a 10 min 24 s `make test` on the same machine less busy.)
+# Seconds per test (setup + call), from `pytest --durations` of a whole `make test`, for the tests
+# over ~4 s; parametrized tests by their function (seconds per parametrization), a module's path for
+# the whole module. Only the order matters: refresh from a `make test` run's durations when a test
+# gets much faster/slower. (Last refresh: `make test`, 5 min 38 s on an idle 2-core AMD EPYC.)
 COST = {
-  "tests/test_documented_commands.py": 317,
-  "tests/gcs/test_gcs_pipeline.py": 101,
-  "tests/scale/test_multihost.py::test_two_processes_match_one_process_with_four_devices": 69,
-  "tests/scale/test_elastic.py::test_checkpoint_from_8_devices_resumes_on_4": 65,
-  "tests/reliability/test_resume.py": 48,
-  "tests/nnx/test_training.py::test_nnx_model_pipeline_interrupted_resumed_exported": 30,
-  "tests/core/test_dkm_fast.py": 28,
+  "tests/test_documented_commands.py": 155,
+  "tests/scale/test_elastic.py": 53,
+  "tests/gcs/test_gcs_pipeline.py": 50,
+  "tests/scale/test_multihost.py::test_two_processes_match_one_process_with_four_devices": 26,
+  "tests/reliability/test_resume.py": 24,
+  "tests/nnx/test_training.py::test_nnx_model_pipeline_interrupted_resumed_exported": 13,
+  "tests/core/test_dkm_fast.py": 13,
   "tests/nnx/test_sharded.py::test_sharded_nnx_step_equals_one_device_and_restores_on_another_mesh":
-    23,
-  "tests/core/test_dkm.py": 23,
-  "tests/core/test_kmeans.py": 23,
-  "tests/nnx/test_convert.py": 22,
+    11,
+  "tests/core/test_dkm.py": 10,
+  "tests/core/test_kmeans.py": 10,
+  "tests/nnx/test_convert.py": 11,
+  "tests/core/test_kmeans_bounds.py": 9,
+  "tests/train/test_recipe_options.py::test_pipeline_with_every_option_on": 9,
+  "tests/test_examples.py::test_own_model_example": 9,
+  "tests/train/test_pipeline.py::test_embedded_pipeline_runs_every_stage": 8,
+  "tests/scale/test_sharded_step.py::test_sharded_quantize_step_matches_single_device": 8,
+  "tests/gcs/test_gcs_prepare.py::test_prepare_reads_tars_from_a_bucket_and_writes_tfrecords_there": 8,
+  "tests/nnx/test_readme.py::test_readme_nnx_snippet_runs": 8,
+  "tests/nnx/test_transformer.py::test_train_step_export_load": 7,
   "tests/train/test_dkm_refresh.py::test_sharded_step_with_carried_lists_and_offsets_equals_one_device":
-    21,
-  "tests/nnx/test_transformer.py::test_train_step_export_load": 20,
-  "tests/train/test_recipe_options.py::test_pipeline_with_every_option_on": 20,
-  "tests/scale/test_sharded_step.py::test_sharded_quantize_step_matches_single_device": 19,
-  "tests/test_export.py::test_resnet18_roundtrip_and_bytes_equal_accounting": 19,
-  "tests/nnx/test_linen_view.py::test_train_steps_of_the_training_system_match_linen": 17,
-  "tests/test_examples.py::test_own_model_example": 16,
-  "tests/train/test_pipeline.py::test_embedded_pipeline_runs_every_stage": 16,
+    7,
+  "tests/test_export.py::test_resnet18_roundtrip_and_bytes_equal_accounting": 6,
+  "tests/nnx/test_linen_view.py::test_quantize_stage_matches_linen_soft_and_hard": 5,
+  "tests/nnx/test_linen_view.py::test_train_steps_of_the_training_system_match_linen": 5,
+  "tests/train/test_dim_select.py": 5,
   "tests/scale/test_sharded_eval.py::test_sharded_hard_codes_match_one_device_per_batch_evaluation":
-    13,
-  "tests/train/test_dkm_refresh.py::test_three_steps_with_refresh_two_carry_the_lists": 12,
-  "tests/train/test_run_config.py::test_rerun_with_another_config_stops_with_the_fields": 11,
-  "tests/train/test_dim_select.py": 10,
-  "tests/nnx/test_linen_view.py::test_quantize_stage_matches_linen_soft_and_hard": 10,
-  "tests/core/test_kmeans_bounds.py::test_bounded_loop_equals_plain_loop":
-    8,  # per parametrization (3)
-  "tests/test_export.py::test_plain_model_roundtrip": 7,  # per parametrization (2)
-  "tests/reliability/test_cli_errors.py::test_train_bad_config_value": 6,  # per parametrization (2)
+    5,
+  "tests/train/test_run_config.py::test_rerun_with_another_config_stops_with_the_fields": 4,
+  "tests/train/test_dkm_refresh.py::test_three_steps_with_refresh_two_carry_the_lists": 4,
   "tests/core/test_kmeans_seeding.py::test_own_seeding_is_deterministic_and_within_2pct_of_full_data_seeding":
-    6,  # per parametrization (2)
+    5,  # per parametrization (2)
+  "tests/test_export.py::test_plain_model_roundtrip": 3,  # per parametrization (2)
   "tests/nn/test_recorded.py::test_artifact_decodes_to_the_evaluated_model_with_or_without_config":
-    4,  # per parametrization (4)
+    2,  # per parametrization (4)
 }  # fmt: skip
 SLOW_DEFAULT = 8.0  # a test marked `slow` that COST does not list
 DEFAULT = 0.5
