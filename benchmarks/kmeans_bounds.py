@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from kmeans_vs_faiss import gaussian_mixture  # noqa: E402
 
-from lr2vq_jax.core import kmeans as kmeans_lib  # noqa: E402
+from lr2vq_jax.core import seeding  # noqa: E402
 
 
 def distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -71,9 +71,7 @@ def main() -> None:
   args = ap.parse_args()
   x = gaussian_mixture(args.n, args.d, 64, seed=args.n + args.d).astype(np.float64)
   x -= x.mean(0)
-  c = np.asarray(
-    kmeans_lib.seed(jax.device_put(x.astype(np.float32)), args.k, key=jax.random.key(0))
-  )
+  c = np.asarray(seeding.seed(jax.device_put(x.astype(np.float32)), args.k, key=jax.random.key(0)))
   c = c.astype(np.float64)
   gi = spatial_groups(c, args.groups)
   order = np.argsort(gi, kind="stable")

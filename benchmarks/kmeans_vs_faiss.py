@@ -49,6 +49,7 @@ from absl import logging  # noqa: E402
 
 import lr2vq_jax as lq  # noqa: E402
 from lr2vq_jax.core import kmeans as kmeans_lib  # noqa: E402
+from lr2vq_jax.core import seeding  # noqa: E402
 
 FAISS_THREADS = faiss.omp_get_max_threads()
 
@@ -104,7 +105,7 @@ def split_times(x, k, iters, key, repeats) -> str:
   """Where lq's own-init time goes (seeding, one Lloyd step, final pass) vs faiss per iteration."""
   xj = jax.device_put(x)
   centered = xj - xj.mean(0)
-  seed_fn = jax.jit(lambda xc: kmeans_lib.seed(xc, k, key=key))
+  seed_fn = jax.jit(lambda xc: seeding.seed(xc, k, key=key))
   c0 = seed_fn(centered)
   parts = {
     "seed": lambda: seed_fn(centered),
@@ -207,7 +208,7 @@ def run_case(name, x, k, args) -> dict:
   x = np.ascontiguousarray(x, np.float32)
   key = jax.random.key(0)
   reps = 1 if len(x) * k >= 10**9 else args.repeats
-  init = np.asarray(kmeans_lib.seed(jax.device_put(x), k, key=key))
+  init = np.asarray(seeding.seed(jax.device_put(x), k, key=key))
   c_same, t_same = run_lq(x, k, args.iters, key, init, 0.0, reps)
   cf_same, tf_same = run_faiss(x, k, args.iters, 0, init, reps)
   c_own, t_own = run_lq(x, k, args.iters, key, None, kmeans_lib.TOL, reps)

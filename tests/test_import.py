@@ -15,7 +15,7 @@ for name in ["to_subvectors", "from_subvectors", "kmeans", "dkm", "compress_tens
 assert len(lq.presets.resnet18_large_blocks) == 4
 import lr2vq_jax.core.dkm, lr2vq_jax.core.kmeans
 from lr2vq_jax.core import dkm, kmeans
-assert hasattr(dkm, "dkm_naive") and hasattr(kmeans, "kmeans_plusplus")  # modules, not shadowed
+assert hasattr(dkm, "dkm_naive") and hasattr(kmeans, "lloyd_step")  # modules, not shadowed
 from lr2vq_jax import *  # noqa: F403  (star import stays light too)
 assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")]
 assert callable(lq.select_dim) and lq.DimSelection.__name__ == "DimSelection"  # loaded on use

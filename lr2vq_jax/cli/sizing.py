@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
 
 from lr2vq_jax import paths
 from lr2vq_jax.cli.registry import CLIError, arg, command
 from lr2vq_jax.cli.targets import Target, load_config, model_args, resolve_target
 from lr2vq_jax.core.accounting import STORES
 from lr2vq_jax.core.recorded import DEFAULTS
-from lr2vq_jax.core.rules import iter_leaves, params_collection, plan_layers
+from lr2vq_jax.core.rules import kernels_by_path, params_collection, plan_layers
 
 
 @command(
@@ -102,6 +101,7 @@ def random_kernels(target: Target, layers: str | None, seed: int) -> dict:
   compiles) only their initializers; the values are the whole init's, a ResNet-18's seconds less."""
   import jax
   import jax.numpy as jnp
+  from flax import traverse_util
 
   model, (h, w, c) = target.model, target.input_shape
   shape = (1, min(h, 32), min(w, 32), c)  # kernel shapes do not depend on the image size
@@ -111,27 +111,14 @@ def random_kernels(target: Target, layers: str | None, seed: int) -> dict:
     params = params_collection(model.init(key, jnp.zeros(shape), train=False))
     # as the jitted init returned them: sorted keys, the layer order of the tables and errors
     shapes.update(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
-    paths = {p for p in plan_layers(shapes, target.rules) if not layers or re.search(layers, p)}
-    leaves = iter_leaves(params)
-    return {
-      "/".join(k[:-1]): v for k, v in leaves if k[-1] == "kernel" and "/".join(k[:-1]) in paths
-    }
+    chosen = {p for p in plan_layers(shapes, target.rules) if not layers or re.search(layers, p)}
+    return {p: v for p, v in kernels_by_path(params).items() if p in chosen}
 
   # An "rbg" key for init: XLA:CPU compiles a threefry ResNet init ~4× slower (20+ s).
   values = jax.jit(kernels)(jax.random.key(seed, impl="rbg"))
-  return _with_kernels(shapes, values)
-
-
-def _with_kernels(tree: Mapping, kernels: Mapping, prefix: tuple[str, ...] = ()) -> dict:
-  """`tree` with the leaf `<path>/kernel` replaced by `kernels[path]` where given."""
-  out = {}
-  for key, leaf in tree.items():
-    keys = (*prefix, str(key))
-    if isinstance(leaf, Mapping):
-      out[key] = _with_kernels(leaf, kernels, keys)
-    else:
-      out[key] = kernels.get("/".join(keys[:-1]), leaf) if key == "kernel" else leaf
-  return out
+  flat = traverse_util.flatten_dict(shapes, sep="/")
+  flat.update({f"{path}/kernel": value for path, value in values.items()})
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def read_weights(path: str) -> dict:

@@ -30,8 +30,9 @@ import numpy as np
 
 from lr2vq_jax.core import kmeans as kmeans_lib
 from lr2vq_jax.core import lowrank, subvectors
-from lr2vq_jax.core.kmeans import kmeans, kmeans_plusplus
-from lr2vq_jax.core.rules import Rule, iter_leaves, params_collection, plan_layers
+from lr2vq_jax.core.kmeans import kmeans
+from lr2vq_jax.core.rules import Rule, kernels_by_path, plan_layers
+from lr2vq_jax.core.seeding import kmeans_plusplus
 
 
 def default_candidates(m: int) -> tuple[int, ...]:
@@ -210,14 +211,6 @@ class ModelDimEstimate:
     return "\n".join(lines)
 
 
-def _kernels(params: Mapping) -> dict[str, object]:
-  return {
-    "/".join(keys[:-1]): leaf
-    for keys, leaf in iter_leaves(params_collection(params))
-    if keys[-1] == "kernel"
-  }
-
-
 def estimate_dim_model(
   params: Mapping,
   rules: Sequence[Rule],
@@ -232,7 +225,7 @@ def estimate_dim_model(
   `re.search`-matching `layers`; candidates above a layer's m are dropped for that layer."""
   key = jax.random.key(0) if key is None else key
   plans = plan_layers(params, rules)
-  kernels = _kernels(params)
+  kernels = kernels_by_path(params)
   selected = [p for p in plans.values() if layers is None or re.search(layers, p.path)]
   if not selected:
     raise ValueError(

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from lr2vq_jax.core import dkm_top
 from lr2vq_jax.core.distances import compute_dtype, sq_distances
-from lr2vq_jax.core.kmeans import chunk_layout, chunk_rows
+from lr2vq_jax.core.scoring import chunk_layout, chunk_rows
 
 # A cluster whose total attention is at or below this keeps its previous centroid.
 EMPTY_EPS = 1e-12

@@ -5,7 +5,7 @@ seeds). Per row: a lower bound on the distance to each group's centroids other t
 valid across steps by the group's largest drift (triangle inequality). Each step the exact distance
 to the row's own centroid (O(d)) is compared with each group bound: a group whose bound is above it
 by more than twice the float32 error bound of a computed squared distance cannot hold a centroid
-that `_scores`' argmin would pick. A row with a failing group recomputes those groups and its own
+that `scoring.scores`' argmin would pick. A row with a failing group recomputes those groups and its own
 (a (row, group) pair: the k / GROUPS scores of one small matmul); the rows of all the pairs are
 listed once per step from per-word popcounts (a scatter over the words, a running max over at most
 PLAIN_FRACTION of the pairs: a search per pair and chunk cost a third of a step) and scored
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lr2vq_jax.core import kmeans as km
+from lr2vq_jax.core import scoring
 from lr2vq_jax.core.distances import ARGMIN_GROUP, _running_argmin
 
 # Bounds pay from this k up (and need k divisible by GROUPS * ARGMIN_GROUP).
@@ -113,9 +114,9 @@ def _group_min(scores: jax.Array):
 
 def _fresh(xb, lhs, perm, cmax, d):
   """Codes (as `kmeans._nearest`: argmin, ties to the lowest index) and fresh group bounds
-  (GROUPS, b) for the rows xb (b, d); lhs = `_score_lhs` of the centroids in `perm` order."""
+  (GROUPS, b) for the rows xb (b, d); lhs = `scoring.score_lhs` of the centroids in `perm` order."""
   k = perm.shape[0]
-  scores = km._scores(xb, lhs)  # (k, b) in group order
+  scores = scoring.scores(xb, lhs)  # (k, b) in group order
   sub = scores.reshape(k // ARGMIN_GROUP, ARGMIN_GROUP, -1)
   smin = jnp.min(sub, axis=1)
   sgrp, best = _running_argmin(smin)
@@ -204,7 +205,7 @@ def _filtered(xp, xx, e, lhs_g, perm_g, pair, b: Bounds) -> Bounds:
     rows = lax.dynamic_slice(pair_rows, (offset[g] + first,), (PAIR_ROWS,))
     rows = jnp.minimum(rows, num_rows - 1)
     live = first + jnp.arange(PAIR_ROWS, dtype=jnp.int32) < counts[g]
-    gb, ga, gs = _group_min(km._scores(jnp.take(xp, rows, axis=0), lhs_g[g]))
+    gb, ga, gs = _group_min(scoring.scores(jnp.take(xp, rows, axis=0), lhs_g[g]))
     ga = jnp.take(perm_g[g], ga)
     low = jnp.sqrt(jnp.maximum(gb + jnp.take(xx, rows) - jnp.take(e, rows), 0.0)) * _DOWN
     lower = lower.at[jnp.where(live, g * num_rows + rows, size)].set(low, mode="drop")
@@ -228,7 +229,7 @@ def assign_bounded(xp, valid, xn, c, perm, b: Bounds, rows: int) -> Bounds:
   b (valid for c): the (row, group) pairs the bounds cannot settle are recomputed."""
   num_rows, d = xp.shape
   k = c.shape[0]
-  lhs = km._score_lhs(jnp.take(c, perm, axis=0))
+  lhs = scoring.score_lhs(jnp.take(c, perm, axis=0))
   cmax = jnp.sqrt(jnp.max(jnp.sum(c * c, axis=1))) * _UP
   e = _margin(xn, cmax, d)
   # The exact distance to the current centroid: a sum of d squares, relative error <= (d + 2) eps.

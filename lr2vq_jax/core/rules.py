@@ -196,6 +196,15 @@ def iter_leaves(
       yield keys, value
 
 
+def kernels_by_path(params: Mapping) -> dict[str, Any]:
+  """{layer path: its `kernel` leaf} of a params tree or variables dict, in the tree's order."""
+  return {
+    "/".join(keys[:-1]): leaf
+    for keys, leaf in iter_leaves(params_collection(params))
+    if keys[-1] == "kernel"
+  }
+
+
 def iter_layers(params: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
   """(path, kernel shape) of every dict holding a `kernel` leaf with ndim >= 2."""
   for keys, leaf in iter_leaves(params_collection(params)):

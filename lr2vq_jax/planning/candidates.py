@@ -64,15 +64,19 @@ def _kmeans_sse(z: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> 
     c[i] = z[idx]
     d2 = np.minimum(d2, np.sum((z - c[i]) ** 2, axis=1))
   zz = np.sum(z * z, axis=1)
+
+  def dist(c):  # (n, k) squared distances, ||z||^2 - 2 z.c + ||c||^2
+    return zz[:, None] - 2.0 * (z @ c.T) + np.sum(c * c, axis=1)[None, :]
+
   for _ in range(iters):
-    a = np.argmin(zz[:, None] - 2.0 * (z @ c.T) + np.sum(c * c, axis=1)[None, :], axis=1)
+    a = np.argmin(dist(c), axis=1)
     counts = np.bincount(a, minlength=k).astype(np.float32)
     sums = np.zeros_like(c)
     np.add.at(sums, a, z)
     keep = counts > 0
     c[keep] = sums[keep] / counts[keep, None]
-  dist = zz[:, None] - 2.0 * (z @ c.T) + np.sum(c * c, axis=1)[None, :]  # the SSE after `iters`
-  return float(np.maximum(dist[np.arange(n), np.argmin(dist, axis=1)], 0.0).sum())
+  final = dist(c)  # the SSE after `iters` steps
+  return float(np.maximum(final[np.arange(n), np.argmin(final, axis=1)], 0.0).sum())
 
 
 def layer_errors(

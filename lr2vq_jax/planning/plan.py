@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from lr2vq_jax.core.accounting import MIB, size_report, table_bytes
-from lr2vq_jax.core.rules import Rule, iter_leaves, params_collection, plan_layers
+from lr2vq_jax.core.rules import Rule, iter_leaves, kernels_by_path, params_collection, plan_layers
 from lr2vq_jax.planning import candidates as cand
 from lr2vq_jax.planning import knapsack
 
@@ -127,12 +127,11 @@ class Plan:
 
 
 def _kernels(params: Mapping, layers: str | None) -> dict[str, np.ndarray]:
-  out = {}
-  for keys, leaf in iter_leaves(params_collection(params)):
-    path = "/".join(keys[:-1])
-    if keys[-1] == "kernel" and np.ndim(leaf) >= 2 and (layers is None or re.search(layers, path)):
-      out[path] = np.asarray(jax.device_get(leaf), np.float32)
-  return out
+  return {
+    path: np.asarray(jax.device_get(leaf), np.float32)
+    for path, leaf in kernels_by_path(params).items()
+    if np.ndim(leaf) >= 2 and (layers is None or re.search(layers, path))
+  }
 
 
 def plan(

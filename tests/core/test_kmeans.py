@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core.distances import sq_distances
-from lr2vq_jax.core.kmeans import (
-  KMeansResult,
-  assign,
-  kmeans,
-  kmeans_parallel,
-  kmeans_plusplus,
-  lloyd_step,
-)
+from lr2vq_jax.core.kmeans import KMeansResult, assign, kmeans, lloyd_step
+from lr2vq_jax.core.seeding import kmeans_parallel, kmeans_plusplus
 
 
 def _mixture(seed, k=8, d=4, per=60, spread=10.0, noise=0.1):

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core.kmeans import kmeans, kmeans_parallel, kmeans_plusplus, seed, seed_rows
+from lr2vq_jax.core import seeding
+from lr2vq_jax.core.kmeans import kmeans
+from lr2vq_jax.core.seeding import kmeans_parallel, kmeans_plusplus, seed, seed_rows
 
 
 def _mixture(n, d, components, seed_):
@@ -17,7 +19,7 @@ def _mixture(n, d, components, seed_):
 
 def test_seed_rows_is_one_distinct_row_per_stratum():
   k, n = 3, 10_000
-  s = kmeans_lib.SEED_ROWS_PER_CENTROID * k
+  s = seeding.SEED_ROWS_PER_CENTROID * k
   x = np.arange(n, dtype=np.float32)[:, None]  # row i holds i
   idx = np.asarray(seed_rows(x, k, jax.random.key(0)))[:, 0].astype(int)
   assert idx.shape == (s,) and len(set(idx.tolist())) == s
@@ -35,14 +37,14 @@ def test_seed_rows_keeps_small_sets_whole():
 
 @pytest.mark.parametrize("k", [8, 128])  # greedy k-means++, batched D^2 seeding
 def test_own_seeding_is_deterministic_and_within_2pct_of_full_data_seeding(k):
-  n = kmeans_lib.SEED_ROWS_PER_CENTROID * k + 7000  # the seeding samples
+  n = seeding.SEED_ROWS_PER_CENTROID * k + 7000  # the seeding samples
   x = _mixture(n, 4, 2 * k, seed_=k)
   key = jax.random.key(3)
   a = kmeans(x, k, key=key, iters=25)
   b = kmeans(x, k, key=key, iters=25)
   np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
   # The seeding before this change: the full data, every iteration run.
-  full = (kmeans_plusplus if k <= kmeans_lib.GREEDY_MAX_K else kmeans_parallel)(
+  full = (kmeans_plusplus if k <= seeding.GREEDY_MAX_K else kmeans_parallel)(
     x - x.mean(0), k, key=key
   )
   old = kmeans(x, k, key=key, iters=25, init=np.asarray(full) + x.mean(0), tol=0.0)
@@ -82,7 +84,7 @@ def test_k_above_n_raises_one_clear_error():
 
 def test_fewer_distinct_points_than_k_on_the_sampled_path():
   k = 5
-  x = np.repeat(np.eye(3, dtype=np.float32), kmeans_lib.SEED_ROWS_PER_CENTROID * k // 3 + 50, 0)
+  x = np.repeat(np.eye(3, dtype=np.float32), seeding.SEED_ROWS_PER_CENTROID * k // 3 + 50, 0)
   res = kmeans(x, k, key=jax.random.key(0), iters=5)
   assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
   assert np.all(np.isfinite(np.asarray(res.centroids)))

@@ -1,0 +1,65 @@
+"""Rows in chunks and the one-matmul centroid scores that k-means, its seeding, its bounds and DKM
+share: memory O(chunk * k + n * d), never n x k at once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Default rows per assignment chunk (fewer when SCORE_BUDGET / k is smaller, see `rows_per_chunk`).
+CHUNK_SIZE = 65536
+
+
+def chunk_layout(n: int, chunk_size: int) -> tuple[int, int]:
+  """Return (num_chunks, chunk) with num_chunks * chunk >= n and the least padding."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  num = max(1, -(-n // chunk_size))
+  return num, -(-n // num)
+
+
+def chunk_rows(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """Zero-pad x (n, d) to (num_chunks, chunk, d); also return the (num_chunks, chunk) valid mask."""
+  n = x.shape[0]
+  num, chunk = chunk_layout(n, chunk_size)
+  xp = jnp.pad(x, ((0, num * chunk - n), (0, 0)))
+  valid = (jnp.arange(num * chunk) < n).reshape(num, chunk)
+  return xp.reshape(num, chunk, x.shape[1]), valid
+
+
+# Scores per chunk of rows (chunk x k f32, 4 MiB): rows per chunk shrink as k grows, so the
+# (k, chunk) score block stays cache- and memory-friendly whatever k is.
+SCORE_BUDGET = 1 << 20
+
+
+def rows_per_chunk(chunk_size: int, k: int) -> int:
+  """Rows per chunk: `chunk_size` at most, and at most SCORE_BUDGET / k (but >= 256)."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  return min(chunk_size, max(256, SCORE_BUDGET // k))
+
+
+def check_points(x: jax.Array, k: int) -> None:
+  """ValueError unless x is (n, d) with n >= k >= 1."""
+  if x.ndim != 2:
+    raise ValueError(f"k-means expects x of shape (n, d), got {x.shape}")
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  if x.shape[0] < k:
+    raise ValueError(f"k-means needs at least k points: n={x.shape[0]} < k={k}")
+
+
+def scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
+  """(k, b) scores ||c||^2 - 2 c.x by one matmul of lhs = `score_lhs(c)` (k, d + 1) with [x, 1]:
+  no second pass over the k x b block to add ||c||^2 (the add alone cost a third of a step)."""
+  rhs = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
+  return jnp.matmul(lhs, rhs.T, precision=lax.Precision.HIGHEST)
+
+
+def score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:
+  """[-2c, ||c||^2] (k + pad, d + 1); the `pad` extra rows score +inf against every x."""
+  lhs = jnp.concatenate([-2.0 * c, jnp.sum(c * c, axis=1)[:, None]], 1)
+  inf_rows = jnp.zeros((pad, lhs.shape[1]), lhs.dtype).at[:, -1].set(jnp.inf)
+  return jnp.concatenate([lhs, inf_rows]) if pad else lhs
