@@ -34,7 +34,7 @@ import pytest
 from tests.support import cli_chain
 from tests.support.gcs import objects
 from tests.support.gcs.local_gcs import local_gcs
-from tests.support.paths import QUICK, ROOT
+from tests.support.paths import QUICK, ROOT, child_pythonpath
 
 pytestmark = pytest.mark.slow  # every test reads the one gs:// pipeline run of the module fixture
 pytest.importorskip("gcp_storage_emulator")
@@ -83,8 +83,7 @@ def gcs(tmp_path_factory):
   cwd = base / "cwd"  # where a stray local folder `gs:/bucket/run` would appear
   cwd.mkdir()
   with local_gcs(str(base)) as server:
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath})
+    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": child_pythonpath()})
     yield {"cwd": cwd, "base": base, "gcs": server, "env": env}
 
 

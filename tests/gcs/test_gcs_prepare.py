@@ -12,6 +12,7 @@ import pytest
 from tests.support import cli_chain
 from tests.support.gcs import objects
 from tests.support.gcs.local_gcs import local_gcs
+from tests.support.paths import child_pythonpath
 
 pytest.importorskip("gcp_storage_emulator")
 
@@ -35,8 +36,7 @@ def ran(tmp_path_factory):
       objects.write(server.url, "bucket", f"imagenet/{tar}", (local / tar).read_bytes())
     cwd = base / "cwd"
     cwd.mkdir()
-    pythonpath = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath})
+    env = server.child_env({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": child_pythonpath()})
     steps = [
       ("prepare", ["prepare", "imagenet2012", "--manual_dir", "gs://bucket/imagenet",
                    "--data_dir", "gs://bucket/tensorflow_datasets"]),

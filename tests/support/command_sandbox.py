@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tests.support.command_coverage import coverage_row
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, child_pythonpath
 
 TIMEOUT = 600
 
@@ -47,7 +47,7 @@ class Sandbox:
     return {
       **{k: v for k, v in os.environ.items() if not k.startswith("LR2VQ_")},
       "PATH": f"{path}{os.pathsep}{os.environ.get('PATH', '')}",
-      "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+      "PYTHONPATH": child_pythonpath(),
       "JAX_PLATFORMS": "cpu",
       "TF_CPP_MIN_LOG_LEVEL": "2",
     }

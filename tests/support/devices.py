@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tests.support.paths import QUICK as QUICK_SPEC
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, child_pythonpath
 
 QUICK = f"--config={QUICK_SPEC}"
 TIMEOUT = 600
@@ -36,7 +36,7 @@ def child_env(devices: int, tmp: Path, **extra: str) -> dict[str, str]:
     XLA_FLAGS=xla_flags(devices),
     JAX_PLATFORMS="cpu",
     TMPDIR=str(tmpdir),
-    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    PYTHONPATH=child_pythonpath(),
     TF_CPP_MIN_LOG_LEVEL="2",
   )
   env.update(extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,3 +15,8 @@ def config(spec: str) -> str:
 
 
 QUICK = config("default.py:quick")
+
+
+def child_pythonpath() -> str:
+  """PYTHONPATH for a child process: this checkout first, then this process's own entries."""
+  return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
