@@ -96,7 +96,10 @@ def _read_chunked(sock, buf: bytes) -> bytes:
   body = b""
   while True:
     while b"\r\n" not in buf:
-      buf += sock.recv(65536)
+      chunk = sock.recv(65536)
+      if not chunk:  # the client went away mid-upload (a SIGKILLed victim): not a spin on EOF
+        raise ConnectionResetError("client closed mid-body")
+      buf += chunk
     line, buf = buf.split(b"\r\n", 1)
     size = int(line.split(b";")[0], 16)
     buf = _read_exactly(sock, buf, size + 2)
