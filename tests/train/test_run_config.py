@@ -6,7 +6,7 @@ import pytest
 
 from lr2vq_jax.train import run_config
 from lr2vq_jax.train.config import config_rules, load_config
-from tests.support import train_cli
+from tests.support import cli_chain, train_cli
 from tests.support.devices import copy_workdir
 
 
@@ -45,28 +45,29 @@ def test_k_m_and_rules_are_config_fields():
 
 @pytest.mark.slow
 def test_rerun_with_another_config_stops_with_the_fields(quick_run, tmp_path):
-  """On a copy of the session's quick run (its stages trained with the quick config as is)."""
+  """On a copy of the session's quick run (its stages trained with the quick config as is). The
+  two reruns are `lr2vq train` commands one after the other in one process (tests/support/cli_chain:
+  one start-up and jax import, not two)."""
   workdir = copy_workdir(quick_run, tmp_path / "wd")
-  stages = "--config.stages=float,lowrank"
   saved = json.loads((workdir / "lowrank" / "config.json").read_text())
   assert saved["k"] == 0 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=16, m=9, d=4)"]
-  changed = train_cli.run(train_cli.train_cmd(workdir, stages, "--config.quant.commitment=1.0"))
-  assert changed.returncode == 2, changed.stderr[-2000:]
-  lines = [line for line in changed.stderr.splitlines() if line.strip()]
-  assert "Traceback" not in changed.stderr
+  train = ["train", f"--config={train_cli.QUICK}", f"--workdir={workdir}"]
+  steps = [
+    ("changed", [*train, "--config.stages=float,lowrank", "--config.quant.commitment=1.0"]),
+    # Only the changed stage: the float stage (unchanged) would just be evaluated again.
+    ("allowed", [*train, "--config.stages=lowrank", "--config.k=8",
+                 "--config.quant.commitment=1.0", "--allow_config_change"]),
+  ]  # fmt: skip
+  proc = train_cli.run(cli_chain.command(steps, keep_going=True))
+  ran = cli_chain.split(proc.stderr)
+  rc, stderr = ran.get("changed", (None, proc.stderr))
+  assert rc == 2, stderr[-2000:]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert "Traceback" not in stderr
   assert "stage 'lowrank'" in lines[-2] and "quant.commitment: 0.0 → 1.0" in lines[-2]
   assert "--allow_config_change" in lines[-1] and "new --workdir" in lines[-1]
-  # Only the changed stage: the float stage (unchanged) would just be evaluated again.
-  allowed = train_cli.run(
-    train_cli.train_cmd(
-      workdir,
-      "--config.stages=lowrank",
-      "--config.k=8",
-      "--config.quant.commitment=1.0",
-      "--allow_config_change",
-    )
-  )
-  assert allowed.returncode == 0, allowed.stderr[-2000:]
+  rc, stderr = ran.get("allowed", (None, proc.stderr))
+  assert rc == 0, stderr[-2000:]
   saved = json.loads((workdir / "lowrank" / "config.json").read_text())
   assert saved["quant"]["commitment"] == 1.0
   assert saved["k"] == 8 and saved["resolved_rules"] == ["Rule('^conv[23]$', k=8, m=9, d=4)"]
