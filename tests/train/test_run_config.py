@@ -58,7 +58,7 @@ def test_rerun_with_another_config_stops_with_the_fields(quick_run, tmp_path):
     ("allowed", [*train, "--config.stages=lowrank", "--config.k=8",
                  "--config.quant.commitment=1.0", "--allow_config_change"]),
   ]  # fmt: skip
-  proc = train_cli.run(cli_chain.command(steps, keep_going=True))
+  proc = train_cli.run(cli_chain.command(steps, keep_going=True), timeout=480)  # 240 s each
   ran = cli_chain.split(proc.stderr)
   rc, stderr = ran.get("changed", (None, proc.stderr))
   assert rc == 2, stderr[-2000:]
