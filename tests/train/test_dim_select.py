@@ -19,21 +19,24 @@ def float_dir(quick_run):
 
 @pytest.mark.slow
 def test_select_dim_scores_every_candidate_and_picks_the_lowest_loss(float_dir, tmp_path):
+  # d̃ = 4 (the quick config's own) is scored and pre-trained as the quick run trained it (its six
+  # low-rank steps): k-means, freezing, evaluation and low-rank training reuse that run's programs.
   config = load_config(CONFIG)
-  sel = select_dim(config, float_dir, str(tmp_path), (1, 3, 9))
-  assert sel.candidates == (1, 3, 9)
+  d, steps = config.d, config.lowrank.num_steps
+  sel = select_dim(config, float_dir, str(tmp_path), (1, d, 9))
+  assert sel.candidates == (1, d, 9)
   assert all(np.isfinite(sel.val_loss)) and all(0 <= t <= 100 for t in sel.val_top1)
   assert sel.best == sel.candidates[int(np.argmin(sel.val_loss))]
   assert "no pre-training" in sel.basis and "BatchNorm" not in sel.basis
   assert f"best d = {sel.best}" in sel.table()
   # Optional BN re-estimation is applied (the same clustering scores differently with it).
-  bn = select_dim(config, float_dir, str(tmp_path / "bn"), (3,), bn_batches=2)
+  bn = select_dim(config, float_dir, str(tmp_path / "bn"), (d,), bn_batches=2)
   assert bn.val_loss[0] != pytest.approx(sel.val_loss[1], rel=1e-6)
   assert "BatchNorm re-estimated on 2 unlabeled batches" in bn.basis
   # With pre-training the low-rank stage runs per candidate, in its own folder.
-  sel2 = select_dim(config, float_dir, str(tmp_path / "pre"), (3,), pretrain_steps=2)
-  assert (tmp_path / "pre" / "d3" / "lowrank" / "checkpoints").exists()
-  assert "after 2 steps of low-rank pre-training" in sel2.basis
+  sel2 = select_dim(config, float_dir, str(tmp_path / "pre"), (d,), pretrain_steps=steps)
+  assert (tmp_path / "pre" / f"d{d}" / "lowrank" / "checkpoints").exists()
+  assert f"after {steps} steps of low-rank pre-training" in sel2.basis
   assert sel2.val_loss[0] != pytest.approx(sel.val_loss[1], rel=1e-6)
 
 

@@ -37,10 +37,11 @@ def test_off_by_default_and_off_the_primary_process(tmp_path):
 
 
 def test_a_stage_with_profile_steps_writes_a_trace(tmp_path):
-  """A window longer than the stage: the trace is closed by the end of the loop, not lost."""
+  """A window longer than the stage: the trace is closed by the end of the loop, not lost. The
+  quick float stage's own length (6 steps): the train step is the one its runs compile."""
   config = load_config(QUICK)
-  config.profile_steps = 5
-  config.float.update(num_steps=3, log_every=3, checkpoint_every=3)
+  config.profile_steps = 8
+  config.float.update(num_steps=6, log_every=6, checkpoint_every=6)
   trainer.run_stage(config, "float", str(tmp_path))
   assert _traces(tmp_path / "float")
   # the profiler was stopped: another trace can start in this process
