@@ -1,11 +1,10 @@
 """Top-t DKM: equal to full DKM at t = k, to a masked-softmax reference below it, and sharded.
 
 DKM's iterations are unrolled (its compile time grows with `iters`): two iterations already chain
-one update into the next, so the comparisons run two or fewer, except the t >= k comparison with
-the naive reference (at two, τ's gradient differs by 2.5e-5 relative, over its 2e-5 tolerance).
+one update into the next, so the comparisons run two or fewer. Inputs and the jitted gradient:
+tests/core/dkm_grads.py (shared with test_dkm.py, whose equal calls are then compiled once).
 """
 
-import functools
 import textwrap
 
 import jax
@@ -16,52 +15,21 @@ import pytest
 from lr2vq_jax.core import dkm_top
 from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive, neighbors
 from lr2vq_jax.core.kernel import QuantConfig
+from tests.core.dkm_grads import assert_same as _assert_same
+from tests.core.dkm_grads import inputs as _inputs
+from tests.core.dkm_grads import value_and_grad as _value_and_grad
 from tests.support.devices import run_script
-
-
-def _inputs(seed, n, d, k):
-  """z (n, d), centroids near its first k rows, loss weights w (n, d): NumPy draws (jax.random
-  compiles a program per shape)."""
-  rng = np.random.default_rng(seed)
-  z = rng.normal(size=(n, d)).astype(np.float32)
-  c = z[:k] + np.float32(0.1) * rng.normal(size=(k, d)).astype(np.float32)
-  return z, c, rng.normal(size=(n, d)).astype(np.float32)
-
-
-def _value_and_grad(fn, z, c, w, tau, iters, **kw):
-  """Value ((loss, (z_soft, centroids))) and gradient (z, c, tau) of a DKM loss weighted by w; the
-  array keywords are arguments, the rest static: equal calls (also across tests) trace once."""
-  arrays = {k: v for k, v in kw.items() if isinstance(v, (np.ndarray, jax.Array))}
-  static = tuple(sorted((k, v) for k, v in kw.items() if k not in arrays))
-  return _value_and_grad_jit(fn, iters, static, z, c, w, tau, arrays)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _value_and_grad_jit(fn, iters, static, z, c, w, tau, arrays):
-  def loss(z, c, tau):
-    z_soft, c_out = fn(z, c, tau=tau, iters=iters, **dict(static), **arrays)
-    return jnp.sum(z_soft * w) + jnp.sum(c_out**2), (z_soft, c_out)
-
-  return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(z, c, tau)
-
-
-def _assert_same(a, b, atol=2e-5):
-  (_, (zs_a, c_a)), g_a = a
-  (_, (zs_b, c_b)), g_b = b
-  np.testing.assert_allclose(zs_a, zs_b, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(c_a, c_b, rtol=1e-5, atol=1e-5)
-  for x, y in zip(g_a, g_b, strict=True):
-    scale = float(np.max(np.abs(y))) + 1e-6
-    np.testing.assert_allclose(np.asarray(x) / scale, np.asarray(y) / scale, atol=atol)
 
 
 @pytest.mark.parametrize("top_t", [16, 40])  # t = k and t > k: every centroid
 @pytest.mark.parametrize("chunk", [64, 4096])
 def test_top_t_at_k_equals_full_dkm_value_and_grad(top_t, chunk):
-  z, c, w = _inputs(0, 203, 4, 16)
+  # The inputs, iterations and reference of test_dkm.py's test_bounded_equals_naive_value_and_grad
+  # at 203 rows: its reference is reused (the same call), and t >= k is the same program as t = 0.
+  z, c, w = _inputs(203, 203, 4, 16)
   tau = jnp.float32(0.3)
-  want = _value_and_grad(dkm_naive, z, c, w, tau, 3)
-  _assert_same(_value_and_grad(dkm, z, c, w, tau, 3, chunk_size=chunk, top_t=top_t), want)
+  want = _value_and_grad(dkm_naive, z, c, w, tau, 2)
+  _assert_same(_value_and_grad(dkm, z, c, w, tau, 2, chunk_size=chunk, top_t=top_t), want)
 
 
 def _masked_reference(z, c, *, tau, iters, top_t, ranked_by=None):
@@ -82,7 +50,8 @@ def _masked_reference(z, c, *, tau, iters, top_t, ranked_by=None):
   return attn(c) @ c, c
 
 
-@pytest.mark.parametrize("top_t,iters,chunk", [(3, 2, 64), (1, 1, 7), (5, 0, 4096)])
+# (3, 2, 7): the program of test_given_neighbors_equal_top_t_value_and_grad[7]'s top_t call.
+@pytest.mark.parametrize("top_t,iters,chunk", [(3, 2, 7), (1, 1, 64), (5, 0, 4096)])
 def test_top_t_equals_masked_softmax_reference(top_t, iters, chunk):
   # The neighbour set is chosen once from the input centroids and kept for every iteration.
   z, c, w = _inputs(1, 150, 3, 12)

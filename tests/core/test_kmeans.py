@@ -116,10 +116,14 @@ def test_chunked_assignment_equals_unchunked():
     codes, mind = assign(x, c, chunk_size=chunk)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
     np.testing.assert_allclose(np.asarray(mind), ref_min, rtol=1e-5, atol=1e-6)
-  r1 = kmeans(x, 12, key=jax.random.key(0), iters=2, chunk_size=64)
-  r2 = kmeans(x, 12, key=jax.random.key(0), iters=2, chunk_size=4096)
+  # k-means in 69 chunks of 7 rows (3 of them padding) equals it in one chunk: the two programs of
+  # test_kmeans_recovers_planted_clusters (same shapes and static arguments), on unstructured data.
+  x = rng.normal(size=(480, 4)).astype(np.float32)
+  r1, h1 = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=7, return_history=True)
+  r2, h2 = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=65536, return_history=True)
   np.testing.assert_array_equal(np.asarray(r1.codes), np.asarray(r2.codes))
   np.testing.assert_allclose(np.asarray(r1.centroids), np.asarray(r2.centroids), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(h1), np.asarray(h2), rtol=1e-5)
 
 
 def test_kmeans_plusplus_picks_distinct_data_points():
@@ -184,7 +188,9 @@ def test_n_less_than_k_raises():
 
 
 def test_kmeans_handles_duplicate_points():
-  x = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)  # 3 distinct points, k = 5
-  res = kmeans(x, 5, key=jax.random.key(0), iters=3)
+  # 3 distinct points, k = 8; the shapes and static arguments of the planted-clusters call (chunk
+  # 65536): its compiled k-means is reused.
+  x = np.repeat(np.eye(4, dtype=np.float32)[:3], 160, axis=0)
+  res, _ = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=65536, return_history=True)
   assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
   assert np.all(np.isfinite(np.asarray(res.centroids)))

@@ -40,8 +40,9 @@ def test_own_seeding_is_deterministic_and_within_2pct_of_full_data_seeding(k):
   n = seeding.SEED_ROWS_PER_CENTROID * k + 7000  # the seeding samples
   x = _mixture(n, 4, 2 * k, seed_=k)
   key = jax.random.key(3)
-  a = kmeans(x, k, key=key, iters=25)
-  b = kmeans(x, k, key=key, iters=25)
+  # return_history: at k = 8 the program of the two tests below (one compilation for the three).
+  a, _ = kmeans(x, k, key=key, iters=25, return_history=True)
+  b, _ = kmeans(x, k, key=key, iters=25, return_history=True)
   np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
   # The seeding before this change: the full data, every iteration run.
   full = (kmeans_plusplus if k <= seeding.GREEDY_MAX_K else kmeans_parallel)(
@@ -59,16 +60,19 @@ def test_seeds_are_distinct_data_rows():
   assert all(tuple(r) in rows for r in c.tolist())
 
 
+# The shapes and static arguments of the k = 8 seeding test above (9048 rows, d = 4, k = 8, 25 steps,
+# with the history): its compiled k-means is reused, also on the sampled-seeding path below.
 def test_early_stop_repeats_the_last_sse_and_tol_zero_runs_every_step():
-  x = _mixture(3000, 2, 4, seed_=2)
+  x = _mixture(seeding.SEED_ROWS_PER_CENTROID * 8 + 7000, 4, 8, seed_=4)
   key = jax.random.key(0)
-  res, hist = kmeans(x, 4, key=key, iters=40, return_history=True)
+  res, hist = kmeans(x, 8, key=key, iters=25, return_history=True)
   hist = np.asarray(hist)
   assert np.all(np.diff(hist) <= 1e-6 * hist[0])
-  assert hist[-2] == hist[-3]  # stopped: 4 well separated blobs converge in a few steps
+  assert hist[-2] == hist[-3]  # stopped after a few steps (the SSE still falls a little, see below)
   assert float(res.sse) == hist[-1]
-  full, hist0 = kmeans(x, 4, key=key, iters=40, return_history=True, tol=0.0)
+  full, hist0 = kmeans(x, 8, key=key, iters=25, return_history=True, tol=0.0)
   assert float(res.sse) <= float(full.sse) * (1 + kmeans_lib.TOL)
+  assert float(full.sse) < float(res.sse)  # tol = 0 ran the steps that the stop left out
   assert np.asarray(hist0).shape == hist.shape
 
 
@@ -83,9 +87,11 @@ def test_k_above_n_raises_one_clear_error():
 
 
 def test_fewer_distinct_points_than_k_on_the_sampled_path():
-  k = 5
-  x = np.repeat(np.eye(3, dtype=np.float32), seeding.SEED_ROWS_PER_CENTROID * k // 3 + 50, 0)
-  res = kmeans(x, k, key=jax.random.key(0), iters=5)
+  k, n = 8, seeding.SEED_ROWS_PER_CENTROID * 8 + 7000  # n > the seeding sample
+  points = np.zeros((3, 4), np.float32)
+  points[:2, 0] = 1.0, -1.0  # 3 distinct points, n / 3 copies each: mean 0, every sum exact
+  x = np.repeat(points, n // 3, 0)
+  res, _ = kmeans(x, k, key=jax.random.key(0), iters=25, return_history=True)
   assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
   assert np.all(np.isfinite(np.asarray(res.centroids)))
   assert set(np.unique(np.asarray(res.codes)).tolist()) <= set(range(k))

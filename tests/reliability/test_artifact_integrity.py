@@ -39,7 +39,9 @@ def artifact(tmp_path_factory):
   plan = lq.nn.plan_model(PlainNet(), RULES, X)
   float_vars = PlainNet().init(jax.random.key(0), X, train=False)
   lowrank = convert.float_to_lowrank(float_vars, RULES, plan=plan)
-  variables = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=2)
+  # kmeans_iters as the other PlainNet tests (tests/test_export.py, tests/nn/test_recorded.py,
+  # tests/nn/test_transform.py): their compiled k-means per layer shape is reused.
+  variables = convert.lowrank_to_quantize(lowrank, RULES, key=jax.random.key(1), kmeans_iters=3)
   lq.export(variables, RULES, path, metadata={"model": "plain"})
   return path
 
