@@ -11,8 +11,8 @@ import pytest
 from jax.test_util import check_grads
 
 from lr2vq_jax.core.dkm import chunk_rows_for, dkm, dkm_naive
-from tests.core.dkm_grads import assert_same, value_and_grad
-from tests.core.dkm_grads import inputs as _inputs
+from tests.support.dkm_grads import assert_same, value_and_grad
+from tests.support.dkm_grads import inputs as _inputs
 
 
 def _loss(fn, w, iters, **kw):

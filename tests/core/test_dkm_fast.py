@@ -2,7 +2,7 @@
 
 DKM's iterations are unrolled (its compile time grows with `iters`): two iterations already chain
 one update into the next, so the comparisons run two or fewer. Inputs and the jitted gradient:
-tests/core/dkm_grads.py (shared with test_dkm.py, whose equal calls are then compiled once).
+tests/support/dkm_grads.py (shared with test_dkm.py, whose equal calls are then compiled once).
 """
 
 import textwrap
@@ -15,10 +15,10 @@ import pytest
 from lr2vq_jax.core import dkm_top
 from lr2vq_jax.core.dkm import TOP_T, _update, dkm, dkm_naive, neighbors
 from lr2vq_jax.core.kernel import QuantConfig
-from tests.core.dkm_grads import assert_same as _assert_same
-from tests.core.dkm_grads import inputs as _inputs
-from tests.core.dkm_grads import value_and_grad as _value_and_grad
 from tests.support.devices import run_script
+from tests.support.dkm_grads import assert_same as _assert_same
+from tests.support.dkm_grads import inputs as _inputs
+from tests.support.dkm_grads import value_and_grad as _value_and_grad
 
 
 @pytest.mark.parametrize("top_t", [16, 40])  # t = k and t > k: every centroid
