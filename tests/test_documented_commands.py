@@ -12,7 +12,9 @@ RUN commands run as printed, in document order, from a sandbox folder that holds
 `benchmarks/` of this checkout, with this environment's `lr2vq` first on PATH, `python` = this
 interpreter, and these substitutions (what makes them small, offline and local):
 * `--config configs/X.py` → `configs/X.py:quick` or `:runlocal` (whichever the config's header
-  offers); a config given with its own argument instead gets every stage shortened to 4 steps;
+  offers); a config given with its own argument instead gets every stage shortened to 2 steps,
+  and so does a `:quick` training given its own `--config.d`/`rules`/`m`/`k` (programs of its own,
+  shared with no other run: tests/support/command_sandbox.py `SHORT`);
 * `gs://BUCKET/…` → `runs/…`; `/path/…` and `/data/…` → the sandbox's tiny ImageNet (prepared by
   `lr2vq prepare` from the official tar layout), its tars and a torchvision-layout weight file;
 * `make demo` → the Makefile's demo recipe (so with `:quick` too).
