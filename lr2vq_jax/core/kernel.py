@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lr2vq_jax.core import codec, recorded
 from lr2vq_jax.core import dkm as dkm_lib
@@ -137,10 +138,18 @@ def projection_as(p: jax.Array, mode) -> jax.Array:
   return jax.lax.switch(mode, branches, p)
 
 
-@jax.jit
 def fp16_round(x: jax.Array) -> jax.Array:
-  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values (one
-  program per shape when called eagerly, as export does, not two)."""
+  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values.
+
+  NumPy stays NumPy (an export of host variables); a jax array takes one jitted program per
+  shape when called eagerly, not two."""
+  if isinstance(x, np.ndarray):
+    return x.astype(np.float16).astype(np.float32)
+  return _fp16_round(x)
+
+
+@jax.jit
+def _fp16_round(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float16).astype(jnp.float32)
 
 
