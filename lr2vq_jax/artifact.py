@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -79,9 +80,10 @@ class Artifact:
       else:
         c = self._get(entry["arrays"]["codebook"]).astype(np.float32)
         p = self._get(entry["arrays"]["projection"]).astype(np.float32)
-        rows = np.asarray(jnp.take(jnp.asarray(c), codes, axis=0) @ jnp.asarray(p))
-      kernel = subvectors.from_subvectors(jnp.asarray(rows), tuple(entry["view_shape"]))
-      params[key + ("kernel",)] = np.asarray(kernel).reshape(entry["shape"])
+        rows = np.asarray(_factored_rows(c, codes, p))
+      # a gather and a reshuffle of host arrays: NumPy, exact (no eager one-op XLA programs)
+      kernel = subvectors.from_subvectors(rows, tuple(entry["view_shape"]))
+      params[key + ("kernel",)] = np.ascontiguousarray(kernel).reshape(entry["shape"])
     eps = np.float32(self.manifest["bn_epsilon"])
     for name, entry in self.manifest["float"].items():
       if name.startswith("bn:"):
@@ -100,6 +102,13 @@ class Artifact:
 
   def _get(self, entry: dict) -> np.ndarray:
     return self.arrays[entry["key"]]
+
+
+@jax.jit
+def _factored_rows(c: jax.Array, codes: jax.Array, p: jax.Array) -> jax.Array:
+  """C[a]·P of a "factored" layer in float32, the product as XLA computes it (as evaluation
+  does): one program per layer shape."""
+  return jnp.take(c, codes, axis=0) @ p
 
 
 def load(path: str | os.PathLike) -> Artifact:

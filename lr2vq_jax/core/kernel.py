@@ -12,10 +12,12 @@ Framework-neutral (jnp only): the linen layers (`lr2vq_jax.nn`) and the NNX kern
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lr2vq_jax.core import codec, recorded
 from lr2vq_jax.core import dkm as dkm_lib
@@ -137,7 +139,17 @@ def projection_as(p: jax.Array, mode) -> jax.Array:
 
 
 def fp16_round(x: jax.Array) -> jax.Array:
-  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values."""
+  """What an fp16 export stores, back in fp32: evaluation uses exactly the shipped values.
+
+  NumPy stays NumPy (an export of host variables); a jax array takes one jitted program per
+  shape when called eagerly, not two."""
+  if isinstance(x, np.ndarray):
+    return x.astype(np.float16).astype(np.float32)
+  return _fp16_round(x)
+
+
+@jax.jit
+def _fp16_round(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float16).astype(jnp.float32)
 
 
@@ -155,12 +167,14 @@ def warm_start(codebook: jax.Array, offset: jax.Array | None) -> jax.Array:
   return c if offset is None else c + jax.lax.stop_gradient(offset.astype(jnp.float32))
 
 
+@functools.partial(jax.jit, static_argnames=("chunk_size", "axis_name"))
 def refined_codebook(z, codebook, tau, *, iters, chunk_size: int, axis_name=None) -> jax.Array:
   """DKM-refined centroids from the current Z: the centroids training ends its forward pass with.
 
   `iters` may be a recorded (traced) count: the updates run in a `while_loop` for every caller,
-  so evaluation under `jit` and an eager export compute the same codes. `axis_name`: mesh axes
-  to split the rows over under a context mesh (`dkm.dkm`'s, as in training).
+  so evaluation under `jit` and an eager export compute the same codes (jitted: an eager caller,
+  export or a conversion, traces and compiles it once per shape, not once per layer). `axis_name`:
+  mesh axes to split the rows over under a context mesh (`dkm.dkm`'s, as in training).
   """
   z = jax.lax.stop_gradient(z).astype(jnp.float32)
   tau = jax.lax.stop_gradient(tau)
@@ -223,12 +237,28 @@ def random_rows(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
 
 
 def temperature(z, codebook, alpha: float, chunk_size: int = kmeans_lib.CHUNK_SIZE) -> jax.Array:
-  """τ = α · mean squared distance from each row of Z to its nearest centroid."""
+  """τ = α · mean squared distance from each row of Z to its nearest centroid.
+
+  Called eagerly by every conversion: the element-wise part and the final scaling are one jitted
+  program each (exact, whatever XLA fuses), while the two reductions stay programs of their own,
+  as when each op ran eagerly, so τ keeps its bits (a reduction fused with its operand's
+  element-wise producer may sum in another order)."""
   z = z.astype(jnp.float32)
   codebook = codebook.astype(jnp.float32)
   codes = codec.encode(z, codebook, chunk_size=chunk_size)
-  err = jnp.sum((z - codebook[codes]) ** 2, axis=-1)
-  return jnp.maximum(alpha * jnp.mean(err), 1e-12)
+  err = jnp.sum(_squared_errors(z, codebook, codes), axis=-1)
+  return _scaled_temperature(jnp.mean(err), alpha)
+
+
+@jax.jit
+def _squared_errors(z: jax.Array, codebook: jax.Array, codes: jax.Array) -> jax.Array:
+  """(z − C[a])² element-wise: one program, not a dozen eager gather/broadcast/arithmetic ops."""
+  return (z - jnp.take(codebook, codes, axis=0)) ** 2
+
+
+@functools.partial(jax.jit, static_argnames=("alpha",))
+def _scaled_temperature(mean_err: jax.Array, alpha: float) -> jax.Array:
+  return jnp.maximum(alpha * mean_err, 1e-12)
 
 
 def train_iters(recorded_iters, config: QuantConfig) -> int:

@@ -7,10 +7,14 @@ with `re.search`, so anchor patterns ("^conv1$") when a bare name would also mat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import jax
+import numpy as np
 
 from lr2vq_jax.core import codec, subvectors
 from lr2vq_jax.core.codec import MAX_K
@@ -143,12 +147,21 @@ class LayerPlan:
     return self.n * self.bits_per_code
 
   def to_rows(self, kernel):
-    """The kernel's subvectors X (n, m) in PQF order."""
-    return subvectors.to_subvectors(kernel.reshape(self.view_shape), self.m)
+    """The kernel's subvectors X (n, m) in PQF order (NumPy in, NumPy out)."""
+    if isinstance(kernel, np.ndarray):
+      return subvectors.to_subvectors(kernel.reshape(self.view_shape), self.m)
+    return _rows(kernel, tuple(self.view_shape), self.m)
 
   def to_kernel(self, rows):
     """Inverse of `to_rows`."""
     return subvectors.from_subvectors(rows, self.view_shape).reshape(self.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("view_shape", "m"))
+def _rows(kernel: jax.Array, view_shape: tuple[int, ...], m: int) -> jax.Array:
+  """`LayerPlan.to_rows` of a jax kernel: one program per layer shape (a conversion calls it
+  eagerly per layer), not three one-op ones; a reshuffle, so the values are the same."""
+  return subvectors.to_subvectors(kernel.reshape(view_shape), m)
 
 
 def k_cell(requested: int, used: int) -> str:

@@ -62,6 +62,27 @@ class LinenView:
   mode: Mode | str = Mode.FLOAT
   config: QuantConfig = QuantConfig()
 
+  def __eq__(self, other: object) -> bool:
+    """Views of equal factories (a `functools.partial` compares by its function and arguments)
+    in the same mode, rules and config are equal: a stage built twice keys the same jitted steps."""
+    if type(other) is not type(self):
+      return NotImplemented
+    return self._key() == other._key()
+
+  def __hash__(self) -> int:
+    return hash(self._key())
+
+  def _key(self) -> tuple:
+    factory = self.factory
+    if isinstance(factory, functools.partial):
+      parts = (factory.func, factory.args, tuple(sorted(factory.keywords.items())))
+      try:
+        hash(parts)
+        factory = parts
+      except TypeError:  # an unhashable argument: the partial itself (compared by identity)
+        pass
+    return (factory, self.rules, self.mode, self.config)
+
   @property
   def stage(self) -> Mode:
     """Deprecated: the view's `mode`."""
