@@ -5,7 +5,7 @@ Builds each stage as the trainer does (`build_stage` of a config, `make_train_st
 synthetic batch, then times `jitted.trace(...)`, `.lower()` and `.compile()` with
 `time.process_time()` (best of --repeat, each from a cleared JAX cache) and prints the StableHLO
 size of the lowered step and the optimized HLO size of the compiled one. Models: the digits CNN
-of configs/default.py:quick and the 1/8-width ResNet-18 of
+of configs/default.py:quick and the 1/8-width, one-block-per-stage ResNet-18 of
 configs/imagenet_resnet18_large_lr2vq.py:runlocal (32 px, batch 8, d̃ = 4; no ImageNet needed:
 the data info is synthetic). Run with the test suite's settings (without XLA_FLAGS: XLA's defaults):
 

@@ -7,10 +7,11 @@ paper's abstract and PQF's): start from torchvision weights (`config.float.init_
 epochs of quantization fine-tuning with Adam and a cosine schedule as PQF does; PQ tunes
 codebooks with codes frozen for the same 9 epochs; vanilla DKM fine-tunes for the same 9 epochs.
 
-`runlocal` shrinks everything for a CPU smoke run (the same architecture at 1/8 width, 32-px
-images, batch 8, d̃ ≤ 4, 2 steps per trained stage; the float stage imports the weights and
-evaluates, as in the recipe); the test suite runs it on a tiny ImageNet in the official tar
-layout, prepared by `lr2vq prepare`.
+`runlocal` shrinks everything for a CPU smoke run (the same ResNet at 1/8 width with one block per
+stage — the same layer and shortcut kinds and preset rules, half the layers —, 32-px images,
+batch 8, d̃ ≤ 4, 2 steps per trained stage; the float stage imports the weights and evaluates, as
+in the recipe); the test suite runs it on a tiny ImageNet in the official tar layout, prepared by
+`lr2vq prepare`.
 """
 
 import ml_collections
@@ -127,7 +128,8 @@ def imagenet(model: str, blocks: str, method: str, arg: str | None) -> ml_collec
   config.pq = stage(9, lr, final_lr_factor=1e-3, freeze=("projection",))
   config.dkm = stage(9, lr, final_lr_factor=1e-3, freeze=("projection",))
   if arg == "runlocal":
-    config.model = f"{model}_width8"  # same layers and presets at 1/8 width: minutes → seconds
+    # 1/8 width, one block per stage (layer{1..4}_0; models/__init__.py): minutes → seconds
+    config.model = f"{model}_width8_1block"
     config.dtype = "float32"
     config.data.image_size = 32
     config.data.batch_size = 8

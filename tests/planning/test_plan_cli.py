@@ -39,13 +39,13 @@ def test_plan_digits_writes_rules_and_png(tmp_path, capsys):
 
 
 def test_imagenet_config_takes_a_plan(tmp_path, capsys):
-  """The same architecture at 1/8 width (runlocal), from shapes, by ratio."""
+  """The runlocal model (1/8 width, one block per stage), from shapes, by ratio."""
   spec = config_path("imagenet_resnet18_large_lr2vq.py:runlocal")
   rules = tmp_path / "r18.rules"
   argv = ["plan", "--config", spec, "--ratio", "20", "--keep-float", "^conv1$", *FAST]
   assert cli.main([*argv, "--out", str(rules)]) == 0
   out = capsys.readouterr().out
-  assert "layer4_1/conv2" in out and "reference rules (uniform)" in out
+  assert "layer4_0/conv2" in out and "reference rules (uniform)" in out
   config = load_config(spec)
   config.rules = f"@{rules}"
   got = config_rules(config)
