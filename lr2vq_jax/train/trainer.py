@@ -9,7 +9,6 @@ checkpoints. Data order and RNG are keyed by step.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 
 import jax
@@ -88,7 +87,9 @@ def train_and_evaluate(
   """The stage's loop: start or resume, train to the end (or the run's budget), evaluate."""
   cfg = stage.cfg
   state, start, unlogged = _restore_or_initialize(stage, ckpt, logger)
-  train_step = _jitted_train_step(stage)
+  train_step = partitioning.jit_train_step(
+    make_train_step(stage.model, cfg, stage.tx, stage.num_steps), abstract_state(stage), stage.mesh
+  )
   teacher = make_teacher(stage) if cfg.get("distill", 0.0) > 0 else None
   hooks = metrics.periodic_hooks(
     stage.workdir,
@@ -140,51 +141,6 @@ def train_and_evaluate(
   results = _final_eval(stage, state, logger)
   ckpt.wait()
   return state, results
-
-
-# Stage fields the train step and its optimizer never read: a stage resumed in the same process
-# with another of these (a time-limited job's next run, tests) reuses the step already traced.
-_STEP_NEUTRAL = ("max_steps_this_run", "log_every", "checkpoint_every", "bn_reestimate_batches")
-_STEPS: dict = {}  # step key -> jitted step; at most _MAX_STEPS, the oldest dropped first
-_MAX_STEPS = 4
-
-
-def _jitted_train_step(stage: Stage):
-  """The stage's jitted, sharded train step, built once per (model, stage settings, steps, input,
-  mesh, sharding) in a process, so that a resumed stage does not trace and lower it again."""
-  key = _step_key(stage)
-  if key is not None and key in _STEPS:
-    return _STEPS[key]
-  step = partitioning.jit_train_step(
-    make_train_step(stage.model, stage.cfg, stage.tx, stage.num_steps),
-    abstract_state(stage),
-    stage.mesh,
-  )
-  if key is not None:
-    while len(_STEPS) >= _MAX_STEPS:
-      _STEPS.pop(next(iter(_STEPS)))
-    _STEPS[key] = step
-  return step
-
-
-def _step_key(stage: Stage):
-  """What the train step is a function of (the optimizer is built from the same), or None when
-  the model cannot key a cache (an unhashable field)."""
-  settings = {k: v for k, v in stage.cfg.to_dict().items() if k not in _STEP_NEUTRAL}
-  key = (
-    stage.model,
-    json.dumps(settings, sort_keys=True, default=repr),
-    stage.num_steps,
-    tuple(stage.sample_input.shape),
-    str(stage.sample_input.dtype),
-    stage.mesh,
-    partitioning.sharding_mode(stage.config),
-  )
-  try:
-    hash(key)
-  except TypeError:
-    return None
-  return key
 
 
 def _restore_or_initialize(
