@@ -70,7 +70,9 @@ def make_sandbox(root: Path) -> Sandbox:
   manual = root / "data" / "imagenet_tars"
   write_tiny_imagenet(manual)
   weights = {
-    m: write_torchvision_weights(root / "data" / f"{m}_torchvision.safetensors", f"{m}_width8_1block")
+    m: write_torchvision_weights(
+      root / "data" / f"{m}_torchvision.safetensors", f"{m}_width8_1block"
+    )
     for m in ("resnet18", "resnet50")
   }
   box = Sandbox(root, root / "data" / "tensorflow_datasets", manual, weights)
