@@ -28,14 +28,9 @@ MODELS = {
 # kinds and preset rules, half the layers, so its programs compile in about half the time).
 MODELS.update(
   {
-    f"{name}_width8": functools.partial(MODELS[name], num_filters=8)
+    f"{name}_width8{suffix}": functools.partial(MODELS[name], num_filters=8, **blocks)
     for name in ("resnet18", "resnet50")
-  }
-)
-MODELS.update(
-  {
-    f"{name}_width8_1block": functools.partial(MODELS[name], num_filters=8, stage_sizes=(1,) * 4)
-    for name in ("resnet18", "resnet50")
+    for suffix, blocks in (("", {}), ("_1block", {"stage_sizes": (1,) * 4}))
   }
 )
 
