@@ -24,10 +24,15 @@ issue's grid of Gaussian mixtures (n = 10k, 100k, 1M x k = 16, 256, 4096, d = 8)
 layer's shape (128k x 4, k = 2048), 200k x 8 at k = 4096 and heavy-tailed Student-t rows.
 
 `--clock cpu` times CPU seconds of the process (all its threads) instead of wall time: the work
-each side does, unaffected by other jobs on a shared machine (spinning OpenMP workers count too).
+each side does, unaffected by other jobs on a shared machine (spinning OpenMP workers count too,
+and so do XLA:CPU's pool threads spinning between the ops of lq's chunk loop, which moves lq's
+two-thread CPU time between runs). Pinned to one core (`taskset -c 0 python ... --clock cpu`)
+both sides run one thread (faiss's OpenMP and XLA:CPU's pool size follow the affinity mask):
+the work of each, without thread-pool effects.
 
   python benchmarks/kmeans_vs_faiss.py [--iters 25] [--repeats 3] [--only SUBSTRING] [--workdir D]
                                        [--clock wall|cpu] [--split]
+  taskset -c 0 python benchmarks/kmeans_vs_faiss.py --clock cpu   # one core, one thread each
 """
 
 from __future__ import annotations
