@@ -9,11 +9,20 @@ import pytest
 from lr2vq_jax.train import array_stream, stateless_random
 from lr2vq_jax.train.datasets import default_data_config
 
-tf = pytest.importorskip("tensorflow")
-tf_datasets = pytest.importorskip("lr2vq_jax.train.tf_datasets")
+
+# TensorFlow is loaded by the tests that compare against it, not when the module is collected:
+# every pytest-xdist worker collects every module, and only one of them runs these tests.
+@pytest.fixture(scope="module")
+def tf():
+  return pytest.importorskip("tensorflow")
 
 
-def _streams(*, split, global_batch, pc=1, p=0, seed=0, start_step=0, num_batches=3):
+@pytest.fixture(scope="module")
+def tf_datasets():
+  return pytest.importorskip("lr2vq_jax.train.tf_datasets")
+
+
+def _streams(tf_datasets, *, split, global_batch, pc=1, p=0, seed=0, start_step=0, num_batches=3):
   cfg = default_data_config("digits")
   kw = dict(
     training=split == cfg.train_split and start_step >= 0,
@@ -46,24 +55,30 @@ def _assert_identical(ours, theirs):
     (96, 3, 2, 2**31 + 7, 123_456),  # a large seed and a position far into the stream
   ],
 )
-def test_train_stream_matches_tf_data(global_batch, pc, p, seed, start_step):
+def test_train_stream_matches_tf_data(tf_datasets, global_batch, pc, p, seed, start_step):
   _assert_identical(
     *_streams(
-      split="train", global_batch=global_batch, pc=pc, p=p, seed=seed, start_step=start_step
+      tf_datasets,
+      split="train",
+      global_batch=global_batch,
+      pc=pc,
+      p=p,
+      seed=seed,
+      start_step=start_step,
     )
   )
 
 
 @pytest.mark.parametrize("split,global_batch,pc,p", [("test", 64, 1, 0), ("validation", 50, 2, 1)])
-def test_eval_pass_matches_tf_data_with_padding(split, global_batch, pc, p):
+def test_eval_pass_matches_tf_data_with_padding(tf_datasets, split, global_batch, pc, p):
   ours, theirs = _streams(
-    split=split, global_batch=global_batch, pc=pc, p=p, start_step=-1, num_batches=None
+    tf_datasets, split=split, global_batch=global_batch, pc=pc, p=p, start_step=-1, num_batches=None
   )
   _assert_identical(ours, theirs)
   assert not ours[-1]["mask"].all()  # the padded last batch is compared too
 
 
-def test_primitives_match_tensorflow_on_random_inputs():
+def test_primitives_match_tensorflow_on_random_inputs(tf):
   rng = np.random.default_rng(0)
   pos = np.concatenate([np.arange(500), rng.integers(0, 2**62, 500)]).astype(np.int64)
   for seed in (0, 5, -3, 2**40 + 1):
