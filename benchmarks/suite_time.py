@@ -51,9 +51,8 @@ def resolve(rev: str) -> str:
   return out.stdout.strip()
 
 
-def prepare(commit: str, folder: Path) -> Path:
-  """A clone of this checkout at `commit` with its venv made by its own `make install`."""
-  clone = folder / commit[:12]
+def prepare(commit: str, clone: Path) -> Path:
+  """A clone of this checkout at `commit` in `clone`, its venv made by its own `make install`."""
   subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
   subprocess.run(["git", "-C", str(clone), "checkout", "-q", commit], check=True)
   subprocess.run(["make", "-C", str(clone), "install"], check=True, capture_output=True)
@@ -113,7 +112,10 @@ def main() -> None:
   with tempfile.TemporaryDirectory(prefix="suite_time-") as tmp:
     folder = Path(args.keep or tmp)
     folder.mkdir(parents=True, exist_ok=True)
-    clones = {name: prepare(commit, folder) for name, commit in commits.items()}
+    clones = {
+      name: prepare(commit, folder / f"{i}-{commit[:12]}")
+      for i, (name, commit) in enumerate(commits.items())
+    }
     runs = []
     for _ in range(args.rounds):
       for name, clone in clones.items():
