@@ -14,7 +14,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lr2vq_jax.core import codec, lowrank, subvectors
 from lr2vq_jax.core import kmeans as kmeans_lib
@@ -59,14 +58,9 @@ def pq_layer(
   """(codebook (k, m), projection I, int32 codes): product quantization of the raw rows."""
   result = kmeans_lib.kmeans(rows.astype(jnp.float32), k, key=key, iters=iters)
   m = rows.shape[1]
-  return result.centroids, _identity(m), result.codes.astype(jnp.int32)
+  return result.centroids, lowrank.identity_projection(m), result.codes.astype(jnp.int32)
 
 
 def dkm_layer(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(z = X, projection I): the low-rank mode of vanilla DKM (d̃ = m, no representation)."""
-  return rows, _identity(rows.shape[1])
-
-
-def _identity(m: int) -> jax.Array:
-  """The m×m float32 identity, made on the host (`jnp.eye` runs five eager one-op programs)."""
-  return jnp.asarray(np.eye(m, dtype=np.float32))
+  return rows, lowrank.identity_projection(rows.shape[1])

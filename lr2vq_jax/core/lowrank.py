@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def identity_projection(m: int) -> jax.Array:
+  """P = I (m × m, float32): the projection at d̃ = m (PQ, vanilla DKM). Made on the host: an eager
+  `jnp.eye` runs five one-op XLA programs per call."""
+  return jnp.asarray(np.eye(m, dtype=np.float32))
 
 
 def svd_init(x: jax.Array, d: int) -> tuple[jax.Array, jax.Array]:

@@ -156,7 +156,11 @@ def _frozen_arrays(mdl, geo: LayerPlan, rows0, param_dtype, config) -> dict:
   codes = mdl.variable(QUANT, "codes", lambda: jnp.zeros((geo.n,), jnp.int32)).value
   z0 = p0 = c0 = None
   if rows0 is not None:
-    z0, p0 = (rows0, jnp.eye(geo.m)) if geo.d == geo.m else lowrank.svd_init(rows0, geo.d)
+    z0, p0 = (
+      (rows0, lowrank.identity_projection(geo.m))
+      if geo.d == geo.m
+      else lowrank.svd_init(rows0, geo.d)
+    )
     c0 = _random_rows(mdl, z0, geo.k)
   c = mdl.param("codebook", _given(c0, (geo.k, geo.d), param_dtype))
   p = mdl.param("projection", _given(p0, (geo.d, geo.m), param_dtype))

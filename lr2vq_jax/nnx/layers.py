@@ -25,7 +25,7 @@ from lr2vq_jax.nnx.transform import n_out_dims
 def initial_arrays(rows: jax.Array, plan, mode: Mode, rng: jax.Array, alpha: float) -> dict:
   """The mode's arrays from a random initial kernel's rows (as the linen layers' init)."""
   if mode == Mode.FROZEN and plan.d == plan.m:
-    z, p = rows, jnp.eye(plan.m, dtype=jnp.float32)
+    z, p = rows, lowrank.identity_projection(plan.m)
   else:
     z, p = lowrank.svd_init(rows, plan.d)
   if mode == Mode.LOWRANK:
