@@ -58,6 +58,14 @@ def scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
   return jnp.matmul(lhs, rhs.T, precision=lax.Precision.HIGHEST)
 
 
+def row_scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
+  """`scores` laid out (b, k): [x, 1] @ lhs.T. For a min alone (no argmin) over a few centroids:
+  the min over the minor axis vectorizes, the (k, b) block's min over its major axis does not
+  (seeding's D^2 pass of 16 centroids: 6x faster; of 256: 1.5x)."""
+  rhs = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
+  return jnp.matmul(rhs, lhs.T, precision=lax.Precision.HIGHEST)
+
+
 def score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:
   """[-2c, ||c||^2] (k + pad, d + 1); the `pad` extra rows score +inf against every x."""
   lhs = jnp.concatenate([-2.0 * c, jnp.sum(c * c, axis=1)[:, None]], 1)

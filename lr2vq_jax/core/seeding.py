@@ -15,9 +15,9 @@ from lr2vq_jax.core.scoring import (
   CHUNK_SIZE,
   check_points,
   chunk_rows,
+  row_scores,
   rows_per_chunk,
   score_lhs,
-  scores,
 )
 
 # Largest k seeded by greedy k-means++ in `kmeans` (the digits recipe's k = 16 included).
@@ -79,8 +79,8 @@ def kmeans_plusplus(
 
 
 def _min_sq(xb: jax.Array, lhs: jax.Array) -> jax.Array:
-  """min_j ||x_i - c_j||^2 (b,) by `scores` (lhs = `score_lhs(c)`), clamped at 0."""
-  best = jnp.min(scores(xb, lhs), axis=0)
+  """min_j ||x_i - c_j||^2 (b,) by `row_scores` (lhs = `score_lhs(c)`), clamped at 0."""
+  best = jnp.min(row_scores(xb, lhs), axis=1)
   return jnp.maximum(best + jnp.sum(xb * xb, axis=1), 0.0)
 
 
@@ -129,13 +129,13 @@ def kmeans_parallel(
   x = jnp.asarray(x, jnp.float32)
   check_points(x, k)
   n, d = x.shape
-  xs, valid = chunk_rows(x, rows_per_chunk(chunk_size, k))
   key0, key = jax.random.split(key)
   i0 = jax.random.randint(key0, (), 0, n)
   first = x[i0]
   sizes = _round_sizes(k, rounds)
   if not sizes:
     return first[None]
+  xs, valid = chunk_rows(x, rows_per_chunk(chunk_size, sizes[0]))  # a round scores sizes[0] at most
   d2 = lax.map(lambda xb: _min_sq(xb, score_lhs(first[None])), xs) * valid
   big = sizes.count(sizes[0])  # the first rounds are one point larger, the rest equal
   state = (jnp.zeros((k - sizes[-1],), jnp.int32).at[0].set(i0), d2, jnp.int32(1))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lr2vq_jax.core import kmeans as kmeans_lib
-from lr2vq_jax.core import seeding
+from lr2vq_jax.core import scoring, seeding
 from lr2vq_jax.core.kmeans import kmeans
 from lr2vq_jax.core.seeding import kmeans_parallel, kmeans_plusplus, seed, seed_rows
 
@@ -95,3 +95,20 @@ def test_fewer_distinct_points_than_k_on_the_sampled_path():
   assert float(res.sse) == pytest.approx(0.0, abs=1e-6)
   assert np.all(np.isfinite(np.asarray(res.centroids)))
   assert set(np.unique(np.asarray(res.codes)).tolist()) <= set(range(k))
+
+
+def test_d2_pass_is_the_min_squared_distance_in_either_score_layout():
+  """Seeding's D^2 pass (`row_scores`, (b, k)) against exact float64 distances and the (k, b)
+  `scores` that Lloyd's argmin reads: same products, so the same values to fp32 rounding."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3000, 9)).astype(np.float32)
+  c = rng.normal(size=(16, 9)).astype(np.float32)
+  lhs = scoring.score_lhs(c)
+  np.testing.assert_allclose(
+    np.asarray(scoring.row_scores(x, lhs)),
+    np.asarray(scoring.scores(x, lhs)).T,
+    rtol=1e-6,
+    atol=1e-5,
+  )
+  exact = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1).min(1)
+  np.testing.assert_allclose(np.asarray(seeding._min_sq(x, lhs)), exact, rtol=1e-5, atol=1e-4)
