@@ -75,7 +75,8 @@ def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SIZE):
   """Nearest centroid per row, chunked: returns (codes (n,) int32, min squared distance (n,))."""
   n = x.shape[0]
   centroids = jnp.asarray(centroids, jnp.float32)
-  xs, _ = chunk_rows(jnp.asarray(x, jnp.float32), rows_per_chunk(chunk_size, centroids.shape[0]))
+  rows = rows_per_chunk(chunk_size, centroids.shape[0])
+  xs, _ = chunk_rows(jnp.asarray(x, jnp.float32), rows, aligned=True)
   lhs = _nearest_lhs(centroids)
   codes, mind = lax.map(lambda xb: _nearest(xb, lhs), xs)
   return codes.reshape(-1)[:n], mind.reshape(-1)[:n]
@@ -123,7 +124,7 @@ def lloyd_step(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SI
   check_points(x, centroids.shape[0])
   mean = jnp.mean(x, axis=0)
   xc = x - mean
-  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, centroids.shape[0]))
+  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, centroids.shape[0]), aligned=True)
   new, codes, sse = _step(xc, xs, valid, centroids - mean)
   return new + mean, codes, sse
 
@@ -168,7 +169,7 @@ def kmeans(
     c0 = seed(xc, k, key=key, chunk_size=chunk_size)
   else:
     c0 = jnp.asarray(init, jnp.float32) - mean
-  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, k))
+  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, k), aligned=True)
   if bounds is None:  # its first WARMUP steps are plain ones: fewer steps need no bounded step
     bounds = lloyd_bounds.supported(k) and iters > lloyd_bounds.WARMUP
   if bounds and not lloyd_bounds.supported(k):

@@ -12,18 +12,32 @@ from jax import lax
 CHUNK_SIZE = 65536
 
 
-def chunk_layout(n: int, chunk_size: int) -> tuple[int, int]:
-  """Return (num_chunks, chunk) with num_chunks * chunk >= n and the least padding."""
+# `chunk_layout(aligned=True)` (k-means) makes a chunk an odd multiple of this many rows: each row
+# of a (k, chunk) score block starts on a whole 64-byte line, and rows 8 apart (what one step of the
+# running argmin reads) are never a multiple of 4 KiB apart, where they share L1 sets. n = 2^18 rows
+# at k = 256 made 4096-row chunks: the whole k-means call 7-13% slower than with 4112 rows.
+ROW_ALIGN = 16
+
+
+def chunk_layout(n: int, chunk_size: int, aligned: bool = False) -> tuple[int, int]:
+  """Return (num_chunks, chunk) with num_chunks * chunk >= n and the least padding (aligned: the
+  least with chunk an odd multiple of ROW_ALIGN)."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   num = max(1, -(-n // chunk_size))
-  return num, -(-n // num)
+  chunk = -(-n // num)
+  if aligned:
+    lines = -(-chunk // ROW_ALIGN)
+    chunk = ROW_ALIGN * (lines + 1 - lines % 2)
+    num = max(1, -(-n // chunk))
+  return num, chunk
 
 
-def chunk_rows(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
-  """Zero-pad x (n, d) to (num_chunks, chunk, d); also return the (num_chunks, chunk) valid mask."""
+def chunk_rows(x: jax.Array, chunk_size: int, aligned: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Zero-pad x (n, d) to (num_chunks, chunk, d) by `chunk_layout`; also return the (num_chunks,
+  chunk) valid mask."""
   n = x.shape[0]
-  num, chunk = chunk_layout(n, chunk_size)
+  num, chunk = chunk_layout(n, chunk_size, aligned)
   xp = jnp.pad(x, ((0, num * chunk - n), (0, 0)))
   valid = (jnp.arange(num * chunk) < n).reshape(num, chunk)
   return xp.reshape(num, chunk, x.shape[1]), valid

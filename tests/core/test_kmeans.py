@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lr2vq_jax.core import scoring
 from lr2vq_jax.core.distances import sq_distances
 from lr2vq_jax.core.kmeans import KMeansResult, assign, kmeans, lloyd_step
 from lr2vq_jax.core.seeding import kmeans_parallel, kmeans_plusplus
@@ -38,10 +39,10 @@ def test_sq_distances_matches_direct_and_is_fp32():
   assert float(sq_distances(x, x).min()) >= 0.0
 
 
-@pytest.mark.parametrize("chunk_size", [7, 65536])
+@pytest.mark.parametrize("chunk_size", [100, 65536])
 def test_kmeans_recovers_planted_clusters(chunk_size):
   x, truth, centers = _mixture(0)
-  # return_history: the program of test_sse_never_rises_... (chunk 7) and test_deterministic_... .
+  # return_history: the program of test_sse_never_rises_... (chunk 100) and test_deterministic_... .
   res, hist = kmeans(
     x, 8, key=jax.random.key(1), iters=10, chunk_size=chunk_size, return_history=True
   )
@@ -65,7 +66,7 @@ def test_sse_never_rises_and_history_ends_with_sse():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(480, 4)).astype(np.float32)  # no structure: many Lloyd moves
   # The shapes and static arguments of test_kmeans_recovers_planted_clusters[7]: one program.
-  res, hist = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=7, return_history=True)
+  res, hist = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=100, return_history=True)
   hist = np.asarray(hist)
   assert hist.shape == (11,)
   assert np.all(np.diff(hist) <= 1e-5 * hist[0])
@@ -106,6 +107,18 @@ def test_deterministic_for_a_key_and_key_matters():
   assert not np.array_equal(np.asarray(p), np.asarray(q))
 
 
+def test_aligned_chunks_are_odd_multiples_of_the_row_alignment_with_little_padding():
+  a = scoring.ROW_ALIGN
+  for n in (1, 15, 480, 1001, 128_000, 262_144, 1_000_000):
+    for chunk_size in (1, 7, 100, 256, 512, 4096, 65536):
+      num, chunk = scoring.chunk_layout(n, chunk_size, aligned=True)
+      plain_num, plain = scoring.chunk_layout(n, chunk_size)
+      assert chunk % a == 0 and (chunk // a) % 2 == 1, (n, chunk_size, chunk)
+      assert num * chunk >= n and (num - 1) * chunk < n  # no chunk of padding only
+      assert num <= plain_num and chunk < plain + 2 * a  # at most two lines more per chunk
+  assert scoring.chunk_layout(262_144, 4096, aligned=True) == (64, 4112)  # not 4096 (2^12)
+
+
 def test_chunked_assignment_equals_unchunked():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(1001, 6)).astype(np.float32)
@@ -116,10 +129,10 @@ def test_chunked_assignment_equals_unchunked():
     codes, mind = assign(x, c, chunk_size=chunk)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
     np.testing.assert_allclose(np.asarray(mind), ref_min, rtol=1e-5, atol=1e-6)
-  # k-means in 69 chunks of 7 rows (3 of them padding) equals it in one chunk: the two programs of
+  # k-means in 5 chunks of 112 rows (80 of them padding) equals it in one chunk: the two programs of
   # test_kmeans_recovers_planted_clusters (same shapes and static arguments), on unstructured data.
   x = rng.normal(size=(480, 4)).astype(np.float32)
-  r1, h1 = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=7, return_history=True)
+  r1, h1 = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=100, return_history=True)
   r2, h2 = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=65536, return_history=True)
   np.testing.assert_array_equal(np.asarray(r1.codes), np.asarray(r2.codes))
   np.testing.assert_allclose(np.asarray(r1.centroids), np.asarray(r2.centroids), atol=1e-5)
