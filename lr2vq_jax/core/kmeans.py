@@ -70,13 +70,17 @@ def _cluster_sums(xb, vb, codes, k: int):
   return jnp.matmul(onehot.T, xb, precision=lax.Precision.HIGHEST), jnp.sum(onehot, axis=0)
 
 
+def _chunks(x: jax.Array, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """`chunk_rows` of x for k centroids: `rows_per_chunk` rows at most, aligned (scoring.ROW_ALIGN)."""
+  return chunk_rows(x, rows_per_chunk(chunk_size, k), aligned=True)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
 def assign(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SIZE):
   """Nearest centroid per row, chunked: returns (codes (n,) int32, min squared distance (n,))."""
   n = x.shape[0]
   centroids = jnp.asarray(centroids, jnp.float32)
-  rows = rows_per_chunk(chunk_size, centroids.shape[0])
-  xs, _ = chunk_rows(jnp.asarray(x, jnp.float32), rows, aligned=True)
+  xs, _ = _chunks(jnp.asarray(x, jnp.float32), centroids.shape[0], chunk_size)
   lhs = _nearest_lhs(centroids)
   codes, mind = lax.map(lambda xb: _nearest(xb, lhs), xs)
   return codes.reshape(-1)[:n], mind.reshape(-1)[:n]
@@ -124,7 +128,7 @@ def lloyd_step(x: jax.Array, centroids: jax.Array, *, chunk_size: int = CHUNK_SI
   check_points(x, centroids.shape[0])
   mean = jnp.mean(x, axis=0)
   xc = x - mean
-  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, centroids.shape[0]), aligned=True)
+  xs, valid = _chunks(xc, centroids.shape[0], chunk_size)
   new, codes, sse = _step(xc, xs, valid, centroids - mean)
   return new + mean, codes, sse
 
@@ -169,7 +173,7 @@ def kmeans(
     c0 = seed(xc, k, key=key, chunk_size=chunk_size)
   else:
     c0 = jnp.asarray(init, jnp.float32) - mean
-  xs, valid = chunk_rows(xc, rows_per_chunk(chunk_size, k), aligned=True)
+  xs, valid = _chunks(xc, k, chunk_size)
   if bounds is None:  # its first WARMUP steps are plain ones: fewer steps need no bounded step
     bounds = lloyd_bounds.supported(k) and iters > lloyd_bounds.WARMUP
   if bounds and not lloyd_bounds.supported(k):

@@ -68,16 +68,19 @@ def check_points(x: jax.Array, k: int) -> None:
 def scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
   """(k, b) scores ||c||^2 - 2 c.x by one matmul of lhs = `score_lhs(c)` (k, d + 1) with [x, 1]:
   no second pass over the k x b block to add ||c||^2 (the add alone cost a third of a step)."""
-  rhs = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
-  return jnp.matmul(lhs, rhs.T, precision=lax.Precision.HIGHEST)
+  return jnp.matmul(lhs, _with_ones(xb).T, precision=lax.Precision.HIGHEST)
 
 
 def row_scores(xb: jax.Array, lhs: jax.Array) -> jax.Array:
   """`scores` laid out (b, k): [x, 1] @ lhs.T. For a min alone (no argmin) over a few centroids:
   the min over the minor axis vectorizes, the (k, b) block's min over its major axis does not
   (seeding's D^2 pass of 16 centroids: 6x faster; of 256: 1.5x)."""
-  rhs = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
-  return jnp.matmul(rhs, lhs.T, precision=lax.Precision.HIGHEST)
+  return jnp.matmul(_with_ones(xb), lhs.T, precision=lax.Precision.HIGHEST)
+
+
+def _with_ones(xb: jax.Array) -> jax.Array:
+  """[x, 1] (b, d + 1): the side of the score matmul that meets `score_lhs`."""
+  return jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], 1)
 
 
 def score_lhs(c: jax.Array, pad: int = 0) -> jax.Array:

@@ -65,7 +65,7 @@ def test_kmeans_recovers_planted_clusters(chunk_size):
 def test_sse_never_rises_and_history_ends_with_sse():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(480, 4)).astype(np.float32)  # no structure: many Lloyd moves
-  # The shapes and static arguments of test_kmeans_recovers_planted_clusters[7]: one program.
+  # The shapes and static arguments of test_kmeans_recovers_planted_clusters[100]: one program.
   res, hist = kmeans(x, 8, key=jax.random.key(0), iters=10, chunk_size=100, return_history=True)
   hist = np.asarray(hist)
   assert hist.shape == (11,)
